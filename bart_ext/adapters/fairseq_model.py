@@ -1,0 +1,200 @@
+"""fairseq adapters for the plain-PyTorch BART in ``bart_ext.model``.
+
+Cooperative inheritance (``class Encoder(core.Encoder, FairseqEncoder)``) gives the
+core modules fairseq's interfaces (encoder-out dicts, incremental decoding,
+beam reordering, checkpoint upgrade) without renaming a single parameter, so
+state dicts stay fairseq BART's.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, FairseqIncrementalDecoder
+from torch import Tensor, nn
+
+from bart_ext import model as core
+
+logger = logging.getLogger(__name__)
+
+IncrementalState = dict[str, dict[str, Tensor | None]]
+
+# Keys a Pre-LN model has and a Post-LN (fairseq `bart`) checkpoint lacks.
+FINAL_LAYER_NORM_KEYS = (
+    "encoder.layer_norm.weight",
+    "encoder.layer_norm.bias",
+    "decoder.layer_norm.weight",
+    "decoder.layer_norm.bias",
+)
+
+
+class PrelnEncoder(core.Encoder, FairseqEncoder):
+    def __init__(self, cfg: core.BartConfig, embed_tokens: nn.Embedding, dictionary):
+        super().__init__(cfg, embed_tokens, dictionary=dictionary)
+        self.max_source_positions = cfg.max_positions
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None, **kwargs) -> dict[str, list[Tensor]]:
+        x, pad = self.encode(src_tokens)
+        return {
+            "encoder_out": [x.transpose(0, 1)],  # (S, B, C): fairseq's layout
+            "encoder_padding_mask": [pad],  # (B, S)
+            "encoder_embedding": [],
+            "encoder_states": [],
+            "src_tokens": [],
+            "src_lengths": [] if src_lengths is None else [src_lengths],
+        }
+
+    def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor):
+        out = dict(encoder_out)
+        out["encoder_out"] = [t.index_select(1, new_order) for t in encoder_out["encoder_out"]]
+        for key in ("encoder_padding_mask", "src_lengths"):
+            out[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
+        return out
+
+    def max_positions(self) -> int:
+        return self.max_source_positions
+
+
+class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
+    def __init__(self, cfg: core.BartConfig, embed_tokens: nn.Embedding, dictionary):
+        super().__init__(cfg, embed_tokens, dictionary=dictionary)
+        self.max_target_positions = cfg.max_positions
+
+    def _caches(self, incremental_state: IncrementalState) -> list[core.LayerCache]:
+        caches = []
+        for i in range(len(self.layers)):
+            cache = self.get_incremental_state(incremental_state, f"layer{i}")
+            if cache is None:
+                cache = {}
+                self.set_incremental_state(incremental_state, f"layer{i}", cache)
+            caches.append(cache)
+        return caches
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: dict[str, list[Tensor]] | None = None,
+        incremental_state: IncrementalState | None = None,
+        **kwargs,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        if encoder_out is None:
+            raise ValueError("bart_preln's decoder needs encoder_out (it has no decoder-only mode)")
+        enc = encoder_out["encoder_out"][0].transpose(0, 1)  # (B, S, C)
+        enc_pad = encoder_out["encoder_padding_mask"][0]
+        cache = None
+        tokens = prev_output_tokens
+        if incremental_state is not None:
+            cache = self._caches(incremental_state)
+            done = cache[0]["self_k"].size(2) if "self_k" in cache[0] else 0
+            tokens = prev_output_tokens[:, done:]  # only the steps not yet cached
+        x = self.decode(tokens, enc, enc_pad, cache)
+        # Attention weights are not materialised (scaled_dot_product_attention);
+        # fairseq's generator accepts None and leaves alignments empty.
+        return x, {"attn": [None], "inner_states": None}
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: dict[str, list[Tensor]] | None = None,
+        incremental_state: IncrementalState | None = None,
+        features_only: bool = False,
+        **kwargs,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return (x if features_only else self.output_layer(x)), extra
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return self.output_projection(features)
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        for i in range(len(self.layers)):
+            cache = self.get_incremental_state(incremental_state, f"layer{i}")
+            if cache:
+                for key, value in cache.items():
+                    cache[key] = value.index_select(0, new_order)
+
+    def max_positions(self) -> int:
+        return self.max_target_positions
+
+
+class BartPrelnModel(FairseqEncoderDecoderModel):
+    """fairseq model around ``bart_ext.model``; one embedding shared by encoder, decoder and output."""
+
+    def __init__(self, cfg, encoder: PrelnEncoder, decoder: PrelnDecoder):
+        super().__init__(encoder, decoder)
+        self.cfg = cfg
+
+    @staticmethod
+    def core_config(cfg, dictionary) -> core.BartConfig:
+        return core.BartConfig(
+            vocab_size=len(dictionary),
+            padding_idx=dictionary.pad(),
+            embed_dim=cfg.encoder_embed_dim,
+            ffn_dim=cfg.encoder_ffn_embed_dim,
+            encoder_layers=cfg.encoder_layers,
+            decoder_layers=cfg.decoder_layers,
+            attention_heads=cfg.encoder_attention_heads,
+            max_positions=cfg.max_positions,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout,
+            normalize_before=not cfg.post_ln,
+        )
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        src, tgt = task.source_dictionary, task.target_dictionary
+        if tgt is not None and src is not tgt and src.symbols != tgt.symbols:
+            raise ValueError(
+                "bart_preln shares one embedding between encoder and decoder, so the source and "
+                f"target dictionaries must be identical (got {len(src)} and {len(tgt)} entries); "
+                "preprocess with --joined-dictionary or --srcdict/--tgtdict pointing at the same dict.txt"
+            )
+        model_cfg = cls.core_config(cfg, src)
+        embed = nn.Embedding(model_cfg.vocab_size, model_cfg.embed_dim, padding_idx=model_cfg.padding_idx)
+        model = cls(cfg, PrelnEncoder(model_cfg, embed, src), PrelnDecoder(model_cfg, embed, src))
+        model.apply(core.init_bert_params)
+        return model
+
+    def max_positions(self):
+        return (self.encoder.max_positions(), self.decoder.max_positions())
+
+    def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> None:
+        prefix = name + "." if name else ""
+        # fairseq's TransformerEncoder/Decoder keep a `version` buffer; we do not.
+        for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(".version")]:
+            del state_dict[key]
+        out_key = prefix + "decoder.output_projection.weight"
+        if out_key not in state_dict and prefix + "decoder.embed_tokens.weight" in state_dict:
+            state_dict[out_key] = state_dict[prefix + "decoder.embed_tokens.weight"]
+        super().upgrade_state_dict_named(state_dict, name)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        self.upgrade_state_dict(state_dict)
+        have_final = [k for k in FINAL_LAYER_NORM_KEYS if k in state_dict]
+        if not self.cfg.post_ln and len(have_final) < len(FINAL_LAYER_NORM_KEYS):
+            missing = [k for k in FINAL_LAYER_NORM_KEYS if k not in state_dict]
+            if not getattr(self.cfg, "init_missing_final_layer_norm", False):
+                raise ValueError(
+                    "this checkpoint has a Post-LN layout (no final encoder/decoder LayerNorm: missing "
+                    f"{', '.join(missing)}), but the model is Pre-LN. Its weights were trained with "
+                    "LayerNorms after each residual add, so a Pre-LN model starts from a different "
+                    "function. Either train a Post-LN model (--post-ln), or pass "
+                    "--init-missing-final-layer-norm to accept it and initialise those LayerNorms fresh."
+                )
+            for key in missing:
+                state_dict[key] = torch.ones(self.cfg.encoder_embed_dim) if key.endswith("weight") else (
+                    torch.zeros(self.cfg.encoder_embed_dim)
+                )
+            logger.warning(
+                "Post-LN checkpoint loaded into a Pre-LN model (--init-missing-final-layer-norm): "
+                "initialised fresh (weight 1, bias 0): %s",
+                ", ".join(missing),
+            )
+        elif self.cfg.post_ln and have_final:
+            raise ValueError(
+                f"this checkpoint has a Pre-LN layout ({', '.join(have_final)}), but the model is "
+                "Post-LN (--post-ln); drop --post-ln to load it"
+            )
+        return nn.Module.load_state_dict(self, state_dict, strict)

