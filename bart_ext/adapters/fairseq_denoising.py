@@ -1,0 +1,180 @@
+"""fairseq adapters for BART denoising: the dataset wrapper and the task logic.
+
+The noise and the sample layout live in ``bart_ext.noising`` and
+``bart_ext.denoising_data``; this module only reads fairseq's binarized data,
+builds the word-start table from the dictionary and hands fairseq its dataset.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from fairseq.data import Dictionary, FairseqDataset, data_utils
+from fairseq.data.indexed_dataset import MMapIndexedDataset
+from fairseq.tasks import FairseqTask
+
+from bart_ext.denoising_data import DenoisingSamples, collate
+from bart_ext.noising import NoiseConfig, Specials
+
+logger = logging.getLogger(__name__)
+
+
+class BartDenoisingDataset(FairseqDataset):
+    """A FairseqDataset around ``DenoisingSamples``."""
+
+    def __init__(self, samples: DenoisingSamples, pad: int, eos: int, shuffle: bool):
+        super().__init__()
+        self.samples = samples
+        self.pad, self.eos = pad, eos
+        self.shuffle = shuffle
+        self.sizes = samples.sizes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        out = self.samples.noised(index)
+        return {"id": index, "source": torch.from_numpy(out.source), "target": torch.from_numpy(out.target)}
+
+    def collater(self, samples: list[dict]) -> dict:
+        return collate(samples, self.pad, self.eos)
+
+    def num_tokens(self, index: int) -> int:
+        return int(self.sizes[index])
+
+    def size(self, index: int) -> int:
+        return int(self.sizes[index])
+
+    def ordered_indices(self) -> np.ndarray:
+        # Shuffled by (seed, epoch), then stably sorted by length so batches pad little.
+        if self.shuffle:
+            order = np.random.default_rng([self.samples.seed, self.samples.epoch]).permutation(len(self))
+        else:
+            order = np.arange(len(self))
+        return order[np.argsort(self.sizes[order], kind="mergesort")]
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        return False  # the noise depends on the epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.samples.epoch = epoch
+
+    @property
+    def supports_prefetch(self) -> bool:
+        return False
+
+
+def word_start_table(dictionary: Dictionary, kind: str, encoder_json: Path | None) -> np.ndarray:
+    """Which dictionary entries begin a word.
+
+    Args:
+        dictionary: the task's dictionary.
+        kind: ``gpt2`` (fairseq's GPT-2 dict: symbols are BPE ids; a word starts with a
+            leading-space byte, ``Ġ``), ``sentencepiece`` (pieces starting with ``▁``) or
+            ``token`` (every token is a word).
+        encoder_json: GPT-2's ``encoder.json`` (for ``gpt2``).
+    """
+    table = np.ones(len(dictionary), dtype=bool)  # specials and unknown symbols count as words
+    if kind == "token":
+        return table
+    if kind == "sentencepiece":
+        for i in range(dictionary.nspecial, len(dictionary)):
+            table[i] = dictionary[i].startswith("\u2581") or dictionary[i].startswith("<")
+        return table
+    if kind != "gpt2":
+        raise ValueError(f"word_starts must be gpt2, sentencepiece or token, got {kind!r}")
+    if encoder_json is None or not encoder_json.exists():
+        raise FileNotFoundError(
+            f"word_starts=gpt2 needs GPT-2's encoder.json: not found at {encoder_json}; set "
+            "--gpt2-encoder-json (scripts/prepare_data.py puts it in DATA/gpt2/encoder.json)"
+        )
+    id_to_token = {v: k for k, v in json.loads(encoder_json.read_text(encoding="utf-8")).items()}
+    for i in range(dictionary.nspecial, len(dictionary)):
+        sym = dictionary[i]
+        if sym.isdigit():
+            token = id_to_token.get(int(sym))
+            if token is None:
+                raise ValueError(
+                    f"dictionary entry {i} ({sym!r}) is not a GPT-2 BPE id in {encoder_json}: "
+                    "is the data GPT-2 BPE encoded, or should --word-starts be sentencepiece/token?"
+                )
+            table[i] = token.startswith("\u0120")  # "Ġ": GPT-2's byte-level space
+    return table
+
+
+def _reader(lines) -> callable:
+    """``(lo, hi) -> tokens`` of consecutive lines; one contiguous read for mmap data."""
+    if isinstance(lines, MMapIndexedDataset):
+        index = lines._index
+        sizes, pointers, dtype = index.sizes, index._pointers, index.dtype
+
+        def read(lo: int, hi: int) -> np.ndarray:
+            count = int(sizes[lo:hi].sum())
+            return np.frombuffer(lines._bin_buffer, dtype=dtype, count=count, offset=int(pointers[lo]))
+
+        return read
+    return lambda lo, hi: torch.cat([lines[i] for i in range(lo, hi)]).numpy()
+
+
+class BartDenoisingTaskBase(FairseqTask):
+    """Task logic for ``--task bart_denoising`` (registered in ``user_dir/bart_denoising.py``)."""
+
+    def __init__(self, cfg, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.mask_idx = dictionary.add_symbol("<mask>")  # as fairseq's denoising task: last entry
+        self.noise = NoiseConfig(
+            mask=cfg.mask, mask_random=cfg.mask_random, poisson_lambda=cfg.poisson_lambda,
+            replace_length=cfg.replace_length, permute_sentences=cfg.permute_sentences,
+            rotate=cfg.rotate, insert=cfg.insert,
+        )
+        self._word_start = None
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        data = cfg.data.split(os.pathsep)[0]
+        dict_path = os.path.join(data, "dict.txt")
+        if not os.path.exists(dict_path):
+            raise FileNotFoundError(f"{dict_path} not found: task.data must be a fairseq-preprocess output folder")
+        dictionary = Dictionary.load(dict_path)
+        logger.info("dictionary: %d types (+ <mask>)", len(dictionary))
+        return cls(cfg, dictionary)
+
+    @property
+    def source_dictionary(self) -> Dictionary:
+        return self.dictionary
+
+    @property
+    def target_dictionary(self) -> Dictionary:
+        return self.dictionary
+
+    def max_positions(self):
+        return (self.cfg.max_source_positions, self.cfg.max_target_positions)
+
+    def word_start(self) -> np.ndarray:
+        if self._word_start is None:
+            encoder = self.cfg.gpt2_encoder_json or os.path.join(self.cfg.data.split(os.pathsep)[0], "encoder.json")
+            self._word_start = word_start_table(self.dictionary, self.cfg.word_starts, Path(encoder))
+        return self._word_start
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        paths = self.cfg.data.split(os.pathsep)
+        path = os.path.join(paths[(epoch - 1) % len(paths)], split)
+        lines = data_utils.load_indexed_dataset(path, self.dictionary, self.cfg.dataset_impl, combine=combine)
+        if lines is None:
+            raise FileNotFoundError(f"no binarized data for split {split!r} at {path}.{{bin,idx}}")
+        d = self.dictionary
+        specials = Specials(bos=d.bos(), eos=d.eos(), mask=self.mask_idx, size=len(d), first_regular=d.nspecial)
+        samples = DenoisingSamples(
+            _reader(lines), lines.sizes, self.cfg.tokens_per_sample - 2, self.word_start(), specials, self.noise,
+            self.cfg.seed,
+        )
+        logger.info("%s: %d sentences -> %d samples of up to %d tokens", split, len(lines), len(samples),
+                    self.cfg.tokens_per_sample)
+        self.datasets[split] = BartDenoisingDataset(samples, d.pad(), d.eos(), shuffle=split == "train")
+        return self.datasets[split]

@@ -1,0 +1,32 @@
+"""Shared fixtures: the fairseq plugin on sys.path and the prepared default data."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `import user_dir` as fairseq's --user-dir loader does
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The binarized aclsum corpus (scripts/prepare_data.py; `make test` prepares it first)."""
+    out = ROOT / "data" / "aclsum"
+    if not (out / "bin" / "dict.txt").exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--out", str(out)],
+                       check=True, cwd=ROOT)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> dict[str, str]:
+    """Environment for fairseq's console scripts: the venv's bin first, one thread per process."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,48 @@
+"""Run fairseq's command-line tools on the default data and read their JSON logs."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+USER_DIR = str(ROOT / "user_dir")
+
+# BART's noise (the task's defaults) at the tiny scale of the tests.
+DENOISING = ["--task", "bart_denoising", "--tokens-per-sample", "64"]
+
+
+def train_args(data: Path, save_dir: Path, updates: int, *extra: str) -> list[str]:
+    return [str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bart_tiny_preln", "--cpu", *DENOISING,
+            "--criterion", "cross_entropy", "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "2e-3",
+            "--lr-scheduler", "polynomial_decay", "--warmup-updates", "10", "--total-num-update", "200",
+            "--max-tokens", "1024", "--max-update", str(updates), "--seed", "7", "--num-workers", "0",
+            "--log-format", "json", "--log-interval", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
+            "--disable-validation", *extra]
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[:3])} ... failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+def fairseq_train(args: list[str], env: dict[str, str], exact: bool = False) -> str:
+    if exact:
+        return run([sys.executable, str(ROOT / "tests" / "integration" / "fairseq_train_exact.py"), *args], env)
+    return run(["fairseq-train", *args], env)
+
+
+def train_losses(log: str) -> dict[int, float]:
+    """{update: loss} from fairseq's `train_inner` JSON lines."""
+    losses = {}
+    for line in log.splitlines():
+        m = re.search(r"train_inner\W.*?(\{.*\})\s*$", line)
+        if m:
+            rec = json.loads(m.group(1))
+            losses[int(rec["num_updates"])] = float(rec["loss"])
+    return losses
