@@ -114,7 +114,14 @@ class DenoisingSamples:
         epoch = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([self.seed, epoch, index])
         tokens, lengths = self.clean(index)
-        return noise(tokens, lengths, self.word_start[tokens], self.cfg, self.specials, rng)
+        return noise(tokens, lengths, self.word_starts(tokens, lengths), self.cfg, self.specials, rng)
+
+    def word_starts(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Word starts per token: the dictionary's, plus every sentence's first token
+        (GPT-2 BPE encodes a sentence-initial word without its leading space)."""
+        starts = self.word_start[tokens]
+        starts[np.cumsum(lengths) - lengths] = True
+        return starts
 
 
 def collate(samples: list[dict], pad: int, eos: int) -> dict:

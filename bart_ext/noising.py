@@ -10,10 +10,11 @@ the published BART models): span starts are distinct random word starts, and
 spans may overlap, so the realised masked share is a little under ``mask``.
 
 Unlike fairseq, sentence boundaries are the text's own (passed in as sentence
-lengths, never guessed from a "." token), the first token of every sentence
-counts as a word start whatever the BPE, random replacement tokens are never
+lengths, never guessed from a "." token), random replacement tokens are never
 special symbols, and every draw comes from the generator the caller passes,
-so a sample depends only on how that generator was seeded.
+so a sample depends only on how that generator was seeded. Word starts are
+taken as given; ``bart_ext.denoising_data`` also counts every sentence's first
+token as a word start, which GPT-2 BPE alone would not (no leading space there).
 """
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def noise(
     Args:
         tokens: the sample's tokens, sentences concatenated, no ``<s>``/``</s>``.
         sentence_lengths: tokens per sentence; sums to ``len(tokens)``.
-        word_start: boolean per token, True where a word begins.
+        word_start: boolean per token, True where a word begins (taken as given).
         cfg: the noise settings.
         sp: special symbol indices.
         rng: the only source of randomness.
@@ -166,11 +167,8 @@ def noise(
     sentence_lengths = np.asarray(sentence_lengths, dtype=np.int64)
     if int(sentence_lengths.sum()) != len(tokens):
         raise ValueError(f"sentence lengths sum to {int(sentence_lengths.sum())}, but there are {len(tokens)} tokens")
-    keep_sentences = sentence_lengths > 0
-    sentence_lengths = sentence_lengths[keep_sentences]
-    word_start = np.asarray(word_start, dtype=bool).copy()
-    # Every sentence starts a word, whatever the BPE (GPT-2 has no leading space there).
-    word_start[(np.cumsum(sentence_lengths) - sentence_lengths)[: len(sentence_lengths)]] = True
+    sentence_lengths = sentence_lengths[sentence_lengths > 0]
+    word_start = np.asarray(word_start, dtype=bool)
 
     target = np.concatenate([[sp.bos], tokens, [sp.eos]]).astype(np.int64)
     order = permute_sentences(sentence_lengths, cfg.permute_sentences, rng)

@@ -25,3 +25,14 @@ def preln_args(**overrides) -> argparse.Namespace:
                 activation_dropout=0.0, post_ln=False, init_missing_final_layer_norm=False)
     args.update(overrides)
     return argparse.Namespace(**args)
+
+
+def denoising_task(data_bin, tokens_per_sample: int = 512, **noise):
+    """A bart_denoising task on the prepared data (GPT-2 BPE), noise fields overridable."""
+    from omegaconf import OmegaConf
+
+    from user_dir.bart_denoising import BartDenoisingConfig, BartDenoisingTask
+
+    cfg = OmegaConf.structured(BartDenoisingConfig(data=str(data_bin), tokens_per_sample=tokens_per_sample,
+                                                   seed=1, dataset_impl=None, **noise))
+    return BartDenoisingTask.setup_task(cfg)
