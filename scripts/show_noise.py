@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Show bart_denoising samples: the clean text and its noised source, decoded, side by side.
+
+Usage: python scripts/show_noise.py [--data data/aclsum/bin] [--n 3] [--mask 0.3] [--permute-sentences 1.0] ...
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fairseq.data.encoders.gpt2_bpe_utils import get_encoder  # noqa: E402
+
+from tests.helpers import denoising_task  # noqa: E402
+
+
+def decode(tokens, dictionary, bpe) -> str:
+    out, ids = [], []
+    for t in tokens.tolist():
+        sym = dictionary[t]
+        if sym.isdigit():
+            ids.append(int(sym))
+            continue
+        if ids:
+            out.append(bpe.decode(ids))
+            ids = []
+        out.append(f" {sym} " if sym == "<mask>" else "")
+    if ids:
+        out.append(bpe.decode(ids))
+    return "".join(out).strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "aclsum" / "bin")
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--tokens-per-sample", type=int, default=128)
+    ap.add_argument("--mask", type=float, default=0.3)
+    ap.add_argument("--permute-sentences", type=float, default=1.0)
+    ap.add_argument("--replace-length", type=int, default=1)
+    ap.add_argument("--epoch", type=int, default=1)
+    args = ap.parse_args()
+    task = denoising_task(args.data, args.tokens_per_sample, mask=args.mask,
+                          permute_sentences=args.permute_sentences, replace_length=args.replace_length)
+    samples = task.load_dataset("valid").samples
+    bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))
+    for i in range(args.n):
+        o = samples.noised(i, args.epoch)
+        print(f"--- sample {i} (epoch {args.epoch}): {o.num_words} words, spans {o.spans.tolist()}, "
+              f"sentence order {o.order.tolist()}")
+        for label, toks in (("clean", o.target), ("noised", o.source)):
+            body = textwrap.fill(decode(toks, task.dictionary, bpe), 100, initial_indent=f"{label:>7}: ",
+                                 subsequent_indent=" " * 9)
+            print(body)
+        print()
+
+
+if __name__ == "__main__":
+    main()
