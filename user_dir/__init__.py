@@ -3,3 +3,4 @@ import bart_ext.adapters.checkpoint  # noqa: F401  (safe checkpoint loading for 
 
 from . import bart_denoising  # noqa: F401
 from . import bart_preln  # noqa: F401
+from . import nvlamb  # noqa: F401

@@ -240,3 +240,39 @@ def test_bad_noise_settings_are_named():
         NoiseConfig(replace_length=2)
     with pytest.raises(ValueError, match="`mask`"):
         replace(NoiseConfig(), mask=1.5)
+
+
+def test_batches_follow_fairseqs_seq2seq_convention(train):
+    task, samples = train
+    ds = task.datasets["train"]
+    batch = ds.collater([ds[i] for i in range(5)])
+    d = task.dictionary
+    src, tgt, prev = batch["net_input"]["src_tokens"], batch["target"], batch["net_input"]["prev_output_tokens"]
+    for row in range(5):
+        s = src[row][src[row] != d.pad()]
+        t = tgt[row][tgt[row] != d.pad()]
+        p = prev[row][: len(t)]
+        assert s[0] == d.bos() and s[-1] == d.eos() and t[0] == d.bos() and t[-1] == d.eos()
+        assert p[0] == d.eos() and torch.equal(p[1:], t[:-1]), "decoder input: target shifted right, </s> first"
+        assert batch["net_input"]["src_lengths"][row] == len(s)
+    assert batch["ntokens"] == int(tgt.ne(d.pad()).sum())
+
+
+def test_word_start_tables(data_dir, tmp_path):
+    from fairseq.data import Dictionary
+
+    from bart_ext.adapters.fairseq_denoising import word_start_table
+
+    d = Dictionary()
+    for sym in ("\u2581the", "cat", "\u2581sat"):
+        d.add_symbol(sym)
+    assert word_start_table(d, "sentencepiece", None)[d.nspecial:].tolist() == [True, False, True]
+    assert word_start_table(d, "token", None).all()
+
+    g = Dictionary()
+    for sym in ("464", "383", "11"):  # GPT-2 ids of "The", " The", ","
+        g.add_symbol(sym)
+    table = word_start_table(g, "gpt2", data_dir / "bin" / "encoder.json")
+    assert table[g.nspecial:].tolist() == [False, True, False]
+    with pytest.raises(FileNotFoundError, match="encoder.json"):
+        word_start_table(g, "gpt2", tmp_path / "missing.json")

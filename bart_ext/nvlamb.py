@@ -1,0 +1,174 @@
+"""NVLAMB: LAMB as NVIDIA's apex ``FusedLAMB(use_nvlamb=True)`` computes it, in plain PyTorch.
+
+The algorithm (You et al. 2019, "Large Batch Optimization for Deep Learning";
+NVIDIA's variant as in apex ``csrc/multi_tensor_lamb.cu``):
+
+1. the global L2 norm of all gradients; above ``max_grad_norm`` every gradient
+   is scaled by ``max_grad_norm / norm``;
+2. ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``;
+3. bias correction ``m / (1 - b1^t)``, ``v / (1 - b2^t)``;
+4. ``u = m_hat / (sqrt(v_hat) + eps) + wd w`` (decoupled weight decay);
+5. per tensor ``r = ||w|| / ||u||`` (``r = 1`` if either is 0), applied to every
+   tensor with ``use_nvlamb``, else only where ``wd != 0``;
+6. ``w = w - lr r u``.
+
+A step whose gradients hold inf or NaN is skipped: weights, moments and the
+step count stay as they were. State and arithmetic are fp32 for fp16/bf16
+parameters (written back after the update). No fairseq import; multi-tensor (``torch._foreach_*``)
+operations throughout, with one host synchronisation per step (the global norm).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """fp32 for fp16/bf16 tensors (state and arithmetic), the tensor's own dtype otherwise."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    return t if t.dtype == _compute_dtype(t) else t.to(_compute_dtype(t))
+
+
+class NVLAMB(torch.optim.Optimizer):
+    """LAMB with NVIDIA's trust-ratio rule.
+
+    Args:
+        params: parameters or parameter groups (a group may set its own ``weight_decay``).
+        lr: learning rate.
+        betas: ``(b1, b2)`` for the moments.
+        eps: added to ``sqrt(v_hat)``.
+        weight_decay: decoupled weight decay ``wd``.
+        bias_correction: divide the moments by ``1 - b^t``.
+        max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
+        use_nvlamb: apply the trust ratio to tensors without weight decay too.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        bias_correction: bool = True,
+        max_grad_norm: float = 1.0,
+        use_nvlamb: bool = True,
+    ):
+        if lr < 0 or eps < 0 or weight_decay < 0 or max_grad_norm < 0:
+            raise ValueError(f"NVLAMB: lr, eps, weight_decay and max_grad_norm must be >= 0 "
+                             f"(got {lr}, {eps}, {weight_decay}, {max_grad_norm})")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"NVLAMB: betas must lie in [0, 1), got {betas}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb)
+        super().__init__(params, defaults)
+        self.last_grad_norm: float | None = None
+        self.skipped_steps = 0
+
+    def _state(self, p: Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, dtype=_compute_dtype(p), memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=_compute_dtype(p), memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def global_grad_norm(self) -> Tensor:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        norms = torch._foreach_norm([_upcast(gr) for gr in grads])
+        return torch.linalg.vector_norm(torch.stack(norms).double())
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        norm = float(self.global_grad_norm())  # the step's one host sync
+        self.last_grad_norm = norm
+        if not math.isfinite(norm):
+            self.skipped_steps += 1  # overflow: leave weights, moments and step counts untouched
+            return loss
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update_group(group, params, norm)
+        return loss
+
+    def _update_group(self, group: dict, params: list[Tensor], norm: float) -> None:
+        b1, b2 = group["betas"]
+        wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
+        max_norm = group["max_grad_norm"]
+        clip = max_norm / norm if max_norm > 0 and norm > max_norm else 1.0
+        states = [self._state(p) for p in params]
+        for s in states:
+            s["step"] += 1
+        t = states[0]["step"]
+        m = [s["exp_avg"] for s in states]
+        v = [s["exp_avg_sq"] for s in states]
+        grads = [_upcast(p.grad) for p in params]
+        w = [_upcast(p) for p in params]
+
+        # 2. moments of the clipped gradient: m += (1-b1)(c g - m); v = b2 v + (1-b2) c^2 g^2
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=(1 - b1) * clip)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=(1 - b2) * clip * clip)
+
+        # 3-4. u = m_hat / (sqrt(v_hat) + eps) + wd w, built in one temporary list
+        bc1 = 1 - b1**t if group["bias_correction"] else 1.0
+        bc2 = 1 - b2**t if group["bias_correction"] else 1.0
+        u = torch._foreach_sqrt(v)
+        torch._foreach_div_(u, math.sqrt(bc2))
+        torch._foreach_add_(u, eps)
+        torch._foreach_reciprocal_(u)
+        torch._foreach_mul_(u, m)
+        if bc1 != 1.0:
+            torch._foreach_div_(u, bc1)
+        if wd != 0:
+            torch._foreach_add_(u, w, alpha=wd)
+
+        # 5. trust ratio per tensor, with w before the update
+        if group["use_nvlamb"] or wd != 0:
+            w_norm = torch.stack(torch._foreach_norm(w))
+            u_norm = torch.stack(torch._foreach_norm(u))
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+            torch._foreach_mul_(u, list(ratio.unbind()))
+
+        # 6. w -= lr r u
+        torch._foreach_add_(w, u, alpha=-lr)
+        for p, wf in zip(params, w):
+            if wf is not p:
+                p.copy_(wf)  # low-precision parameters: write the fp32 result back
+
+
+def no_decay(param: Tensor) -> bool:
+    """The no-weight-decay rule: every 1-D parameter, i.e. biases and LayerNorm gains and biases.
+
+    fairseq hands optimizers parameters without names, so the rule reads only the
+    shape. In bart_ext's models every 1-D parameter is a bias or a LayerNorm
+    weight/bias, and every other parameter (embeddings, projections) is 2-D.
+    """
+    return param.dim() <= 1
+
+
+def param_groups(params: Iterable[Tensor], weight_decay: float) -> list[dict]:
+    """Split ``params`` into a decayed group and a no-decay group (see ``no_decay``)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if not no_decay(p)]
+    keep = [p for p in params if no_decay(p)]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if keep:
+        groups.append({"params": keep, "weight_decay": 0.0})
+    return groups

@@ -1,0 +1,194 @@
+"""NVLAMB against a readable per-tensor reference of its six steps (float64), plus its edge behaviour."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from bart_ext.nvlamb import NVLAMB, no_decay, param_groups
+
+
+def reference_step(ws, gs, state, lr, betas, eps, wds, max_norm, use_nvlamb, bias_correction=True):
+    """The algorithm as written in the issue, one tensor at a time."""
+    norm = math.sqrt(sum(float((g * g).sum()) for g in gs))
+    if not math.isfinite(norm):
+        return
+    clip = max_norm / norm if max_norm > 0 and norm > max_norm else 1.0
+    state["t"] += 1
+    t = state["t"]
+    b1, b2 = betas
+    for i, (w, g, wd) in enumerate(zip(ws, gs, wds)):
+        g = g * clip
+        state["m"][i] = b1 * state["m"][i] + (1 - b1) * g
+        state["v"][i] = b2 * state["v"][i] + (1 - b2) * g * g
+        m_hat = state["m"][i] / (1 - b1**t) if bias_correction else state["m"][i]
+        v_hat = state["v"][i] / (1 - b2**t) if bias_correction else state["v"][i]
+        u = m_hat / (v_hat.sqrt() + eps) + wd * w
+        r = 1.0
+        if use_nvlamb or wd != 0:
+            w_norm, u_norm = float(w.norm()), float(u.norm())
+            r = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+        w.sub_(lr * r * u)
+
+
+def make_params():
+    torch.manual_seed(0)
+    return [
+        torch.nn.Parameter(torch.randn(12, 14, dtype=torch.float64)),  # decayed matrix
+        torch.nn.Parameter(torch.randn(14, dtype=torch.float64)),  # no-decay (bias / LayerNorm)
+        torch.nn.Parameter(torch.zeros(5, 7, dtype=torch.float64)),  # zero tensor: r = 1
+        torch.nn.Parameter(torch.randn(7, 5, dtype=torch.float64) * 3),
+    ]
+
+
+def grads_for(step, params):
+    g = torch.Generator().manual_seed(100 + step)
+    scale = 10.0 if step % 3 == 0 else 0.01  # some steps clipped, some not
+    return [torch.randn(p.shape, generator=g, dtype=torch.float64) * scale for p in params]
+
+
+@pytest.mark.parametrize("use_nvlamb", [True, False])
+def test_matches_reference_step_by_step(use_nvlamb):
+    params = make_params()
+    ref_w = [p.detach().clone() for p in params]
+    groups = param_groups(params, weight_decay=0.01)
+    opt = NVLAMB(groups, lr=0.02, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0, use_nvlamb=use_nvlamb)
+    wds = [0.0 if no_decay(p) else 0.01 for p in params]
+    state = {"t": 0, "m": [torch.zeros_like(w) for w in ref_w], "v": [torch.zeros_like(w) for w in ref_w]}
+    clipped = 0
+    for step in range(10):
+        gs = grads_for(step, params)
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+        clipped += opt.last_grad_norm > 1.0
+        reference_step(ref_w, gs, state, 0.02, (0.9, 0.999), 1e-6, wds, 1.0, use_nvlamb)
+        for p, w in zip(params, ref_w):
+            torch.testing.assert_close(p.detach(), w, atol=1e-12, rtol=1e-12)
+    assert clipped >= 3 and clipped < 10
+    assert params[2].abs().sum() > 0  # the zero tensor moved (r = 1)
+
+
+def test_use_nvlamb_changes_only_tensors_without_weight_decay():
+    runs = {}
+    for flag in (True, False):
+        params = make_params()
+        opt = NVLAMB(param_groups(params, 0.01), lr=0.02, use_nvlamb=flag)
+        for step in range(4):
+            for p, g in zip(params, grads_for(step, params)):
+                p.grad = g
+            opt.step()
+        runs[flag] = params
+    for i, p in enumerate(make_params()):
+        same = torch.equal(runs[True][i].detach(), runs[False][i].detach())
+        assert same == (not no_decay(p)), i
+
+
+def test_overflow_step_is_skipped_and_touches_nothing():
+    params = make_params()
+    opt = NVLAMB(param_groups(params, 0.01), lr=0.02)
+    for p, g in zip(params, grads_for(1, params)):
+        p.grad = g
+    opt.step()
+    before = [p.detach().clone() for p in params]
+    state = copy.deepcopy(opt.state_dict())
+    grads = grads_for(2, params)
+    grads[1][3] = float("inf")
+    grads[0][0, 0] = float("nan")
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt.step()
+    assert opt.skipped_steps == 1 and not math.isfinite(opt.last_grad_norm)
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
+    after = opt.state_dict()
+    for k, s in state["state"].items():
+        assert after["state"][k]["step"] == s["step"]
+        assert torch.equal(after["state"][k]["exp_avg"], s["exp_avg"])
+
+
+def test_state_dict_resume_continues_exactly():
+    straight = make_params()
+    opt = NVLAMB(param_groups(straight, 0.01), lr=0.02)
+    for step in range(8):
+        for p, g in zip(straight, grads_for(step, straight)):
+            p.grad = g
+        opt.step()
+
+    first = make_params()
+    opt1 = NVLAMB(param_groups(first, 0.01), lr=0.02)
+    for step in range(4):
+        for p, g in zip(first, grads_for(step, first)):
+            p.grad = g
+        opt1.step()
+    saved = copy.deepcopy(opt1.state_dict())
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
+    opt2 = NVLAMB(param_groups(resumed, 0.01), lr=0.02)
+    opt2.load_state_dict(saved)
+    for step in range(4, 8):
+        for p, g in zip(resumed, grads_for(step, resumed)):
+            p.grad = g
+        opt2.step()
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a.detach(), b.detach())
+
+
+def test_low_precision_parameters_keep_fp32_state():
+    p = torch.nn.Parameter(torch.randn(6, 4).to(torch.bfloat16))
+    opt = NVLAMB([p], lr=0.01)
+    p.grad = torch.randn(6, 4).to(torch.bfloat16)
+    before = p.detach().clone()
+    opt.step()
+    st = opt.state[p]
+    assert st["exp_avg"].dtype == torch.float32 and st["exp_avg_sq"].dtype == torch.float32
+    assert p.dtype == torch.bfloat16 and not torch.equal(p.detach(), before)
+
+
+def test_no_decay_rule_on_the_model_names_biases_and_layer_norms_only():
+    from bart_ext.model import BartConfig, BartModel
+
+    model = BartModel(BartConfig(vocab_size=40, embed_dim=12, ffn_dim=14, attention_heads=3, encoder_layers=1,
+                                 decoder_layers=1))
+    for name, p in model.named_parameters():
+        by_name = name.endswith(".bias") or "layer_norm" in name or "layernorm" in name
+        assert no_decay(p) == by_name, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="apex FusedLAMB needs CUDA")
+def test_agrees_with_apex_fused_lamb():
+    apex = pytest.importorskip("apex.optimizers")
+    torch.manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(64, 48, device="cuda")), torch.nn.Parameter(torch.randn(48, device="cuda"))]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    a = apex.FusedLAMB([{"params": [ref[0]], "weight_decay": 0.01}, {"params": [ref[1]], "weight_decay": 0.0}],
+                       lr=0.01, use_nvlamb=True, max_grad_norm=1.0)
+    b = NVLAMB(param_groups(ours, 0.01), lr=0.01, use_nvlamb=True, max_grad_norm=1.0)
+    for step in range(5):
+        gs = [torch.randn_like(p) for p in ref]
+        for p, q, g in zip(ref, ours, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ref, ours):
+        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5)
+
+
+def test_flattened_fp16_is_refused_with_a_pointer(monkeypatch):
+    """One flat fp32 copy of all parameters would make the trust ratio global: fairseq must refuse.
+
+    fairseq's flattened FP16Optimizer asks CUDA for the device; only that call is stubbed on the CPU.
+    """
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+    from omegaconf import OmegaConf
+
+    import user_dir  # noqa: F401
+    from user_dir.nvlamb import NVLAMBConfig
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    cfg = OmegaConf.create({"common": {"fp16_no_flatten_grads": False},
+                            "optimizer": OmegaConf.structured(NVLAMBConfig(_name="nvlamb", lr=[0.01]))})
+    params = [torch.nn.Parameter(torch.randn(4, 3).half()), torch.nn.Parameter(torch.randn(3).half())]
+    with pytest.raises(RuntimeError, match="fp16-no-flatten-grads"):
+        FP16Optimizer.build_optimizer(cfg, params)
