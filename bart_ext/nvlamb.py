@@ -16,6 +16,9 @@ A step whose gradients hold inf or NaN is skipped: weights, moments and the
 step count stay as they were. State and arithmetic are fp32 for fp16/bf16
 parameters (written back after the update). No fairseq import; multi-tensor (``torch._foreach_*``)
 operations throughout, with one host synchronisation per step (the global norm).
+fp32 groups run steps 2-4 in PyTorch's fused AdamW kernel (``_update_fused``),
+which keeps one buffer the size of the parameters; other dtypes take the
+plain multi-tensor path (fp32 state for fp16/bf16 parameters) (``_update_foreach``).
 """
 from __future__ import annotations
 
@@ -69,12 +72,13 @@ class NVLAMB(torch.optim.Optimizer):
                         bias_correction=bias_correction, max_grad_norm=max_grad_norm, use_nvlamb=use_nvlamb)
         super().__init__(params, defaults)
         self.last_grad_norm: float | None = None
+        self.scratch: dict[Tensor, Tensor] = {}
         self.skipped_steps = 0
 
     def _state(self, p: Tensor) -> dict:
         state = self.state[p]
         if not state:
-            state["step"] = 0
+            state["step"] = torch.zeros((), dtype=_compute_dtype(p), device=p.device)
             state["exp_avg"] = torch.zeros_like(p, dtype=_compute_dtype(p), memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=_compute_dtype(p), memory_format=torch.preserve_format)
         return state
@@ -105,14 +109,56 @@ class NVLAMB(torch.optim.Optimizer):
         return loss
 
     def _update_group(self, group: dict, params: list[Tensor], norm: float) -> None:
-        b1, b2 = group["betas"]
-        wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
         max_norm = group["max_grad_norm"]
         clip = max_norm / norm if max_norm > 0 and norm > max_norm else 1.0
+        fusable = (group["bias_correction"] and len({(p.device, p.dtype) for p in params}) == 1
+                   and params[0].dtype == torch.float32
+                   and all(p.grad.dtype == p.dtype for p in params))
+        if fusable:
+            self._update_fused(group, params, clip)
+        else:
+            self._update_foreach(group, params, clip)
+
+    def _update_fused(self, group: dict, params: list[Tensor], clip: float) -> None:
+        """Steps 2-4 in PyTorch's fused AdamW kernel, run on a zeroed buffer.
+
+        With lr 1 and no weight decay, ``_fused_adamw_`` updates both moments in one
+        pass and leaves ``-m_hat / (sqrt(v_hat) + eps)`` in the buffer; ``grad_scale``
+        divides the gradients, so ``1 / clip`` applies the clipping. The buffer then
+        becomes ``-u`` and steps 5-6 follow with in-place multi-tensor operations.
+        """
+        b1, b2 = group["betas"]
+        wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
+        states = [self._state(p) for p in params]
+        # Scratch space, reused every step; not state, so checkpoints do not carry it.
+        buf = [self.scratch.get(p) if self.scratch.get(p) is not None else
+               self.scratch.setdefault(p, torch.zeros_like(p)) for p in params]
+        steps = [s["step"] for s in states]
+        grads = [p.grad for p in params]
+        torch._foreach_zero_(buf)
+        torch._foreach_add_(steps, 1)
+        scale = torch.tensor(1.0 / clip, dtype=torch.float32, device=params[0].device)  # the kernel's dtype
+        torch._fused_adamw_(buf, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                            steps, lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps, amsgrad=False,
+                            maximize=False, grad_scale=scale, found_inf=None)
+        if wd != 0:
+            torch._foreach_add_(buf, params, alpha=-wd)  # buf = -u
+        if group["use_nvlamb"] or wd != 0:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            u_norm = torch.stack(torch._foreach_norm(buf))
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+            torch._foreach_addcmul_(params, buf, list((ratio * lr).unbind()))  # w -= lr r u
+        else:
+            torch._foreach_add_(params, buf, alpha=lr)
+
+    def _update_foreach(self, group: dict, params: list[Tensor], clip: float) -> None:
+        """The same steps with multi-tensor operations (fp16/bf16 parameters: fp32 state and arithmetic)."""
+        b1, b2 = group["betas"]
+        wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
         states = [self._state(p) for p in params]
         for s in states:
             s["step"] += 1
-        t = states[0]["step"]
+        t = float(states[0]["step"])
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         grads = [_upcast(p.grad) for p in params]

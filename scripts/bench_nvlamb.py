@@ -3,9 +3,9 @@
 
 Compares bart_ext's NVLAMB with torch AdamW (fused, and foreach) and a
 per-tensor Python-loop LAMB (the readable algorithm, one tensor at a time).
-Rounds alternate the order; the figure is the median step time. Peak memory
-beyond parameters, gradients and the two moments is measured in a fresh
-process per optimizer (peak RSS during a step minus RSS after it).
+Rounds alternate the order; the figure is the median step time. Memory beyond
+parameters, gradients and the two moments is measured in a fresh process per
+optimizer: what a step leaves allocated, and the peak above that during a step.
 
 Usage: python scripts/bench_nvlamb.py [--rounds 5] [--steps 3] [--no-loop]
 """
@@ -91,15 +91,22 @@ def rss_kib(field: str) -> int:
 
 
 def memory_probe(name: str) -> None:
-    """In a fresh process: KiB the optimizer's step holds beyond params, grads and moments."""
+    """In a fresh process: MiB an optimizer holds beyond params, grads and its two moments.
+
+    persistent: what stays allocated after a step, less the two moments;
+    transient: the peak during a step above that.
+    """
     params = make_params(base_shapes())
+    before = rss_kib("VmRSS")
     opt = build(name, params)
     opt.step()  # state allocated
     steady = rss_kib("VmRSS")
+    moments = 2 * sum(p.numel() for p in params) * 4 / 1024
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS counter
         f.write("5")
     opt.step()
-    print(json.dumps({"extra_mib": (rss_kib("VmHWM") - steady) / 1024}))
+    print(json.dumps({"persistent_mib": (steady - before - moments) / 1024,
+                      "transient_mib": (rss_kib("VmHWM") - steady) / 1024}))
 
 
 def main() -> None:
@@ -135,12 +142,13 @@ def main() -> None:
             times[name].append((time.perf_counter() - t0) / args.steps * 1000)
     med = {k: statistics.median(v) for k, v in times.items()}
     fused = med["adamw fused"]
-    print(f"{'optimizer':<15} {'step (median)':>14} {'vs fused AdamW':>15} {'first step':>11} {'extra memory':>13}")
+    print(f"{'optimizer':<15} {'step (median)':>14} {'vs fused AdamW':>15} {'first step':>11} "
+          f"{'extra: kept':>12} {'+ in step':>10}")
     for name in names:
         probe = subprocess.run([sys.executable, __file__, "--memory-probe", name], capture_output=True, text=True)
-        extra = json.loads(probe.stdout.strip().splitlines()[-1])["extra_mib"] if probe.returncode == 0 else float("nan")
+        mem = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else {}
         print(f"{name:<15} {med[name]:>11.0f} ms {med[name] / fused:>14.2f}x {setups[name][2]:>9.1f} s "
-              f"{extra:>9.0f} MiB")
+              f"{mem.get('persistent_mib', float('nan')):>8.0f} MiB {mem.get('transient_mib', float('nan')):>6.0f} MiB")
     if "lamb loop" in med:
         print(f"nvlamb is {med['lamb loop'] / med['nvlamb']:.2f}x faster than the per-tensor loop")
     print(f"(parameters: {n * 4 / 2**20:.0f} MiB; each moment the same)")

@@ -33,13 +33,13 @@ def reference_step(ws, gs, state, lr, betas, eps, wds, max_norm, use_nvlamb, bia
         w.sub_(lr * r * u)
 
 
-def make_params():
+def make_params(dtype=torch.float64):
     torch.manual_seed(0)
     return [
-        torch.nn.Parameter(torch.randn(12, 14, dtype=torch.float64)),  # decayed matrix
-        torch.nn.Parameter(torch.randn(14, dtype=torch.float64)),  # no-decay (bias / LayerNorm)
-        torch.nn.Parameter(torch.zeros(5, 7, dtype=torch.float64)),  # zero tensor: r = 1
-        torch.nn.Parameter(torch.randn(7, 5, dtype=torch.float64) * 3),
+        torch.nn.Parameter(torch.randn(12, 14, dtype=torch.float64).to(dtype)),  # decayed matrix
+        torch.nn.Parameter(torch.randn(14, dtype=torch.float64).to(dtype)),  # no-decay (bias / LayerNorm)
+        torch.nn.Parameter(torch.zeros(5, 7, dtype=dtype)),  # zero tensor: r = 1
+        torch.nn.Parameter((torch.randn(7, 5, dtype=torch.float64) * 3).to(dtype)),
     ]
 
 
@@ -49,10 +49,12 @@ def grads_for(step, params):
     return [torch.randn(p.shape, generator=g, dtype=torch.float64) * scale for p in params]
 
 
+# float64 exercises the multi-tensor path exactly; float32 the fused-kernel path, to fp32 rounding.
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("use_nvlamb", [True, False])
-def test_matches_reference_step_by_step(use_nvlamb):
-    params = make_params()
-    ref_w = [p.detach().clone() for p in params]
+def test_matches_reference_step_by_step(use_nvlamb, dtype, tol):
+    params = make_params(dtype)
+    ref_w = [p.detach().double().clone() for p in params]
     groups = param_groups(params, weight_decay=0.01)
     opt = NVLAMB(groups, lr=0.02, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0, use_nvlamb=use_nvlamb)
     wds = [0.0 if no_decay(p) else 0.01 for p in params]
@@ -61,13 +63,17 @@ def test_matches_reference_step_by_step(use_nvlamb):
     for step in range(10):
         gs = grads_for(step, params)
         for p, g in zip(params, gs):
-            p.grad = g.clone()
+            p.grad = g.to(dtype)
         opt.step()
         clipped += opt.last_grad_norm > 1.0
-        reference_step(ref_w, gs, state, 0.02, (0.9, 0.999), 1e-6, wds, 1.0, use_nvlamb)
+        # the reference takes the same (rounded) gradients, in float64
+        reference_step(ref_w, [g.to(dtype).double() for g in gs], state, 0.02, (0.9, 0.999), 1e-6, wds, 1.0,
+                       use_nvlamb)
         for p, w in zip(params, ref_w):
-            torch.testing.assert_close(p.detach(), w, atol=1e-12, rtol=1e-12)
+            torch.testing.assert_close(p.detach().double(), w, atol=tol, rtol=tol)
     assert clipped >= 3 and clipped < 10
+    assert bool(opt.scratch) == (dtype == torch.float32), "float32 groups take the fused path"
+    assert all(set(st) == {"step", "exp_avg", "exp_avg_sq"} for st in opt.state.values())
     assert params[2].abs().sum() > 0  # the zero tensor moved (r = 1)
 
 
