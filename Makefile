@@ -22,6 +22,8 @@ test: data
 
 bench: data
 	@$(PY) scripts/bench_train.py
+	@$(PY) scripts/bench_noise.py
+	@$(PY) scripts/bench_nvlamb.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
