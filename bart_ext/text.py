@@ -71,3 +71,27 @@ def aclsum_split(wheel: Path, split: str) -> list[dict]:
         except KeyError as e:
             raise ValueError(f"{wheel}: missing {name}") from e
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def gpt2_detokenize(symbols: list[str], decode) -> str:
+    """Text of GPT-2 BPE symbols as fairseq writes them (ids as strings).
+
+    Non-id symbols (``<mask>``, ``<unk>``, fairseq's escaped ``<<unk>>``) are kept
+    as visible markers instead of failing the decoder.
+
+    Args:
+        symbols: dictionary symbols, e.g. ``"464" "3290" "<mask>"``.
+        decode: GPT-2's ``decode(list[int]) -> str`` (fairseq ``gpt2_bpe_utils.get_encoder(...).decode``).
+    """
+    out, ids = [], []
+    for sym in symbols:
+        if sym.isdigit():
+            ids.append(int(sym))
+            continue
+        if ids:
+            out.append(decode(ids))
+            ids = []
+        out.append(f" {sym}")
+    if ids:
+        out.append(decode(ids))
+    return "".join(out).strip()

@@ -97,23 +97,33 @@ def main() -> None:
     rc = stream(
         ["fairseq-generate", str(bin_dir), "--user-dir", str(ROOT / "user_dir"), "--task", "bart_denoising",
          "--path", str(ckpt), "--cpu", "--gen-subset", "valid", "--batch-size", "8", "--beam", "4",
-         "--max-len-b", "60", "--tokens-per-sample", "128", "--seed", "1", "--bpe", "gpt2",
-         "--gpt2-encoder-json", str(gpt2 / "encoder.json"), "--gpt2-vocab-bpe", str(gpt2 / "vocab.bpe"),
-         "--results-path", str(run / "generate")],
+         "--max-len-b", "60", "--tokens-per-sample", "128", "--seed", "1", "--results-path", str(run / "generate")],
         run / "generate.log", lambda line: line.rstrip() if "Error" in line or "Traceback" in line else None,
     )
     if rc != 0:
         sys.exit(f"generation failed (exit {rc}); log: {run / 'generate.log'}")
-    shutil.copy(run / "generate" / "generate-valid.txt", gen_out)
-    lines = gen_out.read_text().splitlines()
-    shown = 0
-    for i, line in enumerate(lines):
-        if line.startswith("T-") and shown < args.examples:
-            idx = line.split("\t")[0][2:]
-            hyp = next((h for h in lines[i:i + 4] if h.startswith(f"D-{idx}\t")), "")
-            print(f"  clean : {line.split(chr(9))[-1][:160]}")
-            print(f"  model : {hyp.split(chr(9))[-1][:160]}\n")
-            shown += 1
+    # fairseq writes BPE ids; decode them here (its own GPT-2 decoder fails on <<unk>>).
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    from bart_ext.text import gpt2_detokenize
+
+    bpe = get_encoder(str(gpt2 / "encoder.json"), str(gpt2 / "vocab.bpe"))
+    lines = (run / "generate" / "generate-valid.txt").read_text().splitlines()
+    rows = {}
+    for line in lines:
+        tag, _, rest = line.partition("\t")
+        if tag[:2] in ("S-", "T-", "H-") and tag[2:].isdigit():
+            text = gpt2_detokenize(rest.split("\t")[-1].split(), bpe.decode)
+            rows.setdefault(int(tag[2:]), {})[tag[0]] = text
+    with open(gen_out, "w") as f:
+        for idx in sorted(rows):
+            r = rows[idx]
+            f.write(f"{idx}\tnoised: {r.get('S', '')}\n{idx}\tclean:  {r.get('T', '')}\n{idx}\tmodel:  {r.get('H', '')}\n")
+    for idx in sorted(rows)[: args.examples]:
+        r = rows[idx]
+        print(f"  noised: {r.get('S', '')[:150]}")
+        print(f"  clean : {r.get('T', '')[:150]}")
+        print(f"  model : {r.get('H', '')[:150]}\n")
     summary = [ln for ln in lines if ln.startswith("Generate")]
     if summary:
         print("  " + summary[-1])

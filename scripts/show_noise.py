@@ -14,23 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fairseq.data.encoders.gpt2_bpe_utils import get_encoder  # noqa: E402
 
+from bart_ext.text import gpt2_detokenize  # noqa: E402
 from tests.helpers import denoising_task  # noqa: E402
 
 
 def decode(tokens, dictionary, bpe) -> str:
-    out, ids = [], []
-    for t in tokens.tolist():
-        sym = dictionary[t]
-        if sym.isdigit():
-            ids.append(int(sym))
-            continue
-        if ids:
-            out.append(bpe.decode(ids))
-            ids = []
-        out.append(f" {sym} " if sym == "<mask>" else "")
-    if ids:
-        out.append(bpe.decode(ids))
-    return "".join(out).strip()
+    return gpt2_detokenize([dictionary[t] for t in tokens.tolist() if t not in (dictionary.bos(), dictionary.eos())],
+                           bpe.decode)
 
 
 def main() -> None:
