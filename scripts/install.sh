@@ -14,7 +14,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 P="$VENV/bin/python"
 pipi() { "$P" -m pip install -q --disable-pip-version-check "$@"; }
-have() { "$P" -c "import $1" >/dev/null 2>&1; }
+# Present = importable module spec (no import: torch and fairseq take seconds to import).
+have() { "$P" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" >/dev/null 2>&1; }
 
 if ! have torch; then
   echo "[install] torch==2.13.0 (no torch importable)"
@@ -33,4 +34,4 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ setup.py -nt "$st
   pipi --no-build-isolation --no-deps -e .
   touch "$stamp"
 fi
-echo "[install] ok: $("$P" -c 'import torch, fairseq; print("torch", torch.__version__, "fairseq", fairseq.__version__)')"
+echo "[install] ok: $("$P" -c 'from importlib.metadata import version as v; print("torch", v("torch"), "fairseq", v("fairseq-fixed"))')"
