@@ -131,8 +131,10 @@ class NVLAMB(torch.optim.Optimizer):
         wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
         states = [self._state(p) for p in params]
         # Scratch space, reused every step; not state, so checkpoints do not carry it.
-        buf = [self.scratch.get(p) if self.scratch.get(p) is not None else
-               self.scratch.setdefault(p, torch.zeros_like(p)) for p in params]
+        for p in params:
+            if p not in self.scratch:
+                self.scratch[p] = torch.zeros_like(p)
+        buf = [self.scratch[p] for p in params]
         steps = [s["step"] for s in states]
         grads = [p.grad for p in params]
         torch._foreach_zero_(buf)

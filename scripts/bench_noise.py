@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.adapters.fairseq_denoising import fairseq_reference  # noqa: E402
-from tests.helpers import denoising_task  # noqa: E402
+from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    task = denoising_task(args.data, tokens_per_sample=512)
+    task = BartDenoisingTask.from_data(args.data, tokens_per_sample=512)
     ours = task.load_dataset("train")
     ref = fairseq_reference(ours.samples, task.dictionary, task.mask_idx, ours.samples.cfg, seed=1)
     indices = list(range(0, len(ours), max(1, len(ours) // args.samples)))[: args.samples]

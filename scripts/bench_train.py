@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from user_dir.bart_denoising import BartDenoisingConfig, BartDenoisingTask  # noqa: E402
+from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 from user_dir.bart_preln import BartPreln  # noqa: E402
 
 SIZES = {  # layers, width, heads, ffn
@@ -70,9 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
 
-    cfg = OmegaConf.structured(BartDenoisingConfig(data=str(args.data), tokens_per_sample=128, seed=1,
-                                                   dataset_impl=None))
-    task = BartDenoisingTask.setup_task(cfg)
+    task = BartDenoisingTask.from_data(args.data, tokens_per_sample=128)
     ds = task.load_dataset("train")
     order = ds.ordered_indices()[-4000:]  # full-length samples
     batches, cur, tokens = [], [], 0

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 from fairseq.data.encoders.gpt2_bpe_utils import get_encoder  # noqa: E402
 
 from bart_ext.text import gpt2_detokenize  # noqa: E402
-from tests.helpers import denoising_task  # noqa: E402
+from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
 
 def decode(tokens, dictionary, bpe) -> str:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--replace-length", type=int, default=1)
     ap.add_argument("--epoch", type=int, default=1)
     args = ap.parse_args()
-    task = denoising_task(args.data, args.tokens_per_sample, mask=args.mask,
+    task = BartDenoisingTask.from_data(args.data, args.tokens_per_sample, mask=args.mask,
                           permute_sentences=args.permute_sentences, replace_length=args.replace_length)
     samples = task.load_dataset("valid").samples
     bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))

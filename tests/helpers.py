@@ -29,10 +29,6 @@ def preln_args(**overrides) -> argparse.Namespace:
 
 def denoising_task(data_bin, tokens_per_sample: int = 512, **noise):
     """A bart_denoising task on the prepared data (GPT-2 BPE), noise fields overridable."""
-    from omegaconf import OmegaConf
+    from user_dir.bart_denoising import BartDenoisingTask
 
-    from user_dir.bart_denoising import BartDenoisingConfig, BartDenoisingTask
-
-    cfg = OmegaConf.structured(BartDenoisingConfig(data=str(data_bin), tokens_per_sample=tokens_per_sample,
-                                                   seed=1, dataset_impl=None, **noise))
-    return BartDenoisingTask.setup_task(cfg)
+    return BartDenoisingTask.from_data(data_bin, tokens_per_sample, **noise)

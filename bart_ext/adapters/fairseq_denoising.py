@@ -145,6 +145,16 @@ class BartDenoisingTaskBase(FairseqTask):
         logger.info("dictionary: %d types (+ <mask>)", len(dictionary))
         return cls(cfg, dictionary)
 
+    @classmethod
+    def from_data(cls, data, tokens_per_sample: int = 512, seed: int = 1, **noise):
+        """The registered task on a fairseq-preprocess folder, outside fairseq's CLI (scripts, tests)."""
+        from omegaconf import OmegaConf
+
+        dataclass = getattr(cls, "__dataclass")  # set by fairseq's register_task
+        cfg = OmegaConf.structured(dataclass(data=str(data), tokens_per_sample=tokens_per_sample, seed=seed,
+                                             dataset_impl=None, **noise))
+        return cls.setup_task(cfg)
+
     @property
     def source_dictionary(self) -> Dictionary:
         return self.dictionary

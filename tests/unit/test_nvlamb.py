@@ -81,11 +81,7 @@ def test_use_nvlamb_changes_only_tensors_without_weight_decay():
     runs = {}
     for flag in (True, False):
         params = make_params()
-        opt = NVLAMB(param_groups(params, 0.01), lr=0.02, use_nvlamb=flag)
-        for step in range(4):
-            for p, g in zip(params, grads_for(step, params)):
-                p.grad = g
-            opt.step()
+        train(params, NVLAMB(param_groups(params, 0.01), lr=0.02, use_nvlamb=flag), range(4))
         runs[flag] = params
     for i, p in enumerate(make_params()):
         same = torch.equal(runs[True][i].detach(), runs[False][i].detach())
@@ -115,28 +111,25 @@ def test_overflow_step_is_skipped_and_touches_nothing():
         assert torch.equal(after["state"][k]["exp_avg"], s["exp_avg"])
 
 
-def test_state_dict_resume_continues_exactly():
-    straight = make_params()
-    opt = NVLAMB(param_groups(straight, 0.01), lr=0.02)
-    for step in range(8):
-        for p, g in zip(straight, grads_for(step, straight)):
+def train(params, opt, steps):
+    for step in steps:
+        for p, g in zip(params, grads_for(step, params)):
             p.grad = g
         opt.step()
 
+
+def test_state_dict_resume_continues_exactly():
+    straight = make_params()
+    train(straight, NVLAMB(param_groups(straight, 0.01), lr=0.02), range(8))
+
     first = make_params()
     opt1 = NVLAMB(param_groups(first, 0.01), lr=0.02)
-    for step in range(4):
-        for p, g in zip(first, grads_for(step, first)):
-            p.grad = g
-        opt1.step()
+    train(first, opt1, range(4))
     saved = copy.deepcopy(opt1.state_dict())
     resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
     opt2 = NVLAMB(param_groups(resumed, 0.01), lr=0.02)
     opt2.load_state_dict(saved)
-    for step in range(4, 8):
-        for p, g in zip(resumed, grads_for(step, resumed)):
-            p.grad = g
-        opt2.step()
+    train(resumed, opt2, range(4, 8))
     for a, b in zip(straight, resumed):
         assert torch.equal(a.detach(), b.detach())
 
