@@ -1,4 +1,4 @@
-"""NVLAMB: LAMB as NVIDIA's apex ``FusedLAMB(use_nvlamb=True)`` computes it, in plain PyTorch.
+"""NVLAMB: LAMB as NVIDIA's apex ``FusedLAMB(use_nvlamb=True)`` computes it, without apex.
 
 The algorithm (You et al. 2019, "Large Batch Optimization for Deep Learning";
 NVIDIA's variant as in apex ``csrc/multi_tensor_lamb.cu``):
@@ -14,19 +14,27 @@ NVIDIA's variant as in apex ``csrc/multi_tensor_lamb.cu``):
 
 A step whose gradients hold inf or NaN is skipped: weights, moments and the
 step count stay as they were. State and arithmetic are fp32 for fp16/bf16
-parameters (written back after the update). No fairseq import; multi-tensor (``torch._foreach_*``)
-operations throughout, with one host synchronisation per step (the global norm).
-fp32 groups run steps 2-4 in PyTorch's fused AdamW kernel (``_update_fused``),
-which keeps one buffer the size of the parameters; other dtypes take the
-plain multi-tensor path (fp32 state for fp16/bf16 parameters) (``_update_foreach``).
+parameters (written back after the update). No fairseq import; one host synchronisation per step (the global norm).
+Three implementations of the same step, chosen per parameter group:
+
+- ``_update_cpu``: contiguous fp32 tensors on the CPU, two passes over memory per
+  tensor in a small C kernel (``cpu_kernels``, compiled once per machine);
+- ``_update_fused``: other fp32 groups (GPUs) run steps 2-4 in PyTorch's fused
+  AdamW kernel on a buffer the size of the parameters, then multi-tensor
+  (``torch._foreach_*``) operations;
+- ``_update_foreach``: everything else (fp16/bf16 parameters, fp32 state),
+  multi-tensor operations only.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+
+from bart_ext import cpu_kernels
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -50,6 +58,8 @@ class NVLAMB(torch.optim.Optimizer):
         bias_correction: divide the moments by ``1 - b^t``.
         max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
         use_nvlamb: apply the trust ratio to tensors without weight decay too.
+        cpu_kernel: use the compiled CPU passes where they apply (see ``cpu_kernels``);
+            False keeps to PyTorch operations.
     """
 
     def __init__(
@@ -62,6 +72,7 @@ class NVLAMB(torch.optim.Optimizer):
         bias_correction: bool = True,
         max_grad_norm: float = 1.0,
         use_nvlamb: bool = True,
+        cpu_kernel: bool = True,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0 or max_grad_norm < 0:
             raise ValueError(f"NVLAMB: lr, eps, weight_decay and max_grad_norm must be >= 0 "
@@ -74,6 +85,18 @@ class NVLAMB(torch.optim.Optimizer):
         self.last_grad_norm: float | None = None
         self.scratch: dict[Tensor, Tensor] = {}
         self.skipped_steps = 0
+        self.use_cpu_kernel = cpu_kernel
+        self._lib = None  # loaded at the first step that can use it
+        self.last_paths: list[str] = []  # the implementation each group took in the last step
+
+    def _cpu_lib(self, tensors: list[Tensor]):
+        """The compiled CPU passes if every tensor is contiguous fp32 on the CPU, else None."""
+        if not self.use_cpu_kernel or not all(
+                t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+            return None
+        if self._lib is None:
+            self._lib = cpu_kernels.load() or False
+        return self._lib or None
 
     def _state(self, p: Tensor) -> dict:
         state = self.state[p]
@@ -88,6 +111,10 @@ class NVLAMB(torch.optim.Optimizer):
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return torch.zeros(())
+        lib = self._cpu_lib(grads)
+        if lib is not None:
+            threads = torch.get_num_threads()
+            return torch.tensor(math.sqrt(sum(lib.sumsq(gr.data_ptr(), gr.numel(), threads) for gr in grads)))
         norms = torch._foreach_norm([_upcast(gr) for gr in grads])
         return torch.linalg.vector_norm(torch.stack(norms).double())
 
@@ -99,6 +126,7 @@ class NVLAMB(torch.optim.Optimizer):
                 loss = closure()
         norm = float(self.global_grad_norm())  # the step's one host sync
         self.last_grad_norm = norm
+        self.last_paths = []
         if not math.isfinite(norm):
             self.skipped_steps += 1  # overflow: leave weights, moments and step counts untouched
             return loss
@@ -114,10 +142,44 @@ class NVLAMB(torch.optim.Optimizer):
         fusable = (group["bias_correction"] and len({(p.device, p.dtype) for p in params}) == 1
                    and params[0].dtype == torch.float32
                    and all(p.grad.dtype == p.dtype for p in params))
-        if fusable:
+        states = [self._state(p) for p in params]
+        tensors = params + [p.grad for p in params] + [s[k] for s in states for k in ("exp_avg", "exp_avg_sq")]
+        lib = self._cpu_lib(tensors)
+        if lib is not None:
+            self.last_paths.append("cpu")
+            self._update_cpu(lib, group, params, states, clip)
+        elif fusable:
+            self.last_paths.append("fused")
             self._update_fused(group, params, clip)
         else:
+            self.last_paths.append("foreach")
             self._update_foreach(group, params, clip)
+
+    def _update_cpu(self, lib, group: dict, params: list[Tensor], states: list[dict], clip: float) -> None:
+        """Steps 2-6 in two passes per tensor (``csrc/nvlamb_cpu.c``).
+
+        Pass 1 updates the moments and returns ``||w||^2`` and ``||u||^2``; pass 2
+        recomputes ``u`` from the new moments and the old weights (the same
+        expression, so the same values) and applies ``w -= lr r u``. ``u`` is
+        never stored, so no scratch buffer.
+        """
+        b1, b2 = group["betas"]
+        wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
+        trust = group["use_nvlamb"] or wd != 0
+        threads = torch.get_num_threads()
+        sums = (ctypes.c_double * 2)()
+        for p, s in zip(params, states):
+            s["step"] += 1
+            t = float(s["step"])
+            bc1 = 1 - b1**t if group["bias_correction"] else 1.0
+            bc2 = 1 - b2**t if group["bias_correction"] else 1.0
+            coeffs = (1 / bc1, 1 / math.sqrt(bc2), eps, wd)
+            m, v = s["exp_avg"], s["exp_avg_sq"]
+            lib.lamb_moments(p.data_ptr(), p.grad.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), clip, b1, b2,
+                             *coeffs, sums, threads)
+            w_norm, u_norm = math.sqrt(sums[0]), math.sqrt(sums[1])
+            ratio = w_norm / u_norm if trust and w_norm > 0 and u_norm > 0 else 1.0
+            lib.lamb_apply(p.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), *coeffs, lr * ratio, threads)
 
     def _update_fused(self, group: dict, params: list[Tensor], clip: float) -> None:
         """Steps 2-4 in PyTorch's fused AdamW kernel, run on a zeroed buffer.

@@ -8,15 +8,22 @@ parameters, gradients and the two moments is measured in a fresh process per
 optimizer: what a step leaves allocated, and the peak above that during a step.
 
 Usage: python scripts/bench_nvlamb.py [--rounds 5] [--steps 3] [--no-loop]
+
+"nvlamb" is the default optimizer (fp32 on the CPU: the compiled passes of
+bart_ext/csrc/nvlamb_cpu.c); "nvlamb torch" the same step in PyTorch operations
+only (cpu_kernel=False). "first step" includes compiling the kernel when it is
+not cached yet; the compile time is also printed separately, into an empty cache.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,6 +73,8 @@ class LoopLAMB(torch.optim.Optimizer):
 def build(name: str, params):
     if name == "nvlamb":
         return NVLAMB(param_groups(params, 0.01), lr=1e-3)
+    if name == "nvlamb torch":  # PyTorch operations only (the path GPUs and machines without a compiler take)
+        return NVLAMB(param_groups(params, 0.01), lr=1e-3, cpu_kernel=False)
     if name == "adamw fused":
         return torch.optim.AdamW(param_groups(params, 0.01), lr=1e-3, fused=True)
     if name == "adamw foreach":
@@ -119,8 +128,14 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
-    names = ["adamw fused", "adamw foreach", "nvlamb"] + ([] if args.no_loop else ["lamb loop"])
+    names = ["adamw fused", "adamw foreach", "nvlamb", "nvlamb torch"] + ([] if args.no_loop else ["lamb loop"])
     shapes = base_shapes()
+    with tempfile.TemporaryDirectory() as tmp:  # one cold compile, timed
+        env = dict(os.environ, BART_EXT_CACHE=tmp)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "from bart_ext import cpu_kernels; assert cpu_kernels.load()"],
+                       env=env, check=True, cwd=ROOT)
+        print(f"CPU kernel: cold compile and load {time.perf_counter() - t0:.2f} s (cached afterwards)")
     n = sum(math.prod(s) for s in shapes)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bart_base_preln shapes: {len(shapes)} "
           f"tensors, {n / 1e6:.1f}M fp32 parameters ({sum(no_decay(torch.empty(s, device='meta')) for s in shapes)} "

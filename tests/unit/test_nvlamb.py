@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from bart_ext import cpu_kernels
 from bart_ext.nvlamb import NVLAMB, no_decay, param_groups
 
 
@@ -49,14 +50,23 @@ def grads_for(step, params):
     return [torch.randn(p.shape, generator=g, dtype=torch.float64) * scale for p in params]
 
 
-# float64 exercises the multi-tensor path exactly; float32 the fused-kernel path, to fp32 rounding.
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+# float64 exercises the multi-tensor path exactly; float32 the fused-AdamW path and the
+# compiled CPU passes, to fp32 rounding.
+PATHS = {"foreach": (torch.float64, 1e-12, True), "fused": (torch.float32, 2e-5, False),
+         "cpu kernel": (torch.float32, 2e-5, True)}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("use_nvlamb", [True, False])
-def test_matches_reference_step_by_step(use_nvlamb, dtype, tol):
+def test_matches_reference_step_by_step(use_nvlamb, path):
+    dtype, tol, cpu_kernel = PATHS[path]
+    if path == "cpu kernel" and cpu_kernels.load() is None:
+        pytest.skip("no C compiler: the CPU kernel is not built")
     params = make_params(dtype)
     ref_w = [p.detach().double().clone() for p in params]
     groups = param_groups(params, weight_decay=0.01)
-    opt = NVLAMB(groups, lr=0.02, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0, use_nvlamb=use_nvlamb)
+    opt = NVLAMB(groups, lr=0.02, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0, use_nvlamb=use_nvlamb,
+                 cpu_kernel=cpu_kernel)
     wds = [0.0 if no_decay(p) else 0.01 for p in params]
     state = {"t": 0, "m": [torch.zeros_like(w) for w in ref_w], "v": [torch.zeros_like(w) for w in ref_w]}
     clipped = 0
@@ -72,7 +82,8 @@ def test_matches_reference_step_by_step(use_nvlamb, dtype, tol):
         for p, w in zip(params, ref_w):
             torch.testing.assert_close(p.detach().double(), w, atol=tol, rtol=tol)
     assert clipped >= 3 and clipped < 10
-    assert bool(opt.scratch) == (dtype == torch.float32), "float32 groups take the fused path"
+    assert set(opt.last_paths) == {{"foreach": "foreach", "fused": "fused", "cpu kernel": "cpu"}[path]}
+    assert bool(opt.scratch) == (path == "fused"), "only the fused-AdamW path keeps a scratch buffer"
     assert all(set(st) == {"step", "exp_avg", "exp_avg_sq"} for st in opt.state.values())
     assert params[2].abs().sum() > 0  # the zero tensor moved (r = 1)
 
@@ -88,19 +99,19 @@ def test_use_nvlamb_changes_only_tensors_without_weight_decay():
         assert same == (not no_decay(p)), i
 
 
-def test_overflow_step_is_skipped_and_touches_nothing():
-    params = make_params()
+# float32 on the CPU takes the compiled kernel (where a compiler exists), float64 the multi-tensor path
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_overflow_step_is_skipped_and_touches_nothing(dtype):
+    params = make_params(dtype)
     opt = NVLAMB(param_groups(params, 0.01), lr=0.02)
-    for p, g in zip(params, grads_for(1, params)):
-        p.grad = g
-    opt.step()
+    train(params, opt, [1])
     before = [p.detach().clone() for p in params]
     state = copy.deepcopy(opt.state_dict())
     grads = grads_for(2, params)
     grads[1][3] = float("inf")
     grads[0][0, 0] = float("nan")
     for p, g in zip(params, grads):
-        p.grad = g
+        p.grad = g.to(dtype)
     opt.step()
     assert opt.skipped_steps == 1 and not math.isfinite(opt.last_grad_norm)
     for p, b in zip(params, before):
@@ -114,15 +125,16 @@ def test_overflow_step_is_skipped_and_touches_nothing():
 def train(params, opt, steps):
     for step in steps:
         for p, g in zip(params, grads_for(step, params)):
-            p.grad = g
+            p.grad = g.to(p.dtype)
         opt.step()
 
 
-def test_state_dict_resume_continues_exactly():
-    straight = make_params()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_state_dict_resume_continues_exactly(dtype):
+    straight = make_params(dtype)
     train(straight, NVLAMB(param_groups(straight, 0.01), lr=0.02), range(8))
 
-    first = make_params()
+    first = make_params(dtype)
     opt1 = NVLAMB(param_groups(first, 0.01), lr=0.02)
     train(first, opt1, range(4))
     saved = copy.deepcopy(opt1.state_dict())
