@@ -117,11 +117,15 @@ class DenoisingSamples:
         return noise(tokens, lengths, self.word_starts(tokens, lengths), self.cfg, self.specials, rng)
 
     def word_starts(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Word starts per token: the dictionary's, plus every sentence's first token
-        (GPT-2 BPE encodes a sentence-initial word without its leading space)."""
-        starts = self.word_start[tokens]
-        starts[np.cumsum(lengths) - lengths] = True
-        return starts
+        return word_starts(self.word_start, tokens, lengths)
+
+
+def word_starts(table: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Word starts per token: the dictionary's, plus every sentence's first token
+    (GPT-2 BPE encodes a sentence-initial word without its leading space)."""
+    starts = table[tokens]
+    starts[np.cumsum(lengths) - lengths] = True
+    return starts
 
 
 def collate(samples: list[dict], pad: int, eos: int) -> dict:

@@ -11,7 +11,8 @@ from bart_ext.adapters.fairseq_denoising import BartDenoisingTaskBase
 
 @dataclass
 class BartDenoisingConfig(FairseqDataclass):
-    data: str = field(default=MISSING, metadata={"help": "fairseq-preprocess output (dict.txt, {split}.bin/.idx)"})
+    data: str = field(default=MISSING, metadata={
+        "help": "fairseq-preprocess output (dict.txt, {split}.bin/.idx), or LDDL parquet shards ({split}/*.parquet)"})
     tokens_per_sample: int = field(default=512, metadata={"help": "longest sample, <s> and </s> included"})
     mask: float = field(default=0.3, metadata={"help": "share of words masked (budget ceil(mask * words))"})
     mask_random: float = field(default=0.1, metadata={"help": "share of masks replaced by a random token"})
@@ -24,6 +25,11 @@ class BartDenoisingConfig(FairseqDataclass):
         default="gpt2", metadata={"help": "how word starts are recognised in the dictionary"}
     )
     gpt2_encoder_json: str = field(default="", metadata={"help": "GPT-2 encoder.json (default: DATA/encoder.json)"})
+    lddl_bin_size: int = field(default=8, metadata={
+        "help": "LDDL data: width in tokens of the (source, target) length bins (0: batches in stream order)"})
+    lddl_skip_corrupt: bool = field(default=False, metadata={"help": "LDDL data: skip unreadable shards with a warning"})
+    lddl_sentencepiece_model: str = field(default="", metadata={
+        "help": "LDDL data with --word-starts sentencepiece: the .model (default: DATA/sentencepiece.model)"})
     seed: int = II("common.seed")
     max_source_positions: int = field(default=1024, metadata={"help": "longest source"})
     max_target_positions: int = field(default=1024, metadata={"help": "longest target"})

@@ -3,9 +3,12 @@
 The noise and the sample layout live in ``bart_ext.noising`` and
 ``bart_ext.denoising_data``; this module only reads fairseq's binarized data,
 builds the word-start table from the dictionary and hands fairseq its dataset.
+A ``task.data`` folder of LDDL parquet shards (``train/``, ``valid/`` or the
+folder itself) is detected and streamed through ``fairseq_lddl`` instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +20,9 @@ from fairseq.data import Dictionary, FairseqDataset, data_utils
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 from fairseq.tasks import FairseqTask
 
+from bart_ext import lddl_data
+from bart_ext.adapters.fairseq_lddl import LDDLDataset, LDDLEpochBatchIterator, batch_size_for
+from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines
 from bart_ext.denoising_data import DenoisingSamples, collate
 from bart_ext.noising import NoiseConfig, Specials
 
@@ -140,8 +146,17 @@ class BartDenoisingTaskBase(FairseqTask):
         data = cfg.data.split(os.pathsep)[0]
         dict_path = os.path.join(data, "dict.txt")
         if not os.path.exists(dict_path):
-            raise FileNotFoundError(f"{dict_path} not found: task.data must be a fairseq-preprocess output folder")
-        dictionary = Dictionary.load(dict_path)
+            if not is_lddl(data):
+                raise FileNotFoundError(
+                    f"{dict_path} not found: task.data must be a fairseq-preprocess output folder or a folder of "
+                    "LDDL parquet shards (scripts/lddl_preprocess.py)")
+            if cfg.word_starts != "gpt2":
+                raise FileNotFoundError(f"{dict_path} not found: LDDL data with {cfg.word_starts} needs a dict.txt")
+            dictionary = Dictionary()  # every GPT-2 BPE id, in id order
+            for line in gpt2_dictionary_lines(encoder_json_path(cfg)):
+                dictionary.add_symbol(line.split()[0])
+        else:
+            dictionary = Dictionary.load(dict_path)
         logger.info("dictionary: %d types (+ <mask>)", len(dictionary))
         return cls(cfg, dictionary)
 
@@ -168,26 +183,97 @@ class BartDenoisingTaskBase(FairseqTask):
 
     def word_start(self) -> np.ndarray:
         if self._word_start is None:
-            encoder = self.cfg.gpt2_encoder_json or os.path.join(self.cfg.data.split(os.pathsep)[0], "encoder.json")
-            self._word_start = word_start_table(self.dictionary, self.cfg.word_starts, Path(encoder))
+            self._word_start = word_start_table(self.dictionary, self.cfg.word_starts, encoder_json_path(self.cfg))
         return self._word_start
 
+    def specials(self) -> Specials:
+        d = self.dictionary
+        return Specials(bos=d.bos(), eos=d.eos(), mask=self.mask_idx, size=len(d), first_regular=d.nspecial)
+
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        if is_lddl(self.cfg.data.split(os.pathsep)[0]):
+            self.datasets[split] = self._load_lddl(split)
+            return self.datasets[split]
         paths = self.cfg.data.split(os.pathsep)
         path = os.path.join(paths[(epoch - 1) % len(paths)], split)
         lines = data_utils.load_indexed_dataset(path, self.dictionary, self.cfg.dataset_impl, combine=combine)
         if lines is None:
             raise FileNotFoundError(f"no binarized data for split {split!r} at {path}.{{bin,idx}}")
         d = self.dictionary
-        specials = Specials(bos=d.bos(), eos=d.eos(), mask=self.mask_idx, size=len(d), first_regular=d.nspecial)
         samples = DenoisingSamples(
-            _reader(lines), lines.sizes, self.cfg.tokens_per_sample - 2, self.word_start(), specials, self.noise,
-            self.cfg.seed,
+            _reader(lines), lines.sizes, self.cfg.tokens_per_sample - 2, self.word_start(), self.specials(),
+            self.noise, self.cfg.seed,
         )
         logger.info("%s: %d sentences -> %d samples of up to %d tokens", split, len(lines), len(samples),
                     self.cfg.tokens_per_sample)
         self.datasets[split] = BartDenoisingDataset(samples, d.pad(), d.eos(), shuffle=split == "train")
         return self.datasets[split]
+
+    def _load_lddl(self, split: str) -> LDDLDataset:
+        root = Path(self.cfg.data.split(os.pathsep)[0])
+        folder = root / split if lddl_data.is_shard_folder(root / split) else root
+        if folder == root and split != "train":
+            raise FileNotFoundError(f"no LDDL shards for split {split!r}: {root / split} holds no *.parquet "
+                                    "(write a validation split with scripts/lddl_preprocess.py --valid-corpus, "
+                                    "or pass --disable-validation)")
+        shards = lddl_data.open_shards(folder, skip_corrupt=self.cfg.lddl_skip_corrupt)
+        if shards.skipped:
+            logger.warning("%s: %d corrupt shards skipped: %s", folder, len(shards.skipped), shards.skipped)
+        encoder = self._text_encoder()
+        cfg = lddl_data.LoaderConfig(
+            shards=shards.shards, encoder=encoder, id_table=encoder.id_table(self.dictionary),
+            word_start=self.word_start(), specials=self.specials(), pad=self.dictionary.pad(), noise=self.noise,
+            tokens_per_sample=self.cfg.tokens_per_sample, batch_size=0, bin_size=self.cfg.lddl_bin_size,
+            seed=self.cfg.seed,
+        )
+        logger.info("%s: %d LDDL samples in %d shards from %s", split, shards.total, len(shards.shards), folder)
+        return LDDLDataset(cfg, str(folder), shuffle=split == "train")
+
+    def _text_encoder(self):
+        if self.cfg.word_starts == "sentencepiece":
+            model = self.cfg.lddl_sentencepiece_model or os.path.join(self.cfg.data, "sentencepiece.model")
+            return SentencePieceEncoder(model)
+        encoder_json = encoder_json_path(self.cfg)
+        return GPT2Encoder(encoder_json, encoder_json.with_name("vocab.bpe"))
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
+                           shard_id=0, num_workers=0, epoch=1, **kwargs):
+        if not isinstance(dataset, LDDLDataset):
+            return super().get_batch_iterator(
+                dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
+                ignore_invalid_inputs=ignore_invalid_inputs,
+                required_batch_size_multiple=required_batch_size_multiple, seed=seed, num_shards=num_shards,
+                shard_id=shard_id, num_workers=num_workers, epoch=epoch, **kwargs)
+        cfg = dataclasses.replace(
+            dataset.cfg, batch_size=batch_size_for(max_sentences, max_tokens, self.cfg.tokens_per_sample))
+        return LDDLEpochBatchIterator(cfg, rank=shard_id, world=num_shards, epoch=epoch, shuffle=dataset.shuffle,
+                                      workers=num_workers)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad)
+        if "padding" in sample:  # LDDL batches: padding share per logging interval
+            logging_output["pad_tokens"], logging_output["slot_tokens"] = (int(v) for v in sample["padding"])
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        slots = sum(log.get("slot_tokens", 0) for log in logging_outputs)
+        if slots:
+            from fairseq import metrics
+
+            metrics.log_scalar("pad_share", sum(log.get("pad_tokens", 0) for log in logging_outputs) / slots,
+                               weight=slots, round=4)
+
+
+def is_lddl(data: str) -> bool:
+    """A folder of LDDL parquet shards: ``DATA/*.parquet`` or ``DATA/train/*.parquet``."""
+    return lddl_data.is_shard_folder(data) or lddl_data.is_shard_folder(os.path.join(data, "train"))
+
+
+def encoder_json_path(cfg) -> Path:
+    return Path(cfg.gpt2_encoder_json or os.path.join(cfg.data.split(os.pathsep)[0], "encoder.json"))
 
 
 class _CleanBlocks(torch.utils.data.Dataset):

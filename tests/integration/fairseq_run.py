@@ -46,3 +46,17 @@ def train_losses(log: str) -> dict[int, float]:
             rec = json.loads(m.group(1))
             losses[int(rec["num_updates"])] = float(rec["loss"])
     return losses
+
+
+def resume_runs(make_args, tmp_path: Path, n: int, env: dict[str, str]) -> tuple[dict, dict, str]:
+    """2n updates straight, and n updates then a resume to 2n (exact logging both times).
+
+    Args:
+        make_args: ``(save_dir, updates) -> fairseq-train arguments``.
+
+    Returns:
+        the straight run's losses, the first half's losses, and the resumed run's log.
+    """
+    straight = train_losses(fairseq_train(make_args(tmp_path / "a", 2 * n), env, exact=True))
+    first = train_losses(fairseq_train(make_args(tmp_path / "b", n), env, exact=True))
+    return straight, first, fairseq_train(make_args(tmp_path / "b", 2 * n), env, exact=True)

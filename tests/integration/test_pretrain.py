@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.integration.fairseq_run import USER_DIR, fairseq_train, run, train_args, train_losses
+from tests.integration.fairseq_run import USER_DIR, fairseq_train, resume_runs, run, train_args, train_losses
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,7 @@ def test_loss_falls_on_real_text(trained):
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(data_dir, cli_env, tmp_path):
     n = 6
-    straight = train_losses(fairseq_train(train_args(data_dir, tmp_path / "a", 2 * n), cli_env, exact=True))
-    first = train_losses(fairseq_train(train_args(data_dir, tmp_path / "b", n), cli_env, exact=True))
-    resumed_log = fairseq_train(train_args(data_dir, tmp_path / "b", 2 * n), cli_env, exact=True)
+    straight, first, resumed_log = resume_runs(lambda d, u: train_args(data_dir, d, u), tmp_path, n, cli_env)
     assert "Loaded checkpoint" in resumed_log
     resumed = train_losses(resumed_log)
     assert sorted(first) == list(range(1, n + 1))

@@ -1,7 +1,6 @@
 """The compiled CPU passes of NVLAMB: built once and cached, optional, and equal to the PyTorch path."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

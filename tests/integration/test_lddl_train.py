@@ -1,0 +1,88 @@
+"""LDDL data end to end: aclsum -> dask preprocessing -> shards -> fairseq-train (ours and LDDL's own shards)."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bart_ext.bpe import GPT2Encoder
+from tests.conftest import ROOT
+from tests.integration.fairseq_run import USER_DIR, fairseq_train, resume_runs, run, train_losses
+
+LENGTH = 128
+
+
+def preprocess(out, cli_env, *extra):
+    return run([sys.executable, str(ROOT / "scripts" / "lddl_preprocess.py"), "--aclsum", "--out", str(out),
+                "--target-seq-length", str(LENGTH), "--workers", "2", *extra], cli_env)
+
+
+@pytest.fixture(scope="module")
+def shards(data_dir, cli_env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lddl") / "aclsum"
+    log = preprocess(out, cli_env, "--num-shards", "4")
+    assert re.search(r"train: 240 documents \(0 empty dropped, 0 with invalid UTF-8\) -> \d+ samples", log), log
+    return out
+
+
+def lddl_args(data, save_dir, updates, *extra):
+    return [str(data), "--user-dir", USER_DIR, "--arch", "bart_tiny_preln", "--cpu", "--task", "bart_denoising",
+            "--tokens-per-sample", str(LENGTH), "--criterion", "cross_entropy", "--optimizer", "nvlamb", "--lr",
+            "0.03", "--lr-scheduler", "polynomial_decay", "--warmup-updates", "5", "--total-num-update", "100",
+            "--batch-size", "8", "--max-update", str(updates), "--seed", "7", "--num-workers", "1",
+            "--log-format", "json", "--log-interval", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
+            "--disable-validation", *extra]
+
+
+def test_shards_are_balanced_and_fit_the_length_in_bpe_tokens(shards):
+    counts = json.loads((shards / "train" / ".num_samples.json").read_text())
+    assert len(counts) == 4 and max(counts.values()) - min(counts.values()) <= 1
+    enc = GPT2Encoder(shards / "encoder.json", shards / "vocab.bpe")
+    rows = [r for f in sorted((shards / "train").glob("shard-*.parquet")) for r in pq.read_table(f)["sentences"]
+            .to_pylist()]
+    assert len(rows) == sum(counts.values())
+    lengths = [sum(len(ids) for ids in enc.encode_batch([" " + s for s in r.split("\n")])) for r in rows]
+    assert max(lengths) <= LENGTH - 2, "a sample does not fit once BPE-tokenized"
+    assert sum(n > LENGTH * 0.7 for n in lengths) > 0.8 * len(lengths), "samples should be near the target length"
+    assert sum("\n" in r for r in rows) > 0.5 * len(rows), "sentence boundaries should be kept"  # 84% at 128
+
+
+def test_fairseq_train_on_shards_loss_falls(shards, cli_env, tmp_path):
+    log = fairseq_train(lddl_args(shards, tmp_path, 30), cli_env)
+    losses = train_losses(log)
+    assert sorted(losses) == list(range(1, 31))
+    first = sum(losses[u] for u in range(1, 6)) / 5
+    last = sum(losses[u] for u in range(26, 31)) / 5
+    assert last < first - 0.5, (first, last)
+    shares = [float(m) for m in re.findall(r'"pad_share": "([\d.]+)"', log)]
+    assert shares and max(shares) < 0.5
+    assert "LDDL samples in 4 shards" in log
+
+
+def test_resume_mid_epoch_continues_exactly(shards, cli_env, tmp_path):
+    n = 4
+    straight, first, resumed_log = resume_runs(lambda d, u: lddl_args(shards, d, u), tmp_path, n, cli_env)
+    assert "resuming epoch 1 of the LDDL shards at batch 4" in resumed_log
+    resumed = train_losses(resumed_log)
+    assert sorted(resumed) == list(range(n + 1, 2 * n + 1))
+    for update, loss in {**first, **resumed}.items():
+        assert loss == pytest.approx(straight[update], abs=1e-6), update
+    state = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)["extra_state"]["train_iterator"]
+    assert state["epoch"] == 1 and state["iterations_in_epoch"] == 2 * n
+
+
+def test_lddl_own_pipeline_shards_load_and_train(data_dir, cli_env, tmp_path):
+    out = tmp_path / "lddl_engine"
+    preprocess(out, cli_env, "--engine", "lddl", "--num-shards", "2")
+    files = sorted((out / "train").glob("*.parquet"))
+    assert [f.name for f in files] == ["shard-0.parquet", "shard-1.parquet"]
+    assert json.loads((out / "train" / ".num_samples.json").read_text()).keys() == {f.name for f in files}
+    rows = pq.read_table(files[0])["sentences"].to_pylist()
+    assert not any("\n" in r for r in rows), "LDDL joins sentences with spaces"
+    losses = train_losses(fairseq_train(lddl_args(out, tmp_path / "ck", 8), cli_env))
+    assert sorted(losses) == list(range(1, 9)) and all(v == v for v in losses.values())
+    assert min(losses[u] for u in range(5, 9)) < losses[1]
