@@ -72,8 +72,8 @@ class GPT2Encoder:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         enc = self._encoder()
-        if self.backend == "tiktoken":
-            return enc.encode_ordinary_batch(texts, num_threads=1)
+        if self.backend == "tiktoken":  # one call per text: encode_ordinary_batch starts a thread pool per call
+            return [enc.encode_ordinary(t) for t in texts]
         return [enc.encode(t) for t in texts]
 
     def vocab_size(self) -> int:

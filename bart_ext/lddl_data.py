@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 COLUMN = "sentences"  # LDDL's BART schema
 NUM_SAMPLES_FILE = ".num_samples.json"
-CHUNK_BATCHES = 32
+CHUNK_BATCHES = 64  # 2,048 samples at batch 32: bins fill well (BENCHMARKS.md); a resume recomputes one chunk
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 
 

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sentencepiece-model", type=Path, help="tokenize with sentencepiece instead of GPT-2 BPE")
     ap.add_argument("--nltk-data", type=Path, default=Path("data/nltk_data"), help="punkt tables (lddl engine)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    if not logging.getLogger().handlers:  # a caller's logging set-up wins
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +96,17 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copy(args.gpt2 / name, args.out / name)
         (args.out / "dict.txt").write_text("\n".join(gpt2_dictionary_lines(args.gpt2 / "encoder.json")) + "\n")
 
+    client = None if args.engine == "lddl" else lddl_prep.dask_client(args.workers, args.scheduler, args.mpi)
+    try:
+        run_splits(args, corpora, encoder, client)
+    finally:
+        if client is not None:
+            lddl_prep.close_client(client)
+    print(f"train with: fairseq-train {args.out} --user-dir user_dir --task bart_denoising "
+          f"--tokens-per-sample {args.target_seq_length} --batch-size N ...")
+
+
+def run_splits(args, corpora: dict[str, Path], encoder, client) -> None:
     for split, corpus in corpora.items():
         out = args.out / split
         shards = args.num_shards if split == "train" else args.valid_shards
@@ -103,14 +115,11 @@ def main(argv: list[str] | None = None) -> None:
             lddl_prep.preprocess_with_lddl(corpus, out, args.nltk_data, args.target_seq_length, shards, args.workers)
             print(f"{split}: lddl -> {out} in {time.perf_counter() - tic:.1f} s", flush=True)
             continue
-        stats = lddl_prep.preprocess(corpus, out, encoder, args.target_seq_length, shards, args.workers,
-                                     args.scheduler, args.mpi)
+        stats = lddl_prep.preprocess(corpus, out, encoder, args.target_seq_length, shards, client=client)
         mb = stats.input_bytes / 2**20
         print(f"{split}: {stats.documents} documents ({stats.empty_documents} empty dropped, {stats.bad_utf8_lines} "
               f"with invalid UTF-8) -> {stats.samples} samples, {stats.tokens} tokens, {shards} shards in {out}; "
               f"{mb:.1f} MB in {stats.seconds:.1f} s ({mb / stats.seconds:.2f} MB/s)", flush=True)
-    print(f"train with: fairseq-train {args.out} --user-dir user_dir --task bart_denoising "
-          f"--tokens-per-sample {args.target_seq_length} --batch-size N ...")
 
 
 if __name__ == "__main__":
