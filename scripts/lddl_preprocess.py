@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
+    # First: under MPI (dask-mpi) only one rank returns from here to run the rest.
+    client = None if args.engine == "lddl" else lddl_prep.dask_client(args.workers, args.scheduler, args.mpi)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.aclsum:
         corpora = aclsum_corpus(Path("data/aclsum/raw"), args.out / "corpus")
@@ -96,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copy(args.gpt2 / name, args.out / name)
         (args.out / "dict.txt").write_text("\n".join(gpt2_dictionary_lines(args.gpt2 / "encoder.json")) + "\n")
 
-    client = None if args.engine == "lddl" else lddl_prep.dask_client(args.workers, args.scheduler, args.mpi)
     try:
         run_splits(args, corpora, encoder, client)
     finally:

@@ -29,6 +29,28 @@ def shards(data_dir, cli_env, tmp_path_factory):
     return out
 
 
+def all_rows(folder):
+    return [r for f in sorted(folder.glob("shard-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
+            for r in pq.read_table(f)["sentences"].to_pylist()]
+
+
+@pytest.mark.parametrize("where", ["scheduler", "mpi"])
+def test_preprocessing_on_a_scheduler_or_mpi_writes_the_same_samples(shards, cli_env, tmp_path, where):
+    out = tmp_path / where
+    if where == "mpi":
+        mpirun = str(ROOT / ".venv" / "bin" / "mpirun") if (ROOT / ".venv" / "bin" / "mpirun").exists() else "mpirun"
+        run([mpirun, "-n", "3", sys.executable, str(ROOT / "scripts" / "lddl_preprocess.py"), "--aclsum", "--mpi",
+             "--out", str(out), "--target-seq-length", str(LENGTH), "--num-shards", "3"], cli_env)
+    else:
+        from dask.distributed import LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+            preprocess(out, cli_env, "--scheduler", cluster.scheduler_address, "--num-shards", "3")
+    assert all_rows(out / "train") == all_rows(shards / "train")  # 3 shards here, 4 there: same samples in order
+    assert json.loads((out / "train" / ".num_samples.json").read_text()).keys() == {f"shard-{i}.parquet"
+                                                                                     for i in range(3)}
+
+
 def lddl_args(data, save_dir, updates, *extra):
     return [str(data), "--user-dir", USER_DIR, "--arch", "bart_tiny_preln", "--cpu", "--task", "bart_denoising",
             "--tokens-per-sample", str(LENGTH), "--criterion", "cross_entropy", "--optimizer", "nvlamb", "--lr",
@@ -42,8 +64,7 @@ def test_shards_are_balanced_and_fit_the_length_in_bpe_tokens(shards):
     counts = json.loads((shards / "train" / ".num_samples.json").read_text())
     assert len(counts) == 4 and max(counts.values()) - min(counts.values()) <= 1
     enc = GPT2Encoder(shards / "encoder.json", shards / "vocab.bpe")
-    rows = [r for f in sorted((shards / "train").glob("shard-*.parquet")) for r in pq.read_table(f)["sentences"]
-            .to_pylist()]
+    rows = all_rows(shards / "train")
     assert len(rows) == sum(counts.values())
     lengths = [sum(len(ids) for ids in enc.encode_batch([" " + s for s in r.split("\n")])) for r in rows]
     assert max(lengths) <= LENGTH - 2, "a sample does not fit once BPE-tokenized"
