@@ -30,6 +30,12 @@ class BartPrelnConfig(FairseqDataclass):
         default=False,
         metadata={"help": "accept a Post-LN checkpoint in a Pre-LN model: initialise the final LayerNorms fresh"},
     )
+    # Precision switches sit on the model: plugins cannot add fairseq common options, and
+    # fairseq's own --bf16 means TPU on the command line.
+    bf16_autocast: bool = field(default=False, metadata={
+        "help": "forward passes under bf16 autocast (fp32 weights, optimizer state and loss; no loss scaling): "
+                "GPUs from Ampere on, and CPUs"})
+    no_tf32: bool = field(default=False, metadata={"help": "turn TF32 matmuls off (on by default where CUDA has them)"})
 
 
 @register_model("bart_preln", dataclass=BartPrelnConfig)

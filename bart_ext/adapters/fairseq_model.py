@@ -118,12 +118,27 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
         return self.max_target_positions
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 matmuls and convolutions on GPUs that have them (Ampere and later); a no-op without CUDA."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+        logger.info("TF32 matmuls %s", "on" if enabled else "off (--no-tf32)")
+
+
 class BartPrelnModel(FairseqEncoderDecoderModel):
     """fairseq model around ``bart_ext.model``; one embedding shared by encoder, decoder and output."""
 
     def __init__(self, cfg, encoder: PrelnEncoder, decoder: PrelnDecoder):
         super().__init__(encoder, decoder)
         self.cfg = cfg
+        self.bf16_autocast = bool(getattr(cfg, "bf16_autocast", False))
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
+        """fairseq's forward, under bf16 autocast with ``--bf16-autocast``: matmuls in bf16, weights,
+        gradients, optimizer state and the loss (fairseq's log-softmax upcasts) in fp32, no loss scaling."""
+        with torch.autocast(src_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
+            return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
 
     @staticmethod
     def core_config(cfg, dictionary) -> core.BartConfig:
@@ -151,6 +166,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
                 f"target dictionaries must be identical (got {len(src)} and {len(tgt)} entries); "
                 "preprocess with --joined-dictionary or --srcdict/--tgtdict pointing at the same dict.txt"
             )
+        set_tf32(not getattr(cfg, "no_tf32", False))
         model_cfg = cls.core_config(cfg, src)
         embed = nn.Embedding(model_cfg.vocab_size, model_cfg.embed_dim, padding_idx=model_cfg.padding_idx)
         model = cls(cfg, PrelnEncoder(model_cfg, embed, src), PrelnDecoder(model_cfg, embed, src))
