@@ -86,12 +86,36 @@ def safe(load_checkpoint_to_cpu):
     return load
 
 
+def intra_job(broadcast_object_slow):
+    """Wrap fairseq's rank-to-rank object broadcast so that the receiving ranks can unpickle it.
+
+    Resuming on several ranks, rank 0 reads the checkpoint (through ``safe``) and
+    sends the state to the others with ``torch.save``; they ``torch.load`` it, which
+    torch >= 2.6 does weights-only and which then fails on fairseq's ``DictConfig``.
+    Those bytes are not a file from outside: rank 0 of the same job pickled them
+    from what it had already loaded under the policy above, so they are unpickled
+    in full. Nothing else changes.
+    """
+
+    @functools.wraps(broadcast_object_slow)
+    def broadcast(obj, src_rank, group, dist_device):
+        with _WeightsOnlyOff():
+            return broadcast_object_slow(obj, src_rank, group, dist_device)
+
+    broadcast.bart_ext_safe = True
+    return broadcast
+
+
 def install() -> None:
-    """Route fairseq's checkpoint reads through ``safe`` (idempotent)."""
+    """Route fairseq's checkpoint reads through ``safe``, and its rank-to-rank state broadcast
+    through ``intra_job`` (idempotent)."""
     from fairseq import checkpoint_utils
+    from fairseq.distributed import utils as dist_utils
 
     if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "bart_ext_safe", False):
         checkpoint_utils.load_checkpoint_to_cpu = safe(checkpoint_utils.load_checkpoint_to_cpu)
+    if not getattr(dist_utils._broadcast_object_slow, "bart_ext_safe", False):
+        dist_utils._broadcast_object_slow = intra_job(dist_utils._broadcast_object_slow)
 
 
 install()

@@ -102,12 +102,21 @@ class LDDLEpochBatchIterator(EpochBatchIterating):
 
     def state_dict(self) -> dict:
         if self.end_of_epoch():
-            return {"epoch": self.epoch + 1, "iterations_in_epoch": 0, "lddl": True}
-        return {"epoch": self.epoch, "iterations_in_epoch": self.iterations_in_epoch, "lddl": True}
+            return {"epoch": self.epoch + 1, "iterations_in_epoch": 0, "lddl_world": self.world}
+        return {"epoch": self.epoch, "iterations_in_epoch": self.iterations_in_epoch, "lddl_world": self.world}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch = state_dict["epoch"]
         pos = state_dict.get("iterations_in_epoch", 0)
+        world = state_dict.get("lddl_world", self.world)
+        if pos and world != self.world:
+            # Each rank's share is a contiguous range of the epoch's stream, so what W ranks
+            # consumed is not a prefix that W' ranks could skip: the rest of the epoch is left out.
+            left = len(self._epoch(self.epoch)) - pos
+            logger.warning("checkpoint written by %d ranks, resuming on %d: the LDDL shares differ, so epoch %d's "
+                           "remaining %d batches per rank are skipped and training continues with epoch %d",
+                           world, self.world, self.epoch, left, self.epoch + 1)
+            self.epoch, pos = self.epoch + 1, 0
         if pos >= len(self._epoch(self.epoch)):
             self.epoch, pos = self.epoch + 1, 0
         self._next = self._iterator(self.epoch, pos) if pos > 0 else None

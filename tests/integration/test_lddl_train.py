@@ -11,22 +11,8 @@ import torch
 
 from bart_ext.bpe import GPT2Encoder
 from tests.conftest import ROOT
-from tests.integration.fairseq_run import USER_DIR, fairseq_train, resume_runs, run, train_losses
-
-LENGTH = 128
-
-
-def preprocess(out, cli_env, *extra):
-    return run([sys.executable, str(ROOT / "scripts" / "lddl_preprocess.py"), "--aclsum", "--out", str(out),
-                "--target-seq-length", str(LENGTH), "--workers", "2", *extra], cli_env)
-
-
-@pytest.fixture(scope="module")
-def shards(data_dir, cli_env, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lddl") / "aclsum"
-    log = preprocess(out, cli_env, "--num-shards", "4")
-    assert re.search(r"train: 240 documents \(0 empty dropped, 0 with invalid UTF-8\) -> \d+ samples", log), log
-    return out
+from tests.integration.conftest import LENGTH, lddl_args, preprocess
+from tests.integration.fairseq_run import fairseq_train, resume_runs, run, train_losses
 
 
 def all_rows(folder):
@@ -49,15 +35,6 @@ def test_preprocessing_on_a_scheduler_or_mpi_writes_the_same_samples(shards, cli
     assert all_rows(out / "train") == all_rows(shards / "train")  # 3 shards here, 4 there: same samples in order
     assert json.loads((out / "train" / ".num_samples.json").read_text()).keys() == {f"shard-{i}.parquet"
                                                                                      for i in range(3)}
-
-
-def lddl_args(data, save_dir, updates, *extra):
-    return [str(data), "--user-dir", USER_DIR, "--arch", "bart_tiny_preln", "--cpu", "--task", "bart_denoising",
-            "--tokens-per-sample", str(LENGTH), "--criterion", "cross_entropy", "--optimizer", "nvlamb", "--lr",
-            "0.03", "--lr-scheduler", "polynomial_decay", "--warmup-updates", "5", "--total-num-update", "100",
-            "--batch-size", "8", "--max-update", str(updates), "--seed", "7", "--num-workers", "1",
-            "--log-format", "json", "--log-interval", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
-            "--disable-validation", *extra]
 
 
 def test_shards_are_balanced_and_fit_the_length_in_bpe_tokens(shards):
