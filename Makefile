@@ -24,6 +24,8 @@ bench: data
 	@$(PY) scripts/bench_train.py
 	@$(PY) scripts/bench_noise.py
 	@$(PY) scripts/bench_nvlamb.py
+	@$(PY) scripts/bench_lddl.py
+	@$(PY) scripts/bench_ddp.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
