@@ -210,3 +210,13 @@ def test_balance_writes_equal_shards(tmp_path):
     assert [s.num_samples for s in shards.shards] == sizes
     rows = [r for s in shards.shards for r in pq.read_table(s.path)["sentences"].to_pylist()]
     assert rows == [f"p{i} r{j}" for i, n in enumerate([7, 1, 12]) for j in range(n)]
+
+
+def test_streaming_holds_at_most_two_shards(tmp_path):
+    cfg = config(write_shards(tmp_path, [30] * 6), batch_size=2)
+    lddl_data._cache.tables.clear()
+    seen = 0
+    for batch, _ in Epoch(cfg, 1).iterate():
+        seen += len(batch["id"]) if batch else 0
+        assert len(lddl_data._cache.tables) <= 2
+    assert seen == 180
