@@ -1,0 +1,37 @@
+"""Repeated n-gram blocking for beam search, on the device, without host copies.
+
+fairseq's ``NGramRepeatBlock`` falls back, when its CUDA extension is not built
+(the usual case with a pip install), to a Python loop that copies every
+hypothesis to the host with ``.cpu().tolist()`` at every decoding step. This
+does the same with tensor operations: all n-grams of each hypothesis by
+``unfold``, the ones whose first ``n - 1`` tokens equal the hypothesis' last
+``n - 1``, and their last tokens set to ``-inf`` through a scattered mask (no
+boolean indexing, so no data-dependent shape and no device synchronisation).
+The result equals fairseq's loop (tested), including its quirk that ``n = 1``
+blocks nothing.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def block_repeated_ngrams(tokens: Tensor, lprobs: Tensor, n: int) -> Tensor:
+    """Set ``lprobs[h, t] = -inf`` where emitting ``t`` would repeat an ``n``-gram of hypothesis ``h``.
+
+    Args:
+        tokens: ``(hypotheses, length)`` tokens so far.
+        lprobs: ``(hypotheses, vocab)`` next-token log-probabilities, updated in place.
+        n: the n-gram size.
+    """
+    hyps, length = tokens.shape
+    if n < 2 or length < n:
+        return lprobs
+    grams = tokens.unfold(1, n, 1)  # (H, W, n), W = length - n + 1
+    last = tokens[:, length - (n - 1) :]  # (H, n - 1)
+    match = (grams[:, :, :-1] == last.unsqueeze(1)).all(dim=-1)  # (H, W)
+    vocab = lprobs.size(1)
+    target = torch.where(match, grams[:, :, -1], torch.full_like(grams[:, :, -1], vocab))  # vocab: a spare column
+    banned = torch.zeros(hyps, vocab + 1, dtype=torch.bool, device=lprobs.device)
+    banned.scatter_(1, target, True)
+    return lprobs.masked_fill_(banned[:, :vocab], float("-inf"))

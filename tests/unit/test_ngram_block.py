@@ -1,0 +1,34 @@
+"""n-gram blocking on the device equals fairseq's loop and copies nothing to the host."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bart_ext.adapters.generation  # noqa: F401  (installs the replacement)
+from bart_ext.ngram_block import block_repeated_ngrams
+from fairseq.ngram_repeat_block import NGramRepeatBlock
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("length", [1, 2, 3, 5, 17])
+def test_equals_fairseq_loop(n, length):
+    g = torch.Generator().manual_seed(n * 100 + length)
+    bsz, beam, vocab = 3, 4, 7  # a small vocabulary, so n-grams repeat
+    tokens = torch.randint(0, vocab, (bsz * beam, length), generator=g)
+    lprobs = torch.randn(bsz * beam, vocab, generator=g)
+    block = NGramRepeatBlock(n, use_extension=False)
+    ours = block(tokens, lprobs.clone(), bsz, beam, length - 1)  # step = length - 1, as in SequenceGenerator
+    ref = block._fairseq_no_repeat_ngram(tokens, lprobs.clone(), bsz, beam, length - 1)
+    assert torch.equal(ours, ref)
+    if n == 3 and length == 17:
+        assert torch.isinf(ours).any(), "the case should block something"
+
+
+def test_no_host_copies(monkeypatch):
+    tokens = torch.tensor([[5, 6, 5, 6, 5]])
+    lprobs = torch.zeros(1, 9)
+    for name in ("cpu", "tolist", "item", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError(name)))
+    out = block_repeated_ngrams(tokens, lprobs, 2)
+    monkeypatch.undo()
+    assert torch.isinf(out[0, 6]) and torch.isinf(out).sum() == 1  # "5 6" was seen: 6 after 5 is blocked
