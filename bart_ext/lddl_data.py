@@ -285,12 +285,18 @@ class Epoch:
                 break
         return pieces
 
-    def samples(self, chunk: int, stats: ChunkStats) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """The chunk's clean samples: ``(sample id, tokens, sentence lengths)``; empty documents dropped."""
+    def samples(self, chunk: int, stats: ChunkStats, limit: int | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """The chunk's clean samples: ``(sample id, tokens, sentence lengths)``; empty documents dropped.
+
+        Args:
+            limit: read only the chunk's first ``limit`` rows.
+        """
         cfg = self.cfg
-        ids, docs = [], []
+        ids, docs, left = [], [], limit
         for shard, rows in self.chunk_rows(chunk):
             column = _cache.column(cfg.shards[shard].path)
+            if left is not None:
+                rows, left = rows[:left], left - min(left, len(rows))
             for row in rows.tolist():
                 raw = column[row].as_py()
                 text = _decode(raw, stats) if raw is not None else ""
@@ -323,16 +329,25 @@ class Epoch:
 
     def batches(self, chunk: int) -> tuple[list[dict], ChunkStats]:
         """The chunk's batches, exactly ``chunk_batches(chunk)`` of them (empty ``{}`` fill in for dropped samples)."""
-        cfg, stats = self.cfg, ChunkStats()
-        noised = []
-        for sample_id, tokens, lengths in self.samples(chunk, stats):
-            rng = np.random.default_rng([cfg.seed, self.epoch, sample_id])
-            n = noise(tokens, lengths, word_starts(cfg.word_start, tokens, lengths), cfg.noise, cfg.specials, rng)
-            noised.append({"id": sample_id, "source": torch.from_numpy(n.source), "target": torch.from_numpy(n.target)})
-        out = [with_padding_counts(collate(group, cfg.pad, cfg.specials.eos), cfg.pad)
-               for group in self._group(noised, chunk)]
+        stats = ChunkStats()
+        out = [self._collate(group) for group in self._group(self._noised(self.samples(chunk, stats)), chunk)]
         out += [{}] * (self.chunk_batches(chunk) - len(out))  # fairseq treats {} as a dummy batch
         return out, stats
+
+    def first_batch(self) -> dict:
+        """One batch of the epoch's first samples, read alone (fairseq's dummy batch for empty steps)."""
+        return self._collate(self._noised(self.samples(0, ChunkStats(), limit=self.cfg.batch_size)))
+
+    def _noised(self, samples: list) -> list[dict]:
+        cfg, out = self.cfg, []
+        for sample_id, tokens, lengths in samples:
+            rng = np.random.default_rng([cfg.seed, self.epoch, sample_id])
+            n = noise(tokens, lengths, word_starts(cfg.word_start, tokens, lengths), cfg.noise, cfg.specials, rng)
+            out.append({"id": sample_id, "source": torch.from_numpy(n.source), "target": torch.from_numpy(n.target)})
+        return out
+
+    def _collate(self, group: list[dict]) -> dict:
+        return with_padding_counts(collate(group, self.cfg.pad, self.cfg.specials.eos), self.cfg.pad)
 
     def _group(self, samples: list[dict], chunk: int) -> list[list[dict]]:
         """Noised samples -> batches: full length bins first, then the rest sorted by length; order shuffled.

@@ -150,10 +150,10 @@ class NVLAMB(torch.optim.Optimizer):
             self._update_cpu(lib, group, params, states, clip)
         elif fusable:
             self.last_paths.append("fused")
-            self._update_fused(group, params, clip)
+            self._update_fused(group, params, states, clip)
         else:
             self.last_paths.append("foreach")
-            self._update_foreach(group, params, clip)
+            self._update_foreach(group, params, states, clip)
 
     def _update_cpu(self, lib, group: dict, params: list[Tensor], states: list[dict], clip: float) -> None:
         """Steps 2-6 in two passes per tensor (``csrc/nvlamb_cpu.c``).
@@ -181,7 +181,7 @@ class NVLAMB(torch.optim.Optimizer):
             ratio = w_norm / u_norm if trust and w_norm > 0 and u_norm > 0 else 1.0
             lib.lamb_apply(p.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), *coeffs, lr * ratio, threads)
 
-    def _update_fused(self, group: dict, params: list[Tensor], clip: float) -> None:
+    def _update_fused(self, group: dict, params: list[Tensor], states: list[dict], clip: float) -> None:
         """Steps 2-4 in PyTorch's fused AdamW kernel, run on a zeroed buffer.
 
         With lr 1 and no weight decay, ``_fused_adamw_`` updates both moments in one
@@ -191,7 +191,6 @@ class NVLAMB(torch.optim.Optimizer):
         """
         b1, b2 = group["betas"]
         wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
-        states = [self._state(p) for p in params]
         # Scratch space, reused every step; not state, so checkpoints do not carry it.
         for p in params:
             if p not in self.scratch:
@@ -215,11 +214,10 @@ class NVLAMB(torch.optim.Optimizer):
         else:
             torch._foreach_add_(params, buf, alpha=lr)
 
-    def _update_foreach(self, group: dict, params: list[Tensor], clip: float) -> None:
+    def _update_foreach(self, group: dict, params: list[Tensor], states: list[dict], clip: float) -> None:
         """The same steps with multi-tensor operations (fp16/bf16 parameters: fp32 state and arithmetic)."""
         b1, b2 = group["betas"]
         wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
-        states = [self._state(p) for p in params]
         for s in states:
             s["step"] += 1
         t = float(states[0]["step"])

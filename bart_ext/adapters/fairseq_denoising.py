@@ -140,6 +140,7 @@ class BartDenoisingTaskBase(FairseqTask):
             rotate=cfg.rotate, insert=cfg.insert,
         )
         self._word_start = None
+        self._lddl_text = None
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -219,9 +220,12 @@ class BartDenoisingTaskBase(FairseqTask):
         shards = lddl_data.open_shards(folder, skip_corrupt=self.cfg.lddl_skip_corrupt)
         if shards.skipped:
             logger.warning("%s: %d corrupt shards skipped: %s", folder, len(shards.skipped), shards.skipped)
-        encoder = self._text_encoder()
+        if self._lddl_text is None:  # the tokenizer and its id table, built once per task, not per epoch
+            encoder = self._text_encoder()
+            self._lddl_text = (encoder, encoder.id_table(self.dictionary))
+        encoder, id_table = self._lddl_text
         cfg = lddl_data.LoaderConfig(
-            shards=shards.shards, encoder=encoder, id_table=encoder.id_table(self.dictionary),
+            shards=shards.shards, encoder=encoder, id_table=id_table,
             word_start=self.word_start(), specials=self.specials(), pad=self.dictionary.pad(), noise=self.noise,
             tokens_per_sample=self.cfg.tokens_per_sample, batch_size=0, bin_size=self.cfg.lddl_bin_size,
             seed=self.cfg.seed,

@@ -125,9 +125,8 @@ class LDDLEpochBatchIterator(EpochBatchIterating):
 
     @property
     def first_batch(self):
-        if self._first is None:  # fairseq's dummy batch: the first non-empty batch of epoch 1's first chunk
-            batches, _ = self._epoch(1).batches(0)
-            self._first = next((b for b in batches if b), {})
+        if self._first is None:  # fairseq's dummy batch: built from the first batch_size rows only
+            self._first = self._epoch(1).first_batch()
         return self._first
 
     def _iterator(self, epoch: int, offset: int) -> CountingIterator:

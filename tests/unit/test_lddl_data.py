@@ -220,3 +220,12 @@ def test_streaming_holds_at_most_two_shards(tmp_path):
         seen += len(batch["id"]) if batch else 0
         assert len(lddl_data._cache.tables) <= 2
     assert seen == 180
+
+
+def test_first_batch_reads_only_the_first_rows(tmp_path):
+    cfg = config(write_shards(tmp_path, [50, 50]), batch_size=4)
+    ep = Epoch(cfg, 1)
+    first = ep.first_batch()
+    rows = [cfg.shards[s].first_id + int(r) for s, r_ in ep.chunk_rows(0) for r in r_][:4]
+    assert sorted(int(i) for i in first["id"]) == sorted(rows)
+    assert first["net_input"]["src_tokens"].shape[0] == 4
