@@ -13,6 +13,7 @@ install:
 
 data: install
 	@$(PY) scripts/prepare_data.py --out data/aclsum
+	@$(PY) scripts/prepare_summarization.py --out data/aclsum_summ --dict data/aclsum/bin/dict.txt
 
 demo: data
 	@$(PY) scripts/demo.py
@@ -26,6 +27,7 @@ bench: data
 	@$(PY) scripts/bench_nvlamb.py
 	@$(PY) scripts/bench_lddl.py
 	@$(PY) scripts/bench_ddp.py
+	@$(PY) scripts/bench_generate.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -128,3 +128,13 @@ def gpt2_dictionary_lines(encoder_json: Path | str) -> list[str]:
     """
     vocab = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
     return [f"{i} 1" for i in sorted(vocab.values())]
+
+
+def gpt2_decoder(encoder_json: Path | str, vocab_bpe: Path | str):
+    """GPT-2's ``decode(list[int]) -> str`` from the local files (fairseq's GPT-2 encoder)."""
+    for path in (encoder_json, vocab_bpe):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} not found: GPT-2's encoder.json and vocab.bpe are needed to decode")
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    return get_encoder(str(encoder_json), str(vocab_bpe)).decode

@@ -5,8 +5,9 @@ fairseq's ``NGramRepeatBlock`` falls back, when its CUDA extension is not built
 hypothesis to the host with ``.cpu().tolist()`` at every decoding step. This
 does the same with tensor operations: all n-grams of each hypothesis by
 ``unfold``, the ones whose first ``n - 1`` tokens equal the hypothesis' last
-``n - 1``, and their last tokens set to ``-inf`` through a scattered mask (no
-boolean indexing, so no data-dependent shape and no device synchronisation).
+``n - 1``, and their last tokens set to ``-inf`` by one gather and one scatter of
+``hypotheses x windows`` entries (no boolean indexing, so no data-dependent shape and no
+device synchronisation, and no pass over the whole vocabulary).
 The result equals fairseq's loop (tested), including its quirk that ``n = 1``
 blocks nothing.
 """
@@ -30,8 +31,11 @@ def block_repeated_ngrams(tokens: Tensor, lprobs: Tensor, n: int) -> Tensor:
     grams = tokens.unfold(1, n, 1)  # (H, W, n), W = length - n + 1
     last = tokens[:, length - (n - 1) :]  # (H, n - 1)
     match = (grams[:, :, :-1] == last.unsqueeze(1)).all(dim=-1)  # (H, W)
-    vocab = lprobs.size(1)
-    target = torch.where(match, grams[:, :, -1], torch.full_like(grams[:, :, -1], vocab))  # vocab: a spare column
-    banned = torch.zeros(hyps, vocab + 1, dtype=torch.bool, device=lprobs.device)
-    banned.scatter_(1, target, True)
-    return lprobs.masked_fill_(banned[:, :vocab], float("-inf"))
+    nxt = grams[:, :, -1].contiguous()  # (H, W): the token that would repeat window w
+    # Window w's token is banned if any matching window ends in the same token. Writing that
+    # per window (not a full-vocabulary mask) touches H * W entries of lprobs, not H * vocab,
+    # and every write to one entry carries the same value, so the scatter is deterministic.
+    same = nxt.unsqueeze(2) == nxt.unsqueeze(1)  # (H, W, W)
+    banned = (same & match.unsqueeze(1)).any(dim=-1)  # (H, W)
+    current = lprobs.gather(1, nxt)
+    return lprobs.scatter_(1, nxt, torch.where(banned, torch.full_like(current, float("-inf")), current))

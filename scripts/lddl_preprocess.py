@@ -8,7 +8,7 @@ form from the prepared default data (data/aclsum/raw: one paper per line).
 Output (OUT):
     train/shard-*.parquet, train/.num_samples.json, train/stats.json
     valid/...                  (when a validation corpus is given)
-    dict.txt                   every GPT-2 BPE id (or the sentencepiece pieces)
+    dict.txt                   every GPT-2 BPE id, --dict's copy, or the sentencepiece pieces
     encoder.json, vocab.bpe    the BPE files the loader tokenizes with
 
 Engines: bart_ext (default: chunks counted in BPE tokens, sentence boundaries
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scheduler", help="address of an existing dask scheduler")
     ap.add_argument("--mpi", action="store_true", help="run dask over MPI (dask-mpi; launch with mpirun)")
     ap.add_argument("--gpt2", type=Path, default=Path("data/aclsum/gpt2"), help="folder with encoder.json, vocab.bpe")
+    ap.add_argument("--dict", type=Path, help="GPT-2: this dict.txt instead of every GPT-2 id (e.g. a corpus' types)")
     ap.add_argument("--sentencepiece-model", type=Path, help="tokenize with sentencepiece instead of GPT-2 BPE")
     ap.add_argument("--nltk-data", type=Path, default=Path("data/nltk_data"), help="punkt tables (lddl engine)")
     args = ap.parse_args(argv)
@@ -96,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         encoder = GPT2Encoder(args.gpt2 / "encoder.json", args.gpt2 / "vocab.bpe")
         for name in ("encoder.json", "vocab.bpe"):
             shutil.copy(args.gpt2 / name, args.out / name)
-        (args.out / "dict.txt").write_text("\n".join(gpt2_dictionary_lines(args.gpt2 / "encoder.json")) + "\n")
+        if args.dict:  # a smaller vocabulary (e.g. the corpus' own types): ids outside it read as <unk>
+            if not args.dict.exists():
+                raise SystemExit(f"--dict {args.dict} not found")
+            shutil.copy(args.dict, args.out / "dict.txt")
+        else:
+            (args.out / "dict.txt").write_text("\n".join(gpt2_dictionary_lines(args.gpt2 / "encoder.json")) + "\n")
 
     try:
         run_splits(args, corpora, encoder, client)

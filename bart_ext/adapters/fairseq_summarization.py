@@ -1,0 +1,104 @@
+"""``--task bart_summarization``: fairseq's translation task, shaped the way BART was pretrained.
+
+Three differences from ``--task translation``, each switchable:
+
+* sources begin with ``<s>`` (``--prepend-bos``), as the denoising sources did;
+* targets begin with ``<s>`` (``--target-bos``), as the denoising targets did, so the
+  decoder is fine-tuned to predict the first word after ``<s>``;
+* generation forces ``<s>`` as the first token (``--force-bos``), as fairseq's BART hub
+  interface does. Stock ``fairseq-generate`` lets the model pick the first token and then
+  decodes from a state fine-tuning never saw.
+
+The dictionary is the pretrained one plus ``<mask>`` (appended last, as ``bart_denoising``
+does), so a pretrained checkpoint's embedding fits unchanged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from fairseq import utils
+from fairseq.data import (
+    AppendTokenDataset,
+    Dictionary,
+    LanguagePairDataset,
+    PrependTokenDataset,
+    StripTokenDataset,
+    TruncateDataset,
+    data_utils,
+)
+from fairseq.tasks.translation import TranslationTask
+
+logger = logging.getLogger(__name__)
+
+
+class BartSummarizationTaskBase(TranslationTask):
+    @classmethod
+    def load_dictionary(cls, filename):
+        if not os.path.exists(filename):
+            raise FileNotFoundError(
+                f"{filename} not found: task.data must be a translation-format fairseq-preprocess folder "
+                "(scripts/prepare_summarization.py writes one)")
+        dictionary = Dictionary.load(filename)
+        dictionary.add_symbol("<mask>")  # the pretrained embedding has it (bart_denoising appends it last)
+        return dictionary
+
+    def _side(self, data_path: str, split: str, lang: str, dictionary: Dictionary):
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.{lang}")
+        dataset = data_utils.load_indexed_dataset(prefix, dictionary, self.cfg.dataset_impl)
+        if dataset is None:
+            raise FileNotFoundError(f"{prefix}.{{bin,idx}} not found (split {split!r} in {data_path})")
+        return dataset
+
+    def _shaping(self, task_cfg) -> tuple[bool, int, bool, bool]:
+        """(truncate_source, max_source_positions, prepend_bos, target_bos): fairseq-generate passes the
+        checkpoint's task config, so test sources are shaped exactly as the fine-tuning data was."""
+        cfg = self.cfg
+        if task_cfg is not None and getattr(task_cfg, "_name", None) == "bart_summarization":
+            cfg = task_cfg
+            logger.info("data shaped as in fine-tuning: truncate_source=%s max_source_positions=%s prepend_bos=%s "
+                        "target_bos=%s", cfg.truncate_source, cfg.max_source_positions, cfg.prepend_bos,
+                        cfg.target_bos)
+        return bool(cfg.truncate_source), int(cfg.max_source_positions), bool(cfg.prepend_bos), bool(cfg.target_bos)
+
+    def load_dataset(self, split, epoch=1, combine=False, task_cfg=None, **kwargs):
+        truncate, max_source, prepend_bos, target_bos = self._shaping(task_cfg)
+        paths = utils.split_paths(self.cfg.data)
+        data_path = paths[(epoch - 1) % len(paths)] if split == self.cfg.train_subset else paths[0]
+        src = self._side(data_path, split, self.cfg.source_lang, self.src_dict)
+        tgt = self._side(data_path, split, self.cfg.target_lang, self.tgt_dict)
+        if len(src) != len(tgt):
+            raise ValueError(f"{data_path}: split {split} has {len(src)} sources but {len(tgt)} targets")
+        bos, eos = self.src_dict.bos(), self.src_dict.eos()
+        if truncate:
+            keep = max_source - 1 - int(prepend_bos)
+            src = AppendTokenDataset(TruncateDataset(StripTokenDataset(src, eos), keep), eos)
+        if prepend_bos:
+            src = PrependTokenDataset(src, bos)
+        if target_bos:
+            tgt = PrependTokenDataset(tgt, self.tgt_dict.bos())
+        self.datasets[split] = LanguagePairDataset(
+            src, src.sizes, self.src_dict, tgt, tgt.sizes, self.tgt_dict,
+            left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
+            shuffle=(split != "test"), num_buckets=self.cfg.num_batch_buckets,
+            pad_to_multiple=self.cfg.required_seq_len_multiple,
+        )
+        logger.info("%s %s: %d pairs (<s> on sources: %s, on targets: %s)", data_path, split, len(src),
+                    prepend_bos, target_bos)
+        return self.datasets[split]
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        if self.cfg.prepend_bos:
+            bos = self.src_dict.bos()
+            src_tokens = [t if len(t) and t[0] == bos else torch.cat([t.new_tensor([bos]), t]) for t in src_tokens]
+            src_lengths = [len(t) for t in src_tokens]
+        return super().build_dataset_for_inference(src_tokens, src_lengths, constraints)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        if self.cfg.force_bos and prefix_tokens is None:
+            src = sample["net_input"]["src_tokens"]
+            prefix_tokens = src.new_full((src.size(0), 1), self.tgt_dict.bos())
+        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                      constraints=constraints)

@@ -1,0 +1,105 @@
+"""Loss curves from fairseq's JSON logs (``--log-format json``), and their plots.
+
+fairseq writes one JSON object per log line, tagged ``[train_inner]`` (every
+``--log-interval`` updates), ``[valid]`` (every validation) and ``[train]`` (end of
+epoch). ``read_log`` collects the first two as (update, loss) points; the loss is in
+base 2, as fairseq reports it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_RECORD = re.compile(r"\]\[(train_inner|valid|train)\]\[INFO\] - (\{.*\})\s*$")
+
+
+@dataclass
+class Curves:
+    train: list[tuple[int, float]] = field(default_factory=list)
+    valid: list[tuple[int, float]] = field(default_factory=list)
+    last_train: dict = field(default_factory=dict)  # the last [train] (end of epoch) record
+
+    def final(self, which: str = "valid") -> float:
+        points = self.valid if which == "valid" else self.train
+        return points[-1][1] if points else math.nan
+
+
+def parse_record(line: str) -> tuple[str, dict] | None:
+    """``(tag, record)`` for a fairseq JSON log line, else None."""
+    m = _RECORD.search(line)
+    if not m:
+        return None
+    try:
+        return m.group(1), json.loads(m.group(2))
+    except json.JSONDecodeError:
+        return None
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan  # fairseq logs inf/nan losses as strings too
+
+
+def read_log(path: Path) -> Curves:
+    """Train and validation loss by update from a fairseq log file."""
+    curves = Curves()
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found (a fairseq training log)")
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        rec = parse_record(line)
+        if rec is None:
+            continue
+        tag, r = rec
+        if tag == "train_inner" and "loss" in r:
+            curves.train.append((int(r["num_updates"]), _number(r["loss"])))
+        elif tag == "valid" and "valid_loss" in r:
+            curves.valid.append((int(r["valid_num_updates"]), _number(r["valid_loss"])))
+        elif tag == "train":
+            curves.last_train = r
+    return curves
+
+
+def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str = "") -> Path:
+    """One subplot per ``(title, {label: curves})`` panel: train solid, validation dashed, same colour.
+
+    Non-finite losses are left out of the lines and marked with an x at the top of the panel.
+    """
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font search logs at DEBUG
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    for ax, (title, runs) in zip(axes[0], panels):
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (label, c) in enumerate(runs.items()):
+            colour = colours[i % len(colours)]
+            for points, style, suffix in ((c.train, "-", "train"), (c.valid, "--", "valid")):
+                good = [(u, v) for u, v in points if math.isfinite(v)]
+                if good:
+                    ax.plot(*zip(*good), style, color=colour, label=f"{label} ({suffix})", linewidth=1.5,
+                            marker="o" if len(good) < 4 else None)
+                bad = [u for u, v in points if not math.isfinite(v)]
+                if bad:
+                    ax.plot(bad, [1.0] * len(bad), "x", color=colour, transform=ax.get_xaxis_transform(),
+                            label=f"{label} ({suffix}: non-finite)")
+        ax.set_title(title)
+        ax.set_xlabel("update")
+        ax.set_ylabel("loss (base 2)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

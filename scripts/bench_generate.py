@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Generation speed with the XSum preset (beam 6, batch 32): bart_ext against fairseq, side by side.
+
+Runs ``fairseq-generate`` on the same checkpoint, inputs and settings (``<s>`` forced first in
+every run), alternating the n-gram blocking (``BART_EXT_NGRAM_BLOCK``, see
+bart_ext/adapters/generation.py) round by round, and reads fairseq's own
+"Translated N sentences ... (X sentences/s)" figure, which times generation only:
+
+    bart_ext        our blocking on the device, no host copies
+    fairseq_loop    fairseq's Python loop given the generated prefix: what fairseq's blocking
+                    computes when it works (its CUDA kernel); outputs must be identical to ours
+    fairseq_stock   fairseq unchanged: on a CPU its loop sees padding and blocks nothing
+                    (fairseq #5206), so its outputs differ; timed for reference
+
+Usage: python scripts/bench_generate.py [--path runs/demo/finetune/checkpoint_best.pt] [--rounds 3]
+(`make demo` writes the default checkpoint; without it, this runs the demo's small pipeline first.)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bart_ext.summarization import preset_args, read_generate_output  # noqa: E402
+
+MODES = ("bart_ext", "fairseq_loop", "fairseq_stock")
+
+
+def run_once(mode: str, data: Path, ckpt: Path, subset: str, batch: int, out: Path) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task", "bart_summarization",
+           "--path", str(ckpt), "--gen-subset", subset, "--batch-size", str(batch), "--cpu",
+           "--required-batch-size-multiple", "1", "--results-path", str(out), *preset_args("xsum")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, BART_EXT_NGRAM_BLOCK=mode))
+    if proc.returncode != 0:
+        raise SystemExit(f"fairseq-generate ({mode}) failed:\n{proc.stderr[-3000:]}")
+    text = (out / f"generate-{subset}.txt").read_text()
+    m = re.search(r"Translated ([\d,]+) sentences .*?\(([\d.]+) sentences/s", proc.stderr + proc.stdout + text)
+    if not m:
+        raise SystemExit(f"no 'Translated ... sentences/s' line from fairseq-generate ({mode})")
+    rows = read_generate_output(out / f"generate-{subset}.txt")
+    return float(m.group(2)), {i: r.get("H", []) for i, r in rows.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--path", type=Path, default=ROOT / "runs" / "demo" / "finetune" / "checkpoint_best.pt")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "aclsum_summ" / "bin")
+    ap.add_argument("--subset", default="test")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    if not args.path.exists():
+        print(f"{args.path} not found: running the demo's small pipeline for a checkpoint", flush=True)
+        run = ROOT / "runs" / "bench_generate"
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--small", "--run-dir", str(run)],
+                       check=True, stdout=subprocess.DEVNULL)
+        args.path = run / "finetune" / "checkpoint_best.pt"
+
+    speed: dict[str, list[float]] = {m: [] for m in MODES}
+    outputs: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for mode in MODES:
+                s, hyps = run_once(mode, args.data, args.path, args.subset, args.batch_size, Path(tmp) / mode)
+                speed[mode].append(s)
+                if outputs.setdefault(mode, hyps) != hyps:
+                    raise SystemExit(f"{mode}: outputs changed between rounds")
+                print(f"round {r + 1}: {mode:<14} {s:6.2f} sentences/s", flush=True)
+    med = {m: statistics.median(v) for m, v in speed.items()}
+    same = outputs["bart_ext"] == outputs["fairseq_loop"]
+    differ = sum(outputs["bart_ext"][i] != outputs["fairseq_stock"].get(i) for i in outputs["bart_ext"])
+    n = len(outputs["bart_ext"])
+    print(f"\nXSum preset (beam 6, lenpen 1.0, max_len_b 60, min_len 10, no_repeat_ngram_size 3), batch "
+          f"{args.batch_size}, {n} {args.subset} documents, {args.path}; medians of {args.rounds} rounds:")
+    for mode in MODES:
+        print(f"  {mode:<14} {med[mode]:6.2f} sentences/s   ({', '.join(f'{v:.2f}' for v in speed[mode])})")
+    print(f"  bart_ext / fairseq_loop  = {med['bart_ext'] / med['fairseq_loop']:.2f}x   "
+          f"outputs identical: {same}")
+    print(f"  bart_ext / fairseq_stock = {med['bart_ext'] / med['fairseq_stock']:.2f}x   "
+          f"outputs differ on {differ}/{n} documents (stock blocks nothing on a CPU)")
+    if not same:
+        raise SystemExit("bart_ext and fairseq_loop outputs differ")
+    return {"median": med, "identical": same}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Summarization data: aclsum pairs, held-out test papers, bad input named, BPE and binarized form."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bart_ext.summarization import ASPECTS, aclsum_pairs, binarize, load_preset, preset_args, read_pairs
+from bart_ext.text import aclsum_split
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEELS = sorted((ROOT / "data" / "downloads").glob("aclsum-*.whl"))
+SUMM = ROOT / "data" / "aclsum_summ"
+
+
+@pytest.fixture(scope="module")
+def wheel():
+    if not WHEELS:
+        pytest.fail("no aclsum wheel in data/downloads: `make test` fetches it (scripts/prepare_data.py)")
+    return WHEELS[-1]
+
+
+def test_aclsum_pairs(wheel):
+    sizes = {split: len(aclsum_pairs(wheel, split)) for split in ("train", "valid", "test")}
+    assert sizes == {"train": 100, "valid": 50, "test": 100}
+    rec = aclsum_split(wheel, "test")[0]
+    pair = aclsum_pairs(wheel, "test")[0]
+    assert pair.id == rec["id"]
+    assert pair.target == " ".join(" ".join(rec["summary"][a].split()) for a in ASPECTS)
+    first_abstract, last_conclusion = rec["sentences"]["abstract"][0], rec["sentences"]["conclusion"][-1]
+    assert pair.source.startswith(" ".join(first_abstract.split()))
+    assert pair.source.endswith(" ".join(last_conclusion.split()))
+
+
+def test_test_papers_held_out_of_pretraining(wheel):
+    """The share of a paper's word 8-grams found in the pretraining text: near 0 for test papers."""
+    words = " ".join((ROOT / "data" / "aclsum" / "raw" / f"{s}.txt").read_text() for s in ("train", "valid")).split()
+    seen = {" ".join(words[i : i + 8]) for i in range(len(words) - 7)}
+
+    def overlap(pair):
+        w = pair.source.split()
+        grams = [" ".join(w[i : i + 8]) for i in range(len(w) - 7)]
+        return sum(g in seen for g in grams) / len(grams)
+
+    test = [overlap(p) for p in aclsum_pairs(wheel, "test")]
+    train = [overlap(p) for p in aclsum_pairs(wheel, "train")[:30]]
+    assert max(test) < 0.05, max(test)
+    assert sorted(train)[len(train) // 2] > 0.15, train  # the measure does find papers that are there
+
+
+def test_read_pairs_names_bad_input(tmp_path):
+    (tmp_path / "train.source").write_text("a document\nanother one\n")
+    (tmp_path / "train.target").write_text("a summary\n")
+    with pytest.raises(ValueError, match=r"train.source has 2 lines but .*train.target has 1"):
+        read_pairs(tmp_path, "train")
+    (tmp_path / "train.target").write_text("a summary\n  \n")
+    with pytest.raises(ValueError, match=r"train.target:2: empty line"):
+        read_pairs(tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="valid.source"):
+        read_pairs(tmp_path, "valid")
+
+
+def test_binarized_data_and_wrong_dictionary(tmp_path):
+    bin_dir = SUMM / "bin"
+    if not (bin_dir / "dict.source.txt").exists():
+        pytest.fail(f"{bin_dir} missing: `make test` prepares it")
+    assert (bin_dir / "dict.source.txt").read_bytes() == (ROOT / "data" / "aclsum" / "bin" / "dict.txt").read_bytes()
+    # A dictionary of some other tokenization: nearly everything is <unk>, and the file is named.
+    wrong = tmp_path / "dict.txt"
+    wrong.write_text("".join(f"tok{i} 1\n" for i in range(100)))
+    (tmp_path / "bpe").mkdir()
+    for side in ("source", "target"):
+        (tmp_path / "bpe" / f"valid.{side}").write_text((SUMM / "bpe" / f"valid.{side}").read_text())
+    with pytest.raises(ValueError, match=r"does not fit this BPE: .*valid\.source \(source\) 9\d\.\d% of tokens are <unk>"):
+        binarize(tmp_path / "bpe", wrong, tmp_path / "bin")
+    assert not (tmp_path / "bin").exists()
+
+
+def test_bart_summarization_task_shapes_data():
+    from fairseq.tasks import TASK_REGISTRY
+
+    import user_dir  # noqa: F401  (registers the task)
+    from omegaconf import OmegaConf
+
+    cls = TASK_REGISTRY["bart_summarization"]
+    dc = cls.__dataclass
+    cfg = OmegaConf.structured(dc(data=str(SUMM / "bin"), truncate_source=True, max_source_positions=64,
+                                  train_subset="train", dataset_impl=None, required_seq_len_multiple=1))
+    task = cls.setup_task(cfg)
+    assert task.src_dict[len(task.src_dict) - 1] == "<mask>"  # the pretrained embedding's size
+    ds = task.load_dataset("valid")
+    bos, eos = task.src_dict.bos(), task.src_dict.eos()
+    for i in range(5):
+        item = ds[i]
+        assert item["source"][0] == bos and item["source"][-1] == eos and len(item["source"]) <= 64
+        assert item["target"][0] == bos and item["target"][-1] == eos
+    cfg.prepend_bos = cfg.target_bos = False
+    plain = cls.setup_task(cfg).load_dataset("valid")
+    assert plain[0]["target"].tolist() == ds[0]["target"].tolist()[1:]
+    assert plain[0]["source"][0] != bos
+
+
+def test_presets():
+    assert load_preset("xsum") == {"beam": 6, "lenpen": 1.0, "max_len_b": 60, "min_len": 10, "no_repeat_ngram_size": 3}
+    assert load_preset("cnn_dm") == {"beam": 4, "lenpen": 2.0, "max_len_b": 140, "min_len": 55,
+                                     "no_repeat_ngram_size": 3}
+    assert preset_args("xsum")[:2] == ["--beam", "6"]
+    with pytest.raises(ValueError, match="unknown generation preset 'cnn'.*known: cnn_dm, xsum"):
+        load_preset("cnn")
