@@ -68,6 +68,7 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
     """One subplot per ``(title, {label: curves})`` panel: train solid, validation dashed, same colour.
 
     Non-finite losses are left out of the lines and marked with an x at the top of the panel.
+    What was drawn is listed next to the image (``OUT.json``: panel -> label -> points).
     """
     import logging
 
@@ -78,12 +79,14 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    drawn: dict[str, dict[str, int]] = {}
     for ax, (title, runs) in zip(axes[0], panels):
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, (label, c) in enumerate(runs.items()):
             colour = colours[i % len(colours)]
             for points, style, suffix in ((c.train, "-", "train"), (c.valid, "--", "valid")):
                 good = [(u, v) for u, v in points if math.isfinite(v)]
+                drawn.setdefault(title, {})[f"{label} ({suffix})"] = len(good)
                 if good:
                     ax.plot(*zip(*good), style, color=colour, label=f"{label} ({suffix})", linewidth=1.5,
                             marker="o" if len(good) < 4 else None)
@@ -102,4 +105,5 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+    out.with_suffix(".json").write_text(json.dumps(drawn, indent=1))
     return out

@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Run an ablation: a named grid of fairseq-hydra-train runs -> CSV, markdown table, loss-curve PNG.
+
+    python scripts/sweep.py preln_vs_postln              # configs/ablation/preln_vs_postln.yaml, tiny scale
+    python scripts/sweep.py noise --jobs 2               # two runs at once
+    python scripts/sweep.py nvlamb_vs_adam --scale real  # the documented larger setting
+    python scripts/sweep.py preln_vs_postln --hydra-multirun   # print the same grid as one hydra multirun
+                                                                # (e.g. + hydra/launcher=submitit_slurm)
+
+Output in --out (default runs/sweeps/NAME): runs/<key>/ (train.log, checkpoints, result.json),
+results.csv (one row per run), results.md (one row per grid point), NAME.png.
+
+Resumable: a run with a result.json is skipped (runs are keyed by their resolved config), an
+unfinished one is started again (fairseq resumes from its checkpoint_last.pt). A run whose loss
+goes NaN/inf, or that fairseq stops for NaN/Inf gradients, is recorded as diverged; a crash
+is recorded as failed; the sweep goes on either way.
+"""
+from __future__ import annotations
+
+import time
+
+STARTED = time.time()  # the runner's own start-up counts as overhead
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bart_ext.curves import plot, read_log  # noqa: E402
+from bart_ext.sweep import CONFIG_ROOT, Result, Run, classify, expand, hydra_value, load_ablation, write_tables  # noqa: E402
+
+
+def resolve_paths(overrides: dict) -> dict:
+    """Relative data and user-dir paths are relative to the repository, wherever the sweep is started."""
+    out = dict(overrides)
+    for key in ("task.data", "common.user_dir"):
+        if key in out and isinstance(out[key], str) and not os.path.isabs(out[key]):
+            out[key] = str(ROOT / out[key])
+    return out
+
+
+def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
+    config = Path(spec["config"])
+    overrides = resolve_paths({"common.user_dir": "user_dir", **run.overrides})
+    return [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(CONFIG_ROOT / config.parent),
+            "--config-name", config.name, *(f"++{k}={hydra_value(v)}" for k, v in overrides.items()),
+            f"checkpoint.save_dir={run_dir / 'checkpoints'}", f"hydra.run.dir={run_dir / 'hydra'}",
+            "++common.log_format=json"]
+
+
+def execute(spec: dict, run: Run, run_dir: Path, threads: int) -> Result:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = command(spec, run, run_dir)
+    log = run_dir / "train.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t0 = time.time()
+    with open(log, "a") as f:  # an interrupted attempt's lines stay; fairseq resumes from checkpoint_last.pt
+        f.write(f"# bart_ext sweep attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+    seconds = time.time() - t0
+    result = classify(read_log(log), rc, log.read_text(errors="replace")[-20000:])
+    result.seconds = seconds
+    record = {"label": run.label, "point": run.point, "key": run.key,
+              "overrides": {k: hydra_value(v) for k, v in run.overrides.items()}, "result": asdict(result)}
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.rename(run_dir / "result.json")  # written last and atomically: its presence means finished
+    return result
+
+
+def load_result(run_dir: Path) -> Result | None:
+    path = run_dir / "result.json"
+    if not path.exists():
+        return None
+    return Result(**json.loads(path.read_text())["result"])
+
+
+def figure(spec: dict, runs: list[Run], out: Path, run_root: Path) -> Path:
+    """One panel per value of the first grid axis; one colour per run within it."""
+    axes = list(spec["grid"])
+    panels: dict[str, dict] = {}
+    for r in runs:
+        if not (run_root / r.dirname / "result.json").exists():
+            continue
+        first = f"{axes[0].split('.')[-1]}={r.point[axes[0]]}"
+        rest = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.point.items() if k != axes[0]) or r.label
+        status = load_result(run_root / r.dirname).status
+        rest += "" if status == "ok" else f" [{status}]"
+        panels.setdefault(first, {})[rest] = read_log(run_root / r.dirname / "train.log")
+    return plot(list(panels.items()), out / f"{spec['name']}.png", spec.get("description", spec["name"]))
+
+
+def hydra_multirun(spec: dict) -> str:
+    config = Path(spec["config"])
+    parts = ["fairseq-hydra-train", "-m", "--config-dir", str(Path("configs") / config.parent),
+             "--config-name", config.name, "common.user_dir=$PWD/user_dir"]
+    parts += [f"'++{k}={hydra_value(v)}'" for k, v in spec["overrides"].items()]
+    for axis, values in spec["grid"].items():
+        if any(isinstance(v, dict) for v in values):
+            raise SystemExit(f"--hydra-multirun: axis {axis!r} sets several keys per value; hydra's basic sweeper "
+                             "sweeps one key per axis (use the runner, or split the axis)")
+        parts.append(f"'++{axis}=" + ",".join(hydra_value(v) for v in values) + "'")
+    if spec.get("seeds"):
+        parts.append("common.seed=" + ",".join(str(s) for s in spec["seeds"]))
+    if spec.get("lr_rule") or spec.get("token_budget"):
+        parts.append("# note: lr_rule / token_budget are applied by scripts/sweep.py only")
+    return " ".join(parts) + " hydra/launcher=submitit_slurm hydra.sweep.dir=multirun/" + spec["name"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ablation", help="a name in configs/ablation/ or a path to a .yaml")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once on this machine")
+    ap.add_argument("--out", type=Path, help="default runs/sweeps/NAME")
+    ap.add_argument("--scale", help="a scale of the ablation file (e.g. real)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more shared override (hydra syntax), e.g. optimization.max_update=20")
+    ap.add_argument("--hydra-multirun", action="store_true", help="print the grid as a hydra multirun and exit")
+    ap.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+    args = ap.parse_args(argv)
+
+    path = Path(args.ablation)
+    if path.suffix != ".yaml":
+        path = CONFIG_ROOT / "ablation" / f"{args.ablation}.yaml"
+    from omegaconf import OmegaConf
+
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        extra[key] = OmegaConf.create({"v": value})["v"] if value[:1] in "[{" else _scalar(value)
+    spec = load_ablation(path, args.scale, extra)
+    if args.hydra_multirun:
+        print(hydra_multirun(spec))
+        return {}
+    runs = expand(spec)
+    out = (args.out or ROOT / "runs" / "sweeps" / spec["name"]).resolve()
+    run_root = out / "runs"
+    run_root.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"ablation": str(path), "spec": spec,
+                                                "runs": [{"key": r.key, "label": r.label} for r in runs]}, indent=1))
+    todo = [r for r in runs if load_result(run_root / r.dirname) is None]
+    print(f"[sweep] {spec['name']}: {len(runs)} runs ({len(runs) - len(todo)} finished before), "
+          f"{args.jobs} at a time -> {out}", flush=True)
+    for r in runs:
+        if r not in todo:
+            print(f"[sweep] skip {r.label}: finished ({load_result(run_root / r.dirname).status})", flush=True)
+    if args.dry_run:
+        for r in todo:
+            print(f"[sweep] would run {r.label} ({r.dirname})")
+        return {}
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    done = 0
+
+    def one(run: Run) -> Result:
+        nonlocal done
+        print(f"[sweep] start {run.label} ({run.dirname})", flush=True)
+        res = execute(spec, run, run_root / run.dirname, threads)
+        done += 1
+        note = f" ({res.reason})" if res.reason else ""
+        print(f"[sweep] {done}/{len(todo)} {run.label}: {res.status}{note}, train {res.final_train:.3f}, "
+              f"valid {res.final_valid:.3f}, {res.seconds:.0f}s", flush=True)
+        return res
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(one, todo))
+    t1 = time.time()
+    results = {r.key: load_result(run_root / r.dirname) for r in runs}
+    results = {k: v for k, v in results.items() if v is not None}
+    csv_path, md_path = write_tables(out, spec, runs, results)
+    png = figure(spec, runs, out, run_root)
+    print(f"[sweep] tables and plot in {time.time() - t1:.2f}s", flush=True)
+    run_seconds = sum(results[r.key].seconds for r in todo if r.key in results)
+    # Everything this process spent outside fairseq-hydra-train: its start-up, scheduling, log
+    # parsing, tables and plot (exact with --jobs 1; with more, runs overlap and this is approximate).
+    overhead = (time.time() - STARTED) - run_seconds / max(1, args.jobs)
+    print(md_path.read_text())
+    print(f"[sweep] {csv_path}\n[sweep] {md_path}\n[sweep] {png}")
+    if todo:
+        per_run = run_seconds / len(todo)
+        print(f"[sweep] runner overhead: {overhead:.2f}s in all ({overhead / len(todo):.2f}s per run: start-up, "
+              f"log parsing, tables and plot), {100 * overhead / len(todo) / per_run:.1f}% of a run's "
+              f"{per_run:.1f}s", flush=True)
+    return {"out": out, "results": results, "overhead_s": overhead, "run_seconds": run_seconds, "runs": runs}
+
+
+def _scalar(text: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"v": text})["v"] if text not in ("", None) else text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The ablation runner: a 2 x 2 tiny sweep (Pre-/Post-LN x a sane and a diverging learning rate),
+killed after its first run and started again, then its CSV, table and plot."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SPEC = """
+name: t2x2
+description: "test: Pre-LN/Post-LN x learning rate"
+config: pretrain/tiny
+overrides:
+  task.data: data/aclsum/bin
+  optimizer._name: adam
+  optimization.clip_norm: 0.0
+  optimization.max_update: 8
+  lr_scheduler.warmup_updates: 2
+  lr_scheduler.total_num_update: 8
+  dataset.max_tokens: 512
+  dataset.validate_interval_updates: 8
+  dataset.max_valid_steps: 2
+  common.log_interval: 2
+  checkpoint.save_interval_updates: 8
+grid:
+  model.post_ln: [false, true]
+  optimization.lr: [[0.001], [1000.0]]   # 1000: deliberately diverging
+"""
+
+
+def sweep(spec: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(spec), "--out", str(out), *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_sweep_resumes_records_divergence_and_reports(tmp_path):
+    spec = tmp_path / "t2x2.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "sweep"
+    # 1. Start, and kill the whole sweep (runner and its fairseq run) once the first run has finished.
+    proc = sweep(spec, out)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("runs/*/result.json")):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    first = list(out.glob("runs/*/result.json"))
+    assert len(first) == 1, "the first run did not finish in time"
+    time.sleep(2)  # the second run is under way
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first_mtime = first[0].stat().st_mtime
+    first_record = json.loads(first[0].read_text())
+    assert len(list(out.glob("runs/*/result.json"))) == 1
+
+    # 2. Start again: the finished run is skipped, the other three run.
+    proc = sweep(spec, out, "--jobs", "2")
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    assert "4 runs (1 finished before)" in log
+    assert f"skip {first_record['label']}: finished" in log
+    assert first[0].stat().st_mtime == first_mtime
+    assert len(list(out.glob("runs/*/result.json"))) == 4
+
+    # 3. Results: the diverging learning rate is recorded as diverged, not a crash of the sweep.
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 4
+    status = {(r["model.post_ln"], r["optimization.lr"]): r["status"] for r in rows}
+    assert status[("false", "0.001")] == status[("true", "0.001")] == "ok"
+    assert status[("false", "1000.0")] == status[("true", "1000.0")] == "diverged"
+    for r in rows:
+        if r["status"] == "ok":
+            assert float(r["final_train_loss"]) < 15 and float(r["final_valid_loss"]) < 15
+    table = (out / "results.md").read_text()
+    assert table.count("| diverged") == 2 and "| false | 0.001 | 1 |" in table
+    # One figure, one panel per post_ln value, one training curve per run.
+    import matplotlib.image
+
+    img = matplotlib.image.imread(out / "t2x2.png")
+    assert img.ndim == 3 and img.shape[1] > 800 and img[..., :3].std() > 0.05
+    drawn = json.loads((out / "t2x2.json").read_text())
+    assert sorted(drawn) == ["post_ln=false", "post_ln=true"]
+    for panel in drawn.values():
+        assert panel["lr=0.001 (train)"] >= 3 and "lr=1000.0 [diverged] (train)" in panel
+    assert "runner overhead" in log
+
+
+def test_shipped_ablations_expand():
+    from bart_ext.sweep import expand, load_ablation
+
+    counts = {}
+    for path in sorted((ROOT / "configs" / "ablation").glob("*.yaml")):
+        for scale in (None, "real"):
+            runs = expand(load_ablation(path, scale))
+            assert len({r.key for r in runs}) == len(runs)
+        counts[path.stem] = len(runs)
+    assert counts == {"noise": 12, "nvlamb_vs_adam": 6, "preln_vs_postln": 6, "use_nvlamb": 4}
+    # NVLAMB against Adam: lr x sqrt(k) and the same tokens (updates x update_freq) in every run.
+    runs = expand(load_ablation(ROOT / "configs" / "ablation" / "nvlamb_vs_adam.yaml"))
+    for r in runs:
+        k = r.overrides["optimization.update_freq"][0]
+        base = 0.03 if r.point["optimizer"] == "nvlamb" else 0.002
+        assert r.overrides["optimization.lr"][0] == pytest.approx(base * k ** 0.5)
+        assert r.overrides["optimization.max_update"] * k * 1024 == 81920
