@@ -129,14 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
     path = Path(args.ablation)
     if path.suffix != ".yaml":
         path = CONFIG_ROOT / "ablation" / f"{args.ablation}.yaml"
-    from omegaconf import OmegaConf
+    import yaml
 
     extra = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        extra[key] = OmegaConf.create({"v": value})["v"] if value[:1] in "[{" else _scalar(value)
+        extra[key] = yaml.safe_load(value) if value else value  # typed: [0.01] is a list, 20 an int
     spec = load_ablation(path, args.scale, extra)
     if args.hydra_multirun:
         print(hydra_multirun(spec))
@@ -191,12 +191,6 @@ def main(argv: list[str] | None = None) -> dict:
               f"log parsing, tables and plot), {100 * overhead / len(todo) / per_run:.1f}% of a run's "
               f"{per_run:.1f}s", flush=True)
     return {"out": out, "results": results, "overhead_s": overhead, "run_seconds": run_seconds, "runs": runs}
-
-
-def _scalar(text: str):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create({"v": text})["v"] if text not in ("", None) else text
 
 
 if __name__ == "__main__":
