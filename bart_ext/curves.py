@@ -72,9 +72,11 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
     """
     import logging
 
+    # matplotlib logs its start-up and font search at DEBUG, which shows when a library
+    # (absl, via rouge-score) has set the root logger that low.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font search logs at DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -134,20 +134,28 @@ class MultiheadAttention(nn.Module):
         causal: bool = False,
         cache: LayerCache | None = None,
         cache_prefix: str = "self",
+        beam: int = 1,
     ) -> Tensor:
         """Attend from ``query`` (B, T, C) to ``kv`` (B, S, C).
 
         Args:
-            query: queries, ``(B, T, C)``.
+            query: queries, ``(B, T, C)``; with ``beam > 1``, ``(B * beam, T, C)``.
             kv: keys and values, ``(B, S, C)``.
             mask: boolean, broadcastable to ``(B, H, T, S)``; True where attention is allowed.
             causal: lower-triangular masking (used when ``mask`` is None).
             cache: this layer's decoder cache, updated in place; None outside incremental decoding.
-            cache_prefix: ``"self"`` (keys grow by the new steps) or ``"cross"`` (keys computed once).
+            cache_prefix: ``"self"`` (keys grow by the new steps), or a name for keys computed
+                once from ``kv`` (``"cross"``; ``"shared"`` for the beam-shared ones).
+            beam: hypotheses per row of ``kv``. Consecutive groups of ``beam`` queries attend to the
+                same keys, which are projected and cached once per sentence rather than once per
+                hypothesis (fairseq's "beamable" encoder attention); the result is the same.
         """
         q = self._heads(self.q_proj(query))
+        if beam > 1:
+            bb, h, t, d = q.shape  # (B * beam, H, T, D) -> (B, H, beam * T, D)
+            q = q.view(bb // beam, beam, h, t, d).transpose(1, 2).reshape(bb // beam, h, beam * t, d)
         k_key, v_key = cache_prefix + "_k", cache_prefix + "_v"
-        if cache is not None and cache_prefix == "cross" and k_key in cache:
+        if cache is not None and cache_prefix != "self" and k_key in cache:
             k, v = cache[k_key], cache[v_key]
         else:
             k, v = self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))
@@ -163,7 +171,10 @@ class MultiheadAttention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and mask is None,
-        )  # (B, H, T, D)
+        )  # (B, H, T, D); with beam > 1, (B, H, beam * T, D)
+        if beam > 1:
+            b, h, bt, d = out.shape
+            out = out.view(b, h, beam, bt // beam, d).transpose(1, 2).reshape(b * beam, h, bt // beam, d)
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
 
@@ -222,12 +233,16 @@ class DecoderLayer(_Layer):
         self_mask: Tensor | None,
         causal: bool,
         cache: LayerCache | None,
+        beam: int = 1,
     ) -> Tensor:
         x = self.residual(
             x, self.self_attn_layer_norm, lambda h: self.self_attn(h, h, self_mask, causal, cache, "self")
         )
+        cross = "shared" if beam > 1 else "cross"
         x = self.residual(
-            x, self.encoder_attn_layer_norm, lambda h: self.encoder_attn(h, enc, enc_mask, False, cache, "cross")
+            x,
+            self.encoder_attn_layer_norm,
+            lambda h: self.encoder_attn(h, enc, enc_mask, False, cache, cross, beam),
         )
         return self.residual(x, self.final_layer_norm, self.ffn)
 
@@ -283,16 +298,24 @@ class Decoder(nn.Module):
         enc: Tensor,
         enc_pad: Tensor,
         cache: list[LayerCache] | None = None,
+        beam: int = 1,
     ) -> Tensor:
         """Decoder features (B, T, C) for ``tokens`` (B, T) given encoder states.
 
         Args:
             tokens: decoder input; with a cache, only the new steps (usually one).
-            enc: encoder states, ``(B, S, C)``.
-            enc_pad: encoder padding mask, ``(B, S)``, True at padding.
+            enc: encoder states, ``(B, S, C)``; with ``beam > 1``, ``(B / beam, S, C)``, one row
+                per group of ``beam`` consecutive rows of ``tokens`` (beam search's hypotheses).
+            enc_pad: encoder padding mask, ``(B, S)``, True at padding (rows as ``enc``).
             cache: one dict per layer, filled and extended in place; its length
-                so far sets the positions of ``tokens``.
+                so far sets the positions of ``tokens``. Cross-attention keys are cached
+                as ``cross_*``, or with ``beam > 1`` once per sentence as ``shared_*``.
+            beam: hypotheses per encoder row.
         """
+        if tokens.size(0) != enc.size(0) * beam:
+            raise ValueError(
+                f"decoder rows ({tokens.size(0)}) must be encoder rows ({enc.size(0)}) x beam ({beam})"
+            )
         start = None
         if cache is not None:
             start = cache[0]["self_k"].size(2) if "self_k" in cache[0] else 0
@@ -307,7 +330,7 @@ class Decoder(nn.Module):
             tril = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
             self_mask = tril[None, None] & (~pad)[:, None, None, :]  # (B, 1, T, T)
         for i, layer in enumerate(self.layers):
-            x = layer(x, enc, enc_mask, self_mask, causal, None if cache is None else cache[i])
+            x = layer(x, enc, enc_mask, self_mask, causal, None if cache is None else cache[i], beam)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x

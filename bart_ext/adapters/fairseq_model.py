@@ -8,6 +8,7 @@ state dicts stay fairseq BART's.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -29,6 +30,10 @@ FINAL_LAYER_NORM_KEYS = (
 )
 
 
+# The key that marks an encoder_out holding one row per sentence under beam search.
+BEAM_SHARED = "bart_ext_beam_shared"
+
+
 class PrelnEncoder(core.Encoder, FairseqEncoder):
     def __init__(self, cfg: core.BartConfig, embed_tokens: nn.Embedding, dictionary):
         super().__init__(cfg, embed_tokens, dictionary=dictionary)
@@ -46,7 +51,36 @@ class PrelnEncoder(core.Encoder, FairseqEncoder):
         }
 
     def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor):
+        """Rows of ``encoder_out`` in ``new_order``.
+
+        Under beam search (``set_beam_size(k)``, which fairseq's SequenceGenerator calls), the
+        states are kept once per sentence instead of once per hypothesis: the generator's first
+        call repeats each sentence ``k`` times, later ones reorder hypotheses within sentences
+        and drop finished sentences, so row ``i`` of ``new_order`` always comes from sentence
+        ``new_order[i] // k`` of the previous step. The states are then neither copied
+        ``k`` times nor moved at every step; ``BEAM_SHARED`` marks such an ``encoder_out`` for the
+        decoder.
+        """
+        beam = getattr(self, "beam_size", 1)
         out = dict(encoder_out)
+        if beam > 1 and new_order.numel() % beam == 0:
+            groups = new_order.view(-1, beam)
+            if BEAM_SHARED in encoder_out:
+                rows = groups[:, 0] // beam
+            elif encoder_out["encoder_out"][0].size(1) == groups.size(0) and bool((groups == groups[:, :1]).all()):
+                # the generator's first call: as many groups as sentences, each sentence repeated
+                rows = groups[:, 0]
+                out[BEAM_SHARED] = []
+            else:
+                rows = None
+            if rows is not None:
+                out["encoder_out"] = [t.index_select(1, rows) for t in encoder_out["encoder_out"]]
+                for key in ("encoder_padding_mask", "src_lengths"):
+                    out[key] = [t.index_select(0, rows) for t in encoder_out[key]]
+                return out
+        if BEAM_SHARED in encoder_out:
+            raise ValueError(f"a beam-shared encoder_out cannot be reordered by {new_order.numel()} rows "
+                             f"with beam size {beam}")
         out["encoder_out"] = [t.index_select(1, new_order) for t in encoder_out["encoder_out"]]
         for key in ("encoder_padding_mask", "src_lengths"):
             out[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
@@ -82,13 +116,14 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
             raise ValueError("bart_preln's decoder needs encoder_out (it has no decoder-only mode)")
         enc = encoder_out["encoder_out"][0].transpose(0, 1)  # (B, S, C)
         enc_pad = encoder_out["encoder_padding_mask"][0]
+        beam = prev_output_tokens.size(0) // enc.size(0) if BEAM_SHARED in encoder_out else 1
         cache = None
         tokens = prev_output_tokens
         if incremental_state is not None:
             cache = self._caches(incremental_state)
             done = cache[0]["self_k"].size(2) if "self_k" in cache[0] else 0
             tokens = prev_output_tokens[:, done:]  # only the steps not yet cached
-        x = self.decode(tokens, enc, enc_pad, cache)
+        x = self.decode(tokens, enc, enc_pad, cache, beam)
         # Attention weights are not materialised (scaled_dot_product_attention);
         # fairseq's generator accepts None and leaves alignments empty.
         return x, {"attn": [None], "inner_states": None}
@@ -108,11 +143,19 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
         return self.output_projection(features)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        """Hypotheses' caches in ``new_order``; beam-shared cross-attention keys (``shared_*``,
+        one row per sentence) follow their sentences, as in ``PrelnEncoder.reorder_encoder_out``."""
+        rows = None
         for i in range(len(self.layers)):
             cache = self.get_incremental_state(incremental_state, f"layer{i}")
             if cache:
                 for key, value in cache.items():
-                    cache[key] = value.index_select(0, new_order)
+                    if key.startswith("shared_"):
+                        if rows is None:
+                            rows = new_order.view(-1, self.beam_size)[:, 0] // self.beam_size
+                        cache[key] = value.index_select(0, rows)
+                    else:
+                        cache[key] = value.index_select(0, new_order)
 
     def max_positions(self) -> int:
         return self.max_target_positions
@@ -175,6 +218,15 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
 
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())
+
+    def set_beam_size(self, beam: int) -> None:
+        """Called by fairseq's SequenceGenerator: keep encoder states and cross-attention keys once
+        per sentence, not once per hypothesis (see ``PrelnEncoder.reorder_encoder_out``).
+        ``BART_EXT_BEAM_SHARED=0`` turns this off (the benchmark's baseline)."""
+        if os.environ.get("BART_EXT_BEAM_SHARED", "1") == "0":
+            beam = 1
+        self.encoder.beam_size = beam
+        self.decoder.beam_size = beam
 
     def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> None:
         prefix = name + "." if name else ""
