@@ -7,9 +7,10 @@ import torch
 from tests.integration.fairseq_run import fairseq_train, train_losses
 from tests.integration.test_nvlamb_train import nvlamb_args
 
-UPDATES = 50
+UPDATES = 30
 # Stated tolerance: within 0.01 nats of fp32 at every update, 0.002 on average. Measured on
-# the tiny model (nvlamb, 64 tokens): max gap 0.0005, mean 0.0001 (README, "Scaling out and precision").
+# the tiny model (nvlamb, 64 tokens): over 30 updates max gap 0.0002, mean 0.0001 (over 50: 0.0005, 0.0001;
+# README, "Scaling out and precision").
 MAX_GAP, MEAN_GAP = 0.01, 0.002
 
 
