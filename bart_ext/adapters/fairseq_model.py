@@ -38,6 +38,7 @@ class PrelnEncoder(core.Encoder, FairseqEncoder):
     def __init__(self, cfg: core.BartConfig, embed_tokens: nn.Embedding, dictionary):
         super().__init__(cfg, embed_tokens, dictionary=dictionary)
         self.max_source_positions = cfg.max_positions
+        self.beam_size = 1  # set by BartPrelnModel.set_beam_size
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None, **kwargs) -> dict[str, list[Tensor]]:
         x, pad = self.encode(src_tokens)
@@ -61,29 +62,22 @@ class PrelnEncoder(core.Encoder, FairseqEncoder):
         ``k`` times nor moved at every step; ``BEAM_SHARED`` marks such an ``encoder_out`` for the
         decoder.
         """
-        beam = getattr(self, "beam_size", 1)
+        beam, index = self.beam_size, new_order
         out = dict(encoder_out)
         if beam > 1 and new_order.numel() % beam == 0:
             groups = new_order.view(-1, beam)
             if BEAM_SHARED in encoder_out:
-                rows = groups[:, 0] // beam
+                index = groups[:, 0] // beam
             elif encoder_out["encoder_out"][0].size(1) == groups.size(0) and bool((groups == groups[:, :1]).all()):
                 # the generator's first call: as many groups as sentences, each sentence repeated
-                rows = groups[:, 0]
+                index = groups[:, 0]
                 out[BEAM_SHARED] = []
-            else:
-                rows = None
-            if rows is not None:
-                out["encoder_out"] = [t.index_select(1, rows) for t in encoder_out["encoder_out"]]
-                for key in ("encoder_padding_mask", "src_lengths"):
-                    out[key] = [t.index_select(0, rows) for t in encoder_out[key]]
-                return out
-        if BEAM_SHARED in encoder_out:
+        if BEAM_SHARED in encoder_out and index is new_order:
             raise ValueError(f"a beam-shared encoder_out cannot be reordered by {new_order.numel()} rows "
                              f"with beam size {beam}")
-        out["encoder_out"] = [t.index_select(1, new_order) for t in encoder_out["encoder_out"]]
+        out["encoder_out"] = [t.index_select(1, index) for t in encoder_out["encoder_out"]]
         for key in ("encoder_padding_mask", "src_lengths"):
-            out[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
+            out[key] = [t.index_select(0, index) for t in encoder_out[key]]
         return out
 
     def max_positions(self) -> int:
@@ -94,6 +88,7 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
     def __init__(self, cfg: core.BartConfig, embed_tokens: nn.Embedding, dictionary):
         super().__init__(cfg, embed_tokens, dictionary=dictionary)
         self.max_target_positions = cfg.max_positions
+        self.beam_size = 1  # set by BartPrelnModel.set_beam_size
 
     def _caches(self, incremental_state: IncrementalState) -> list[core.LayerCache]:
         caches = []
