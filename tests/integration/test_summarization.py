@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bart_ext.adapters.beam_generator import BeamSequenceGenerator
 from bart_ext.curves import read_log
 from bart_ext.summarization import load_preset, read_generate_output
 
@@ -89,8 +90,9 @@ def test_presets_through_fairseq_generate(demo, preset, tmp_path):
             assert trigram_repeats(hyp) == 0, (idx, hyp)
 
 
-def _generate_in_process(ckpt: Path, preset: str, subset: str, limit: int = 24) -> list[list[int]]:
-    """fairseq-generate's own steps (options, task, model, generator, inference_step) on `limit` documents."""
+def _generate_in_process(ckpt: Path, preset: str, subset: str, limit: int = 24):
+    """fairseq-generate's own steps (options, task, model, generator, inference_step) on `limit` documents:
+    (best hypothesis' tokens per document, the dictionary, the generator the task built)."""
     from fairseq import checkpoint_utils, options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -113,22 +115,29 @@ def _generate_in_process(ckpt: Path, preset: str, subset: str, limit: int = 24) 
         with torch.no_grad():
             hyps = task.inference_step(generator, models, sample)
         out += [h[0]["tokens"].tolist() for h in hyps]
-    return out, task.target_dictionary
+    return out, task.target_dictionary, generator
 
 
-def test_blocking_equals_fairseq_loop_and_bos_first(demo):
+def test_blocking_and_beam_search_equal_fairseqs_and_bos_first(demo):
     from bart_ext.adapters import generation
 
     run, _ = demo
     ckpt = run / "finetune" / "checkpoint_best.pt"
-    results = {}
+    results, generators = {}, {}
     try:
         for mode in generation.CHOICES:
             generation.install(mode)
-            results[mode], dictionary = _generate_in_process(ckpt, "xsum", "valid")
+            results[mode], dictionary, generators[mode] = _generate_in_process(ckpt, "xsum", "valid")
     finally:
         generation.install("bart_ext")
     assert results["bart_ext"] == results["fairseq_loop"]
+    # bart_ext's beam search (built by the task) against fairseq's SequenceGenerator, on the trained model.
+    assert isinstance(generators["bart_ext"], BeamSequenceGenerator)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BART_EXT_GENERATOR", "fairseq")
+        fairseq_tokens, _, fairseq_generator = _generate_in_process(ckpt, "xsum", "valid")
+    assert type(fairseq_generator).__name__ == "SequenceGenerator"
+    assert fairseq_tokens == results["bart_ext"]
     for tokens in results["bart_ext"]:
         assert tokens[0] == dictionary.bos() and tokens[-1] == dictionary.eos()
         assert trigram_repeats([str(t) for t in tokens]) == 0

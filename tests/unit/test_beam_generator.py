@@ -1,0 +1,147 @@
+"""bart_ext's beam search (``BeamSequenceGenerator``) against fairseq's ``SequenceGenerator``.
+
+Both run on the same model and inputs; tokens, scores and positional scores must be equal
+with ``torch.equal``, not merely close: the log-probabilities are the same calls, and the
+scores the same sums.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from fairseq import search
+from fairseq.sequence_generator import SequenceGenerator
+
+import bart_ext.adapters.generation  # noqa: F401  (installs bart_ext's n-gram blocking)
+from bart_ext.adapters.beam_generator import BeamSequenceGenerator
+from tests.helpers import dictionary, fake_task, preln_args
+from user_dir.bart_preln import BartPreln
+
+
+def _model(d, seed: int = 3, eos_boost: float = 5.0):
+    torch.manual_seed(seed)
+    model = BartPreln.build_model(preln_args(), fake_task(d)).eval()
+    with torch.no_grad():  # larger weights and a likelier </s>: sentences finish at different steps
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+        model.decoder.embed_tokens.weight[d.eos()] *= eos_boost
+    return model
+
+
+def _sample(d, n: int = 6, length: int = 11, seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(d.nspecial, len(d), (n, length), generator=g)
+    src[:, -1] = d.eos()
+    for i in range(n):
+        src[i, : i % length] = d.pad()  # fairseq pads sources on the left
+    return {"id": torch.arange(n), "net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1)}}
+
+
+def _both(model, d, sample, prefix_tokens=None, **settings):
+    out = []
+    for cls in (SequenceGenerator, BeamSequenceGenerator):
+        gen = cls([model], d, **settings)
+        with torch.no_grad():
+            out.append(gen.generate([model], sample, prefix_tokens=prefix_tokens))
+    return out
+
+
+def _assert_equal(ours, theirs):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert torch.equal(x["tokens"], y["tokens"]), (x["tokens"], y["tokens"])
+            assert torch.equal(x["score"], y["score"])
+            assert torch.equal(x["positional_scores"], y["positional_scores"])
+
+
+SETTINGS = {
+    "xsum-like": dict(beam_size=6, max_len_b=14, min_len=3, no_repeat_ngram_size=3),
+    "cnn-like": dict(beam_size=4, max_len_b=18, min_len=6, len_penalty=2.0, no_repeat_ngram_size=3),
+    "greedy, unk penalty": dict(beam_size=1, max_len_b=10, unk_penalty=0.5),
+    "temperature, no length normalisation": dict(beam_size=3, max_len_b=12, temperature=0.7,
+                                                 normalize_scores=False),
+    "max_len reached": dict(beam_size=5, max_len_b=4, min_len=4),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_equals_fairseq(name, monkeypatch):
+    d = dictionary(60)
+    model = _model(d, eos_boost=1.0 if name == "max_len reached" else 5.0)
+    theirs, ours = _both(model, d, _sample(d), **SETTINGS[name])
+    _assert_equal(ours, theirs)
+    lengths = {len(h["tokens"]) for hyps in ours for h in hyps}
+    assert len(lengths) > 1 or name == "max_len reached", "sentences must finish at different steps"
+
+
+def test_equals_fairseq_with_bos_prefix_and_per_hypothesis_states(monkeypatch):
+    """The <s> prefix bart_summarization forces, and the model's states repeated per hypothesis."""
+    monkeypatch.setenv("BART_EXT_BEAM_SHARED", "0")
+    d = dictionary(60)
+    model = _model(d, seed=4)
+    sample = _sample(d, n=5, seed=6)
+    prefix = torch.full((5, 1), d.bos())
+    theirs, ours = _both(model, d, sample, prefix_tokens=prefix, beam_size=4, max_len_b=12, min_len=2,
+                         no_repeat_ngram_size=2)
+    _assert_equal(ours, theirs)
+    assert all(h["tokens"][0] == d.bos() for hyps in ours for h in hyps)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_equals_fairseq_with_two_token_prefixes(ragged):
+    """Prefixes of two tokens; ragged: some sentences' second token is pad (fairseq's own path runs)."""
+    d = dictionary(60)
+    model = _model(d, seed=8)
+    prefix = torch.tensor([[d.bos(), d.nspecial + i] for i in range(6)])
+    if ragged:
+        prefix[::2, 1] = d.pad()
+    theirs, ours = _both(model, d, _sample(d, seed=9), prefix_tokens=prefix, beam_size=3, max_len_b=12,
+                         min_len=3, no_repeat_ngram_size=3)
+    _assert_equal(ours, theirs)
+    for i, hyps in enumerate(ours):
+        if not (ragged and i % 2 == 0):
+            assert all(h["tokens"][:2].tolist() == prefix[i].tolist() for h in hyps)
+
+
+def test_nan_log_probabilities_are_replaced_as_fairseq_replaces_them():
+    d = dictionary(60)
+    model = _model(d, seed=7)
+    nan_token = d.nspecial + 3
+
+    def poison(module, inputs, output):  # one NaN logit in every odd row (never the row step 0 reads)
+        output[1::2, ..., nan_token] = float("nan")
+        return output
+
+    model.decoder.output_projection.register_forward_hook(poison)
+    theirs, ours = _both(model, d, _sample(d), beam_size=4, max_len_b=10, no_repeat_ngram_size=2)
+    _assert_equal(ours, theirs)
+    assert all(torch.isfinite(h["score"]) for hyps in ours for h in hyps)
+
+
+def test_other_searches_run_fairseqs_loop():
+    d = dictionary(60)
+    model = _model(d)
+    sample = _sample(d, n=3)
+    settings = dict(beam_size=3, max_len_b=8)
+    runs = []
+    for cls in (SequenceGenerator, BeamSequenceGenerator):
+        gen = cls([model], d, search_strategy=search.Sampling(d, sampling_topk=5), **settings)
+        calls = []
+        gen._beam_search = lambda *a, **k: calls.append(a)  # must not be reached
+        torch.manual_seed(11)
+        with torch.no_grad():
+            runs.append(gen.generate([model], sample))
+        assert not calls
+    _assert_equal(runs[1], runs[0])
+    assert BeamSequenceGenerator([model], d, **settings).fallback_reason(sample, None) is None
+    assert BeamSequenceGenerator([model], d, search_strategy=search.Sampling(d), **settings) \
+        .fallback_reason(sample, None) == "search Sampling"
+
+
+def test_min_len_above_max_len_is_a_clear_error():
+    d = dictionary(60)
+    model = _model(d)
+    gen = BeamSequenceGenerator([model], d, beam_size=2, max_len_b=3, min_len=5)
+    with pytest.raises(ValueError, match="min_len 5 is larger than max_len 3"):
+        gen.generate([model], _sample(d, n=2))
