@@ -19,7 +19,7 @@ demo: data
 	@$(PY) scripts/demo.py
 
 test: data
-	@$(PY) -m pytest -q tests
+	@$(PY) -m pytest -q --durations=25 tests
 
 bench: data
 	@$(PY) scripts/bench_train.py
