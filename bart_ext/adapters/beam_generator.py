@@ -27,8 +27,8 @@ final sort. Tokens, scores and positional scores equal ``SequenceGenerator``'s (
 ``torch.equal``). Other searches (sampling, diverse beam, constrained, match-source-len), LM
 fusion and sources without ``src_tokens`` run fairseq's loop unchanged.
 
-``--task bart_summarization`` builds it (``build_generator``); ``BART_EXT_GENERATOR=fairseq``
-builds fairseq's ``SequenceGenerator`` instead.
+``--task bart_summarization`` and ``--task bart_denoising`` build it (``BeamGeneratorTask``);
+``BART_EXT_GENERATOR=fairseq`` builds fairseq's ``SequenceGenerator`` instead.
 """
 from __future__ import annotations
 
@@ -233,3 +233,14 @@ class BeamSequenceGenerator(SequenceGenerator):
             order = torch.sort(torch.tensor([float(h["score"].item()) for h in hyps]), descending=True)[1]
             finalized[i] = [hyps[j] for j in order]
         return finalized
+
+
+class BeamGeneratorTask:
+    """Task mixin: fairseq's ``build_generator`` with ``BeamSequenceGenerator``, unless a generator class
+    is asked for, alignments are printed, or ``BART_EXT_GENERATOR=fairseq``."""
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        if seq_gen_cls is None and not getattr(args, "print_alignment", False) and generator_choice() == "bart_ext":
+            seq_gen_cls = BeamSequenceGenerator
+        return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
+                                       extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)

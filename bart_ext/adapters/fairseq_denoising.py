@@ -21,6 +21,7 @@ from fairseq.data.indexed_dataset import MMapIndexedDataset
 from fairseq.tasks import FairseqTask
 
 from bart_ext import lddl_data
+from bart_ext.adapters.beam_generator import BeamGeneratorTask
 from bart_ext.adapters.fairseq_lddl import LDDLDataset, LDDLEpochBatchIterator, batch_size_for
 from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines
 from bart_ext.denoising_data import DenoisingSamples, collate
@@ -127,7 +128,7 @@ def _reader(lines) -> callable:
     return lambda lo, hi: torch.cat([lines[i] for i in range(lo, hi)]).numpy()
 
 
-class BartDenoisingTaskBase(FairseqTask):
+class BartDenoisingTaskBase(BeamGeneratorTask, FairseqTask):
     """Task logic for ``--task bart_denoising`` (registered in ``user_dir/bart_denoising.py``)."""
 
     def __init__(self, cfg, dictionary: Dictionary):

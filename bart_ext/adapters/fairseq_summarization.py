@@ -33,12 +33,12 @@ from fairseq.data import (
 )
 from fairseq.tasks.translation import TranslationTask
 
-from bart_ext.adapters.beam_generator import BeamSequenceGenerator, generator_choice
+from bart_ext.adapters.beam_generator import BeamGeneratorTask
 
 logger = logging.getLogger(__name__)
 
 
-class BartSummarizationTaskBase(TranslationTask):
+class BartSummarizationTaskBase(BeamGeneratorTask, TranslationTask):
     @classmethod
     def load_dictionary(cls, filename):
         if not os.path.exists(filename):
@@ -100,14 +100,6 @@ class BartSummarizationTaskBase(TranslationTask):
             src_tokens = [t if len(t) and t[0] == bos else torch.cat([t.new_tensor([bos]), t]) for t in src_tokens]
             src_lengths = [len(t) for t in src_tokens]
         return super().build_dataset_for_inference(src_tokens, src_lengths, constraints)
-
-    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
-        """fairseq's, with bart_ext's beam search (``beam_generator``) unless a generator class is asked
-        for, alignments are printed, or ``BART_EXT_GENERATOR=fairseq``."""
-        if seq_gen_cls is None and not getattr(args, "print_alignment", False) and generator_choice() == "bart_ext":
-            seq_gen_cls = BeamSequenceGenerator
-        return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
-                                       extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         if self.cfg.force_bos and prefix_tokens is None:

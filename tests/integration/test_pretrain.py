@@ -75,7 +75,9 @@ def test_generate_and_load_model_ensemble_from_checkpoint(trained, data_dir, cli
     ckpt = save / "checkpoint_last.pt"
     out = run(["fairseq-generate", str(data_dir / "bin"), "--user-dir", USER_DIR, "--task", "bart_denoising",
                "--path", str(ckpt), "--cpu", "--gen-subset", "valid", "--batch-size", "8", "--beam", "3",
-               "--max-len-b", "20", "--tokens-per-sample", "64", "--max-tokens", "1024", "--results-path", str(tmp_path)], cli_env)
+               "--max-len-b", "20", "--tokens-per-sample", "64", "--max-tokens", "1024", "--results-path", str(tmp_path),
+               # rank 0's share of 8 (fairseq-generate shards by world size): 168 of the 1,336 samples
+               "--distributed-world-size", "8"], cli_env)
     text = (tmp_path / "generate-valid.txt").read_text()
     hyps = re.findall(r"^H-\d+\t", text, flags=re.M)
     assert len(hyps) > 100, out[-2000:]

@@ -145,3 +145,20 @@ def test_min_len_above_max_len_is_a_clear_error():
     gen = BeamSequenceGenerator([model], d, beam_size=2, max_len_b=3, min_len=5)
     with pytest.raises(ValueError, match="min_len 5 is larger than max_len 3"):
         gen.generate([model], _sample(d, n=2))
+
+
+def test_bart_tasks_build_it_unless_told_otherwise(data_dir, monkeypatch):
+    from fairseq.dataclass.configs import GenerationConfig
+
+    from user_dir.bart_denoising import BartDenoisingTask
+
+    task = BartDenoisingTask.from_data(data_dir / "bin", tokens_per_sample=32)
+    model = _model(task.target_dictionary)
+    assert type(task.build_generator([model], GenerationConfig(beam=3))) is BeamSequenceGenerator
+    assert type(task.build_generator([model], GenerationConfig(beam=3, print_alignment="hard"))).__name__ \
+        == "SequenceGeneratorWithAlignment"
+    monkeypatch.setenv("BART_EXT_GENERATOR", "fairseq")
+    assert type(task.build_generator([model], GenerationConfig(beam=3))) is SequenceGenerator
+    monkeypatch.setenv("BART_EXT_GENERATOR", "fast")
+    with pytest.raises(ValueError, match="BART_EXT_GENERATOR='fast'"):
+        task.build_generator([model], GenerationConfig(beam=3))
