@@ -24,7 +24,7 @@ penalty, prefix tokens (``_prefix_tokens``, or one fill and one scatter when eve
 a prefix token other than </s>), n-gram blocking (the generator's
 ``repeat_ngram_blocker``), finalization (``finalize_hypos``), dropping finished sentences, and the
 final sort. Tokens, scores and positional scores equal ``SequenceGenerator``'s (tested with
-``torch.equal``). Other searches (sampling, diverse beam, constrained, match-source-len), LM
+``torch.equal``). Other searches (sampling, diverse beam, constrained), match-source-len, LM
 fusion and sources without ``src_tokens`` run fairseq's loop unchanged.
 
 ``--task bart_summarization`` and ``--task bart_denoising`` build it (``BeamGeneratorTask``);
@@ -64,6 +64,8 @@ class BeamSequenceGenerator(SequenceGenerator):
         """Why this generation runs fairseq's loop, or None when it runs ours."""
         if type(self.search) is not search.BeamSearch:
             return f"search {type(self.search).__name__}"
+        if self.match_source_len:
+            return "match_source_len"
         if self.lm_model is not None:
             return "LM fusion"
         if constraints is not None:
@@ -119,10 +121,7 @@ class BeamSequenceGenerator(SequenceGenerator):
             src_lengths = (src_tokens.ne(self.eos) & src_tokens.ne(self.pad)).long().sum(dim=1)
         bsz, src_len = src_tokens.shape[:2]
         beam, dev = self.beam_size, src_tokens.device
-        if self.match_source_len:
-            max_len = int(src_lengths.max().item())
-        else:
-            max_len = min(int(self.max_len_a * src_len + self.max_len_b), self.max_len - 1)
+        max_len = min(int(self.max_len_a * src_len + self.max_len_b), self.max_len - 1)
         if self.min_len > max_len:
             raise ValueError(f"min_len {self.min_len} is larger than max_len {max_len} "
                              f"(max_len_a {self.max_len_a} x source length {src_len} + max_len_b {self.max_len_b}, "

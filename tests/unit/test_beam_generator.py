@@ -6,6 +6,8 @@ scores the same sums.
 """
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 from fairseq import search
@@ -66,7 +68,7 @@ SETTINGS = {
 
 
 @pytest.mark.parametrize("name", SETTINGS)
-def test_equals_fairseq(name, monkeypatch):
+def test_equals_fairseq(name):
     d = dictionary(60)
     model = _model(d, eos_boost=1.0 if name == "max_len reached" else 5.0)
     theirs, ours = _both(model, d, _sample(d), **SETTINGS[name])
@@ -119,6 +121,36 @@ def test_nan_log_probabilities_are_replaced_as_fairseq_replaces_them():
     assert all(torch.isfinite(h["score"]) for hyps in ours for h in hyps)
 
 
+def test_equals_fairseq_on_fairseqs_transformer_with_its_attention():
+    """Any fairseq encoder-decoder, not only bart_preln; fairseq's transformer also returns the
+    cross-attention, which both generators carry along with the hypotheses."""
+    from fairseq.models.transformer import TransformerModel, base_architecture
+
+    d = dictionary(60)
+    args = argparse.Namespace(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=1,
+                              encoder_attention_heads=2, decoder_embed_dim=16, decoder_ffn_embed_dim=32,
+                              decoder_layers=2, decoder_attention_heads=2, dropout=0.0, max_source_positions=64,
+                              max_target_positions=64)
+    base_architecture(args)
+
+    def eos_boost(module, inputs, logits):  # a likelier </s>: sentences finish at different steps
+        logits[..., d.eos()] += 16.0
+        return logits
+
+    torch.manual_seed(0)
+    model = TransformerModel.build_model(args, fake_task(d)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+    model.decoder.output_projection.register_forward_hook(eos_boost)
+    theirs, ours = _both(model, d, _sample(d), beam_size=4, max_len_b=12, min_len=2, no_repeat_ngram_size=2)
+    _assert_equal(ours, theirs)
+    assert len({len(h["tokens"]) for hyps in ours for h in hyps}) > 1
+    for a, b in zip(ours, theirs):
+        for x, y in zip(a, b):
+            assert x["attention"].numel() > 0 and torch.equal(x["attention"], y["attention"])
+
+
 def test_other_searches_run_fairseqs_loop():
     d = dictionary(60)
     model = _model(d)
@@ -137,6 +169,8 @@ def test_other_searches_run_fairseqs_loop():
     assert BeamSequenceGenerator([model], d, **settings).fallback_reason(sample, None) is None
     assert BeamSequenceGenerator([model], d, search_strategy=search.Sampling(d), **settings) \
         .fallback_reason(sample, None) == "search Sampling"
+    assert BeamSequenceGenerator([model], d, match_source_len=True, **settings) \
+        .fallback_reason(sample, None) == "match_source_len"
 
 
 def test_min_len_above_max_len_is_a_clear_error():
