@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data demo test test-all bench clean
+.PHONY: install data demo test peer-test bench clean
 
 install:
 	@bash scripts/install.sh
@@ -20,6 +20,10 @@ demo: data
 
 test: data
 	@$(PY) -m pytest -q --durations=25 tests
+
+# fairseq's own test suite without and with the plugin; fails on any test that fails only with it
+peer-test: install
+	@$(PY) scripts/peer_test.py
 
 bench: data
 	@$(PY) scripts/bench_train.py

@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from bart_ext import switches
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "nvlamb_cpu.c"
@@ -30,7 +32,7 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 def cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bart_ext"
-    return Path(os.environ.get("BART_EXT_CACHE", default))
+    return Path(switches.CACHE.get() or default)
 
 
 def _cpu_signature() -> str:
@@ -72,7 +74,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 def load() -> ctypes.CDLL | None:
     """The compiled library, or None when disabled or when no compiler works (logged once)."""
-    if os.environ.get("BART_EXT_NO_CPU_KERNEL", "") not in ("", "0"):
+    if switches.NO_CPU_KERNEL.get() == "1":
         return None
     cc = os.environ.get("CC", "cc")
     if cc in _loaded:

@@ -1,4 +1,8 @@
-"""``--arch bart_{tiny,base,large}_preln``: Pre-LN BART (NVIDIA's recipe) for fairseq."""
+"""``--arch bart_{tiny,base,large}_preln``: Pre-LN BART (NVIDIA's recipe) for fairseq.
+
+The model's code: ``bart_ext/adapters/fairseq_model.py`` (fairseq interfaces) around ``bart_ext/model.py``.
+"""
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -35,7 +39,9 @@ class BartPrelnConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={
         "help": "forward passes under bf16 autocast (fp32 weights, optimizer state and loss; no loss scaling): "
                 "GPUs from Ampere on, and CPUs"})
-    no_tf32: bool = field(default=False, metadata={"help": "turn TF32 matmuls off (on by default where CUDA has them)"})
+    no_tf32: bool = field(default=False, metadata={
+        "help": "keep PyTorch's TF32 setting; by default building the model turns TF32 matmuls on for the "
+                "process, as NVIDIA's recipe trains (a process-wide PyTorch setting)"})
 
 
 @register_model("bart_preln", dataclass=BartPrelnConfig)
@@ -49,6 +55,11 @@ class BartPreln(BartPrelnModel):
 
 
 def _preset(cfg, **values) -> None:
+    # fairseq's argparse path (options.parse_args_and_arch) deletes model defaults so that the
+    # architecture fills them: every field the user did not type is absent from the Namespace.
+    for f in dataclasses.fields(BartPrelnConfig):
+        if not f.name.startswith("_") and not hasattr(cfg, f.name):
+            setattr(cfg, f.name, f.default)
     for key, value in values.items():
         if getattr(cfg, key, None) is None:
             setattr(cfg, key, value)

@@ -1,4 +1,8 @@
-"""``--optimizer nvlamb``: NVIDIA's LAMB (apex FusedLAMB with use_nvlamb) without apex."""
+"""``--optimizer nvlamb``: NVIDIA's LAMB (apex FusedLAMB with use_nvlamb) without apex.
+
+The optimizer's code: ``bart_ext/nvlamb.py``.
+"""
+import ast
 from dataclasses import dataclass, field
 from typing import Any, List
 
@@ -34,10 +38,9 @@ class FairseqNVLAMB(FairseqOptimizer):
 
     @property
     def optimizer_config(self):
-        betas = self.cfg.lamb_betas
         return {
             "lr": self.cfg.lr[0],
-            "betas": tuple(eval(betas) if isinstance(betas, str) else betas),
+            "betas": parse_betas(self.cfg.lamb_betas),
             "eps": self.cfg.lamb_eps,
             "max_grad_norm": self.cfg.max_grad_norm,
             "use_nvlamb": not self.cfg.no_nvlamb,
@@ -54,3 +57,15 @@ class FairseqNVLAMB(FairseqOptimizer):
         # would turn it into a single global ratio. fairseq then asks for
         # --fp16-no-flatten-grads.
         return False
+
+
+def parse_betas(betas) -> tuple:
+    """``(0.9, 0.999)`` from the command line's string, hydra's string or a sequence; never ``eval``."""
+    try:
+        value = ast.literal_eval(betas) if isinstance(betas, str) else betas
+        value = tuple(float(b) for b in value)
+    except (ValueError, TypeError, SyntaxError):
+        value = None
+    if value is None or len(value) != 2:
+        raise ValueError(f"lamb_betas must be two numbers such as '(0.9, 0.999)', got {betas!r}")
+    return value

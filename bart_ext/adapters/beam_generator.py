@@ -34,24 +34,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import torch
 from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator
 from torch import Tensor
 
+from bart_ext import switches
+
 logger = logging.getLogger(__name__)
-
-CHOICES = ("bart_ext", "fairseq")
-
-
-def generator_choice() -> str:
-    choice = os.environ.get("BART_EXT_GENERATOR", "") or "bart_ext"
-    if choice not in CHOICES:
-        raise ValueError(f"BART_EXT_GENERATOR={choice!r}: expected one of {', '.join(CHOICES)}")
-    return choice
-
 
 class BeamSequenceGenerator(SequenceGenerator):
     """fairseq's ``SequenceGenerator`` whose plain beam search makes fewer full-vocabulary passes."""
@@ -239,7 +230,7 @@ class BeamGeneratorTask:
     is asked for, alignments are printed, or ``BART_EXT_GENERATOR=fairseq``."""
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
-        if seq_gen_cls is None and not getattr(args, "print_alignment", False) and generator_choice() == "bart_ext":
+        if seq_gen_cls is None and not getattr(args, "print_alignment", False) and switches.GENERATOR.get() == "bart_ext":
             seq_gen_cls = BeamSequenceGenerator
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
                                        extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)

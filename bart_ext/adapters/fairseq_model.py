@@ -8,7 +8,6 @@ state dicts stay fairseq BART's.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, FairseqIn
 from torch import Tensor, nn
 
 from bart_ext import model as core
+from bart_ext import switches
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +156,16 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
         return self.max_target_positions
 
 
-def set_tf32(enabled: bool) -> None:
-    """TF32 matmuls and convolutions on GPUs that have them (Ampere and later); a no-op without CUDA."""
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-        logger.info("TF32 matmuls %s", "on" if enabled else "off (--no-tf32)")
+def enable_tf32() -> None:
+    """TF32 matmuls and convolutions on GPUs that have them (Ampere and later), as NVIDIA's recipe trains.
+
+    TF32 is one process-wide PyTorch setting (it cannot be scoped to one model's backward), so this
+    is deliberate and logged; ``--no-tf32`` leaves PyTorch's own setting untouched. A no-op without CUDA.
+    """
+    if torch.cuda.is_available() and not torch.backends.cuda.matmul.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        logger.info("bart_preln: TF32 matmuls on for this process (NVIDIA's recipe); --no-tf32 keeps PyTorch's setting")
 
 
 class BartPrelnModel(FairseqEncoderDecoderModel):
@@ -170,7 +174,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
     def __init__(self, cfg, encoder: PrelnEncoder, decoder: PrelnDecoder):
         super().__init__(encoder, decoder)
         self.cfg = cfg
-        self.bf16_autocast = bool(getattr(cfg, "bf16_autocast", False))
+        self.bf16_autocast = bool(cfg.bf16_autocast)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         """fairseq's forward, under bf16 autocast with ``--bf16-autocast``: matmuls in bf16, weights,
@@ -204,7 +208,8 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
                 f"target dictionaries must be identical (got {len(src)} and {len(tgt)} entries); "
                 "preprocess with --joined-dictionary or --srcdict/--tgtdict pointing at the same dict.txt"
             )
-        set_tf32(not getattr(cfg, "no_tf32", False))
+        if not cfg.no_tf32:
+            enable_tf32()
         model_cfg = cls.core_config(cfg, src)
         embed = nn.Embedding(model_cfg.vocab_size, model_cfg.embed_dim, padding_idx=model_cfg.padding_idx)
         model = cls(cfg, PrelnEncoder(model_cfg, embed, src), PrelnDecoder(model_cfg, embed, src))
@@ -218,7 +223,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
         """Called by fairseq's SequenceGenerator: keep encoder states and cross-attention keys once
         per sentence, not once per hypothesis (see ``PrelnEncoder.reorder_encoder_out``).
         ``BART_EXT_BEAM_SHARED=0`` turns this off (the benchmark's baseline)."""
-        if os.environ.get("BART_EXT_BEAM_SHARED", "1") == "0":
+        if switches.BEAM_SHARED.get() == "0":
             beam = 1
         self.encoder.beam_size = beam
         self.decoder.beam_size = beam

@@ -16,12 +16,16 @@ from tests.integration.fairseq_run import USER_DIR, fairseq_train, resume_runs, 
 def trained(data_dir, cli_env, tmp_path_factory):
     """50 updates of bart_tiny_preln on the aclsum paper bodies."""
     save = tmp_path_factory.mktemp("pretrain")
-    log = fairseq_train(train_args(data_dir, save, 50, "--save-interval-updates", "25"), cli_env)
+    log = fairseq_train(train_args(data_dir, save, 50, "--save-interval-updates", "25",
+                                   "--tensorboard-logdir", str(save / "tb")), cli_env)
+    assert "Please install tensorboardX" not in log
     return save, train_losses(log)
 
 
 def test_loss_falls_on_real_text(trained):
-    _, losses = trained
+    save, losses = trained
+    events = list((save / "tb").rglob("events.out.tfevents.*"))
+    assert events and sum(f.stat().st_size for f in events) > 1000, events  # fairseq's --tensorboard-logdir works
     assert sorted(losses) == list(range(1, 51))
     first = sum(losses[u] for u in range(1, 6)) / 5
     last = sum(losses[u] for u in range(46, 51)) / 5

@@ -119,17 +119,18 @@ def _generate_in_process(ckpt: Path, preset: str, subset: str, limit: int = 24):
 
 
 def test_blocking_and_beam_search_equal_fairseqs_and_bos_first(demo):
-    from bart_ext.adapters import generation
+    from bart_ext.adapters import fairseq_patches
+    from bart_ext.switches import NGRAM_BLOCK
 
     run, _ = demo
     ckpt = run / "finetune" / "checkpoint_best.pt"
     results, generators = {}, {}
     try:
-        for mode in generation.CHOICES:
-            generation.install(mode)
+        for mode in NGRAM_BLOCK.choices:
+            fairseq_patches.install_ngram_block(mode)
             results[mode], dictionary, generators[mode] = _generate_in_process(ckpt, "xsum", "valid")
     finally:
-        generation.install("bart_ext")
+        fairseq_patches.install_ngram_block("bart_ext")
     assert results["bart_ext"] == results["fairseq_loop"]
     # bart_ext's beam search (built by the task) against fairseq's SequenceGenerator, on the trained model.
     assert isinstance(generators["bart_ext"], BeamSequenceGenerator)

@@ -13,7 +13,7 @@ import torch
 from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator
 
-import bart_ext.adapters.generation  # noqa: F401  (installs bart_ext's n-gram blocking)
+import bart_ext.adapters.fairseq_patches  # noqa: F401  (installs bart_ext's n-gram blocking)
 from bart_ext.adapters.beam_generator import BeamSequenceGenerator
 from tests.helpers import dictionary, fake_task, preln_args
 from user_dir.bart_preln import BartPreln

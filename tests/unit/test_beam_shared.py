@@ -10,7 +10,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-import bart_ext.adapters.generation  # noqa: F401  (installs bart_ext's n-gram blocking)
+import bart_ext.adapters.fairseq_patches  # noqa: F401  (installs bart_ext's n-gram blocking)
 from bart_ext.adapters.fairseq_model import BEAM_SHARED
 from bart_ext.model import BartConfig, Decoder, Encoder
 from tests.helpers import dictionary, fake_task, preln_args

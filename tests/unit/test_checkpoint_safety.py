@@ -11,7 +11,10 @@ import torch
 from fairseq import checkpoint_utils
 
 import user_dir  # noqa: F401  (installs the safe loader, as --user-dir does)
-from bart_ext.adapters.checkpoint import TRUST_ENV, UntrustedCheckpointError
+from bart_ext.adapters.fairseq_patches import UntrustedCheckpointError
+from bart_ext.switches import TRUSTED_CHECKPOINTS
+
+TRUST_ENV = TRUSTED_CHECKPOINTS.name
 from tests.conftest import ROOT
 
 

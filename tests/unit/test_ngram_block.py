@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import bart_ext.adapters.generation  # noqa: F401  (installs the replacement)
+import bart_ext.adapters.fairseq_patches  # noqa: F401  (installs the replacement)
 from bart_ext.ngram_block import block_repeated_ngrams
 from fairseq.ngram_repeat_block import NGramRepeatBlock
 

@@ -1,0 +1,289 @@
+"""Every change ``import user_dir`` makes to fairseq itself, in one place (README, "What the plugin changes in fairseq").
+
+Importing the plugin adds our registered components and fixes what is broken in fairseq 0.12 on
+current PyTorch; it takes nothing away. Each patch wraps one fairseq function or class
+attribute, changes behaviour only in the case it fixes, and is installed once (idempotent):
+
+1. ``checkpoint_utils.load_checkpoint_to_cpu`` (resume, ``fairseq-generate --path``,
+   ``load_model_ensemble_and_task``, hub ``from_pretrained``). torch >= 2.6 unpickles
+   weights-only, so fairseq cannot read its own checkpoints: argparse-era files hold an
+   ``argparse.Namespace``, older ones numpy scalars. Here the weights-only unpickler stays on,
+   extended for that call only by ``FAIRSEQ_GLOBALS`` (plain data that fairseq's own writers
+   put into checkpoints); anything else is refused naming the file and the object. A file the
+   user trusts is named in ``BART_EXT_TRUSTED_CHECKPOINTS`` and read with ``weights_only=False``
+   for that file alone (a context variable, so no process-wide environment change).
+2. ``distributed.utils._broadcast_object_slow``: resuming on several ranks, rank 0 sends the
+   loaded state (with its omegaconf config) to the others with ``torch.save``; torch >= 2.6's
+   weights-only ``torch.load`` refuses it on the receiving ranks. These bytes were pickled by
+   rank 0 of the same job from a state already loaded under (1), so they are read in full.
+3. ``distributed.utils.call_main``: under ``torchrun`` with ``WORLD_SIZE`` > 1, stock fairseq
+   trains N independent copies whenever its default world size is 1 (``--cpu``, one-GPU
+   nodes), and on CPUs its torchrun branch divides by ``torch.cuda.device_count()`` (0). Here
+   such a launch becomes one job (``env://``, rank and world from the environment). A world size
+   given on the command line and pipeline-parallel set-ups keep fairseq's own path. With
+   ``--cpu`` (or no CUDA) the backend is gloo, since NCCL cannot all-reduce CPU tensors.
+4. ``models.distributed_fairseq_model.DistributedDataParallel``: fairseq passes
+   ``device_ids=[device_id]``, which torch refuses for CPU modules; for a CPU module the device
+   arguments are dropped. It stays a class, and ``isinstance`` against it answers as against
+   torch's ``DistributedDataParallel``.
+5. ``ngram_repeat_block.NGramRepeatBlock._no_repeat_ngram`` (fairseq issues #5206, #4709):
+   without its CUDA extension (every CPU, most pip installs) fairseq's loop compares the last
+   ``n - 1`` entries of the pad-filled token buffer, which are padding, so
+   ``--no-repeat-ngram-size`` blocks nothing. Here it blocks on the generated prefix, with tensor
+   operations on the decoding device (``bart_ext.ngram_block``). This changes the output of
+   every fairseq model generated with ``--no-repeat-ngram-size`` on a CPU (to what the option
+   promises; it is logged once); ``BART_EXT_NGRAM_BLOCK=fairseq_stock`` restores fairseq's
+   behaviour. The replacement is TorchScript-compatible, so ``torch.jit.script`` of fairseq's
+   ``SequenceGenerator`` keeps working.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import os
+import pickle
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from bart_ext import switches
+from bart_ext.ngram_block import block_repeated_ngrams
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-2. Checkpoints on torch >= 2.6
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds a pickled object outside the allowlist."""
+
+
+def fairseq_globals() -> list:
+    """What fairseq's own checkpoint writers pickle beyond torch's weights-only allowlist: plain data.
+
+    ``argparse.Namespace`` (the ``args`` of every argparse-era checkpoint, fairseq's released BART
+    files included) and numpy scalars and dtypes (older trainers stored losses as numpy floats).
+    fairseq 0.12's ``save_state`` writes its config as plain containers (``OmegaConf.to_container``),
+    so no omegaconf class is needed. A scalar pickled by numpy 1 names ``numpy.core``, by numpy 2
+    ``numpy._core``: both names are accepted.
+    """
+    import argparse
+
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    dtypes = {type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)}
+    return [argparse.Namespace, np.dtype, *dtypes, (scalar, "numpy.core.multiarray.scalar"),
+            (scalar, "numpy._core.multiarray.scalar")]
+
+
+# Keyword arguments fairseq's checkpoint reader passes to torch.load in this context (thread-safe).
+_LOAD_KWARGS: contextvars.ContextVar[dict] = contextvars.ContextVar("bart_ext_torch_load", default={})
+
+
+class _TorchForFairseq:
+    """What a patched fairseq module sees as ``torch``: torch itself, except that ``load`` adds the
+    keyword arguments set for the current call (``weights_only=False`` for one trusted file)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(*args, **kwargs):
+        return torch.load(*args, **{**kwargs, **_LOAD_KWARGS.get()})
+
+
+class _FullUnpickling:
+    """``weights_only=False`` for torch.load calls made by a patched fairseq module, in this context only."""
+
+    def __enter__(self):
+        self.token = _LOAD_KWARGS.set({"weights_only": False})
+
+    def __exit__(self, *exc):
+        _LOAD_KWARGS.reset(self.token)
+
+
+def trusted_paths() -> set[Path]:
+    return {Path(p).resolve() for p in switches.TRUSTED_CHECKPOINTS.get().split(os.pathsep) if p}
+
+
+def _refusal(path: str, err: Exception) -> UntrustedCheckpointError:
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    what = f"a pickled `{found.group(1)}`" if found else "a pickled object outside the weights-only allowlist"
+    name = switches.TRUSTED_CHECKPOINTS.name
+    return UntrustedCheckpointError(
+        f"{path}: refused to load: the file holds {what}. fairseq and bart_ext checkpoints hold only tensors, "
+        "containers, plain values, argparse.Namespace and numpy scalars; unpickling other objects can run code "
+        f"from the file. If you trust this file, load it deliberately: {name}={Path(path).resolve()} "
+        f"(the variable names trusted files, separated by '{os.pathsep}')."
+    )
+
+
+def safe_checkpoint_reader(load_checkpoint_to_cpu):
+    """Wrap fairseq's ``load_checkpoint_to_cpu`` with the policy of patch 1."""
+
+    @functools.wraps(load_checkpoint_to_cpu)
+    def load(path, arg_overrides=None, load_on_all_ranks=False):
+        if Path(path).resolve() in trusted_paths():
+            try:
+                with _FullUnpickling():
+                    return load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+            except pickle.UnpicklingError as e:  # torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 wins over our list
+                raise UntrustedCheckpointError(
+                    f"{path}: named in {switches.TRUSTED_CHECKPOINTS.name}, but TORCH_FORCE_WEIGHTS_ONLY_LOAD is set, "
+                    f"which makes torch unpickle weights only ({e.__class__.__name__})") from None
+        try:
+            with torch.serialization.safe_globals(fairseq_globals()):
+                return load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+        except pickle.UnpicklingError as e:
+            raise _refusal(str(path), e) from None
+
+    load.bart_ext_patched = True
+    return load
+
+
+def intra_job_broadcast(broadcast_object_slow):
+    """Patch 2: the receiving ranks read rank 0's bytes in full."""
+
+    @functools.wraps(broadcast_object_slow)
+    def broadcast(obj, src_rank, group, dist_device):
+        with _FullUnpickling():
+            return broadcast_object_slow(obj, src_rank, group, dist_device)
+
+    broadcast.bart_ext_patched = True
+    return broadcast
+
+
+# ---------------------------------------------------------------------------------------------
+# 3-4. torchrun on any device
+
+TORCHRUN_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
+
+
+def torchrun_world() -> int:
+    """The world size a torchrun (or torch.distributed.launch) environment declares, else 1."""
+    if all(k in os.environ for k in TORCHRUN_VARS):
+        return int(os.environ["WORLD_SIZE"])
+    return 1
+
+
+def world_size_given(argv: list[str] | None = None) -> bool:
+    """Whether the command line sets the world size (argparse or hydra spelling)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a.split("=")[0] in ("--distributed-world-size", "distributed_training.distributed_world_size",
+                                   "+distributed_training.distributed_world_size") for a in argv)
+
+
+def uses_cuda(cfg) -> bool:
+    return torch.cuda.is_available() and not cfg.common.cpu
+
+
+def prepare_torchrun(cfg, argv: list[str] | None = None) -> None:
+    """Patch 3 on a full fairseq config, before fairseq's own ``call_main`` runs."""
+    dt = cfg.distributed_training
+    world = torchrun_world()
+    if (world > 1 and dt.distributed_init_method is None and not cfg.common.tpu and not dt.pipeline_model_parallel
+            and dt.distributed_world_size == 1 and not world_size_given(argv)):
+        dt.distributed_world_size = world
+        if not uses_cuda(cfg) or torch.cuda.device_count() < 1:
+            # fairseq's torchrun branch would compute rank % cuda.device_count(): do its job here.
+            dt.distributed_init_method = "env://"
+            dt.distributed_rank = int(os.environ["RANK"])
+            dt.device_id = 0
+            dt.distributed_no_spawn = True
+    if dt.distributed_world_size > 1 and not uses_cuda(cfg) and dt.distributed_backend == "nccl":
+        dt.distributed_backend = "gloo"  # NCCL cannot all-reduce CPU tensors
+
+
+def torchrun_call_main(call_main):
+    @functools.wraps(call_main)
+    def wrapped(cfg, main, **kwargs):
+        prepare_torchrun(cfg)
+        return call_main(cfg, main, **kwargs)
+
+    wrapped.bart_ext_patched = True
+    return wrapped
+
+
+def cpu_safe_ddp(ddp_class):
+    """Patch 4: a subclass of ``ddp_class`` that drops device arguments for CPU modules."""
+
+    class _SameInstances(type(ddp_class)):
+        # By MRO: torch's DDP is an ABC, whose own check would recurse through this subclass.
+        def __instancecheck__(cls, obj):
+            return ddp_class in type(obj).__mro__
+
+        def __subclasscheck__(cls, sub):
+            return isinstance(sub, type) and ddp_class in sub.__mro__
+
+    class DistributedDataParallel(ddp_class, metaclass=_SameInstances):
+        bart_ext_patched = True
+
+        def __init__(self, module, device_ids=None, output_device=None, **kwargs):
+            if next(module.parameters()).device.type == "cpu":
+                device_ids, output_device = None, None  # torch's DDP takes no device ids for CPU modules
+            super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
+
+    return DistributedDataParallel
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Repeated n-gram blocking
+
+def _no_repeat_ngram(self, tokens, lprobs, bsz: int, beam_size: int, step: int):
+    """bart_ext: blocking on the generated prefix (TorchScript-compatible)."""
+    return block_repeated_ngrams(tokens[:, : step + 1], lprobs, self.no_repeat_ngram_size)
+
+
+def _no_repeat_ngram_fairseq_loop(self, tokens, lprobs, bsz: int, beam_size: int, step: int):
+    """fairseq's own loop, given the generated prefix: the reference for tests and benchmarks."""
+    return self._fairseq_no_repeat_ngram(tokens[:, : step + 1], lprobs, bsz, beam_size, step)
+
+
+def install_ngram_block(mode: str | None = None) -> str:
+    """Select the n-gram blocking (``BART_EXT_NGRAM_BLOCK`` unless ``mode`` is given); returns the mode."""
+    from fairseq import ngram_repeat_block
+
+    mode = mode or switches.NGRAM_BLOCK.get()
+    if mode not in switches.NGRAM_BLOCK.choices:
+        raise ValueError(f"n-gram blocking mode {mode!r}: expected one of {', '.join(switches.NGRAM_BLOCK.choices)}")
+    cls = ngram_repeat_block.NGramRepeatBlock
+    if not hasattr(cls, "_fairseq_no_repeat_ngram"):
+        cls._fairseq_no_repeat_ngram = cls._no_repeat_ngram  # fairseq's own, kept for the reference mode
+    cls._no_repeat_ngram = {"bart_ext": _no_repeat_ngram, "fairseq_loop": _no_repeat_ngram_fairseq_loop,
+                            "fairseq_stock": cls._fairseq_no_repeat_ngram}[mode]
+    if mode != "fairseq_stock" and getattr(cls, "_bart_ext_mode", None) != mode:
+        logger.info("bart_ext: --no-repeat-ngram-size blocks on the generated prefix (fixes fairseq #5206 for every "
+                    "model without fairseq's CUDA extension); BART_EXT_NGRAM_BLOCK=fairseq_stock restores fairseq's")
+    cls._bart_ext_mode = mode
+    return mode
+
+
+# ---------------------------------------------------------------------------------------------
+
+def install() -> None:
+    """Install patches 1-5 (idempotent)."""
+    from fairseq import checkpoint_utils
+    from fairseq.distributed import utils as dist_utils
+    from fairseq.models import distributed_fairseq_model as dfm
+
+    for module in (checkpoint_utils, dist_utils):
+        if not isinstance(module.torch, _TorchForFairseq):
+            module.torch = _TorchForFairseq()
+    if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "bart_ext_patched", False):
+        checkpoint_utils.load_checkpoint_to_cpu = safe_checkpoint_reader(checkpoint_utils.load_checkpoint_to_cpu)
+    if not getattr(dist_utils._broadcast_object_slow, "bart_ext_patched", False):
+        dist_utils._broadcast_object_slow = intra_job_broadcast(dist_utils._broadcast_object_slow)
+    if not getattr(dist_utils.call_main, "bart_ext_patched", False):
+        dist_utils.call_main = torchrun_call_main(dist_utils.call_main)
+    if not getattr(dfm.DistributedDataParallel, "bart_ext_patched", False):
+        dfm.DistributedDataParallel = cpu_safe_ddp(dfm.DistributedDataParallel)
+    install_ngram_block()
+
+
+install()

@@ -1,0 +1,56 @@
+"""Every ``BART_EXT_*`` environment switch, defined and documented in one place (README, "Switches").
+
+Each is read when it is used (``SWITCH.get()``), never cached at import, so a script or a test can
+set it at run time. An unknown value is an error naming the variable and the values it takes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One environment variable.
+
+    Args:
+        name: the variable.
+        default: its value when unset or empty.
+        choices: the values it may take (None: any string).
+        help: what it does, for the README and error messages.
+    """
+
+    name: str
+    default: str
+    choices: tuple[str, ...] | None
+    help: str
+
+    def get(self) -> str:
+        value = os.environ.get(self.name, "") or self.default
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name}={value!r}: expected one of {', '.join(self.choices)} ({self.help})")
+        return value
+
+
+TRUSTED_CHECKPOINTS = Switch(
+    "BART_EXT_TRUSTED_CHECKPOINTS", "", None,
+    "checkpoint files (separated by the OS path separator) unpickled in full, for files you trust that hold "
+    "objects outside the weights-only allowlist")
+NGRAM_BLOCK = Switch(
+    "BART_EXT_NGRAM_BLOCK", "bart_ext", ("bart_ext", "fairseq_loop", "fairseq_stock"),
+    "repeated n-gram blocking: bart_ext (on the generated prefix, on the device), fairseq_loop (fairseq's loop on "
+    "that prefix), fairseq_stock (fairseq unchanged, which blocks nothing without its CUDA extension)")
+GENERATOR = Switch(
+    "BART_EXT_GENERATOR", "bart_ext", ("bart_ext", "fairseq"),
+    "beam search of --task bart_summarization/bart_denoising: bart_ext's loop or fairseq's SequenceGenerator")
+BEAM_SHARED = Switch(
+    "BART_EXT_BEAM_SHARED", "1", ("0", "1"),
+    "1: bart_preln keeps encoder states and cross-attention keys once per sentence under beam search; 0: per hypothesis")
+CACHE = Switch(
+    "BART_EXT_CACHE", "", None,
+    "where the compiled NVLAMB CPU kernel is cached (default $XDG_CACHE_HOME/bart_ext or ~/.cache/bart_ext)")
+NO_CPU_KERNEL = Switch(
+    "BART_EXT_NO_CPU_KERNEL", "0", ("0", "1"),
+    "1: NVLAMB uses its PyTorch path on the CPU instead of the compiled kernel")
+
+ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL)

@@ -1,0 +1,249 @@
+"""Loading the plugin adds to fairseq and takes nothing away (bart_ext/adapters/fairseq_patches.py)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import pytest
+import torch
+from fairseq import checkpoint_utils, options, optim, tasks
+from fairseq.models import distributed_fairseq_model as dfm
+from fairseq.ngram_repeat_block import NGramRepeatBlock
+from omegaconf import OmegaConf
+
+import user_dir  # noqa: F401  (installs the patches, as --user-dir does)
+from bart_ext.adapters import fairseq_patches
+from tests.conftest import ROOT
+from tests.helpers import dictionary, fake_task
+
+
+# --- the argparse path: every registered option from a Namespace with only what a user typed -------------
+
+@pytest.mark.parametrize("task,data", [("bart_denoising", "aclsum/bin"), ("bart_summarization", "aclsum_summ/bin")])
+@pytest.mark.parametrize("arch", ["bart_tiny_preln", "bart_preln"])
+def test_components_build_from_parse_args_and_arch_without_optional_flags(data_dir, task, data, arch):
+    argv = [str(data_dir.parent / data), "--task", task, "--arch", arch, "--optimizer", "nvlamb", "--lr", "0.01",
+            "--criterion", "cross_entropy"]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    t = tasks.setup_task(args)
+    if arch == "bart_preln":  # the large preset: shapes only
+        with torch.device("meta"):
+            model = t.build_model(args)
+        assert model.encoder.layers[0].fc1.weight.shape == (4096, 1024)
+        return
+    model = t.build_model(args)
+    assert args.post_ln is False  # fairseq deletes model defaults on this path; the architecture fills them
+    criterion = t.build_criterion(args)
+    optimizer = optim.build_optimizer(args, list(model.parameters()))
+    assert type(model).__name__ == "BartPreln" and model.encoder.layer_norm is not None  # Pre-LN by default
+    assert not model.bf16_autocast and type(optimizer).__name__ == "FairseqNVLAMB"
+    assert optimizer.optimizer.defaults["betas"] == (0.9, 0.999)
+    ds = t.load_dataset("valid")
+    sample = ds.collater([ds[i] for i in range(2)])
+    sample["net_input"]["src_tokens"] = sample["net_input"]["src_tokens"][:, -100:].contiguous()  # within 512 positions
+    sample["net_input"]["prev_output_tokens"] = sample["net_input"]["prev_output_tokens"][:, :100].contiguous()
+    sample["target"] = sample["target"][:, :100].contiguous()
+    loss, sample_size, log = criterion(model, sample)
+    loss.backward()
+    assert torch.isfinite(loss) and sample_size > 0 and model.encoder.embed_tokens.weight.grad is not None
+
+
+def test_nvlamb_betas_string_is_parsed_not_evaluated():
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(ROOT / "data" / "aclsum" / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln",
+        "--optimizer", "nvlamb", "--lr", "0.01", "--lamb-betas", "(0.8, 0.99)"])
+    params = [torch.nn.Parameter(torch.ones(3))]
+    assert optim.build_optimizer(args, params).optimizer.defaults["betas"] == (0.8, 0.99)
+    args.lamb_betas = "__import__('os').getcwd()"
+    with pytest.raises(ValueError, match="lamb_betas"):
+        optim.build_optimizer(args, params)
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+class Payload:
+    """Any non-weight object; unpickling it runs this module's code. Records the environment it ran in."""
+
+    def __init__(self):
+        self.ran = False
+
+    def __setstate__(self, state):
+        state["env_switch_set"] = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in os.environ
+        self.__dict__.update(state)
+
+
+def _argparse_era_state(**extra) -> dict:
+    import numpy as np
+
+    args = argparse.Namespace(arch="transformer", task="translation", data="/tmp/x", lr=[0.1])
+    return {"args": args, "model": {"w": torch.ones(2)}, "optimizer_history": [
+        {"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam", "lr_scheduler_state":
+         {"best": np.float64(4.5)}, "num_updates": 3}], "extra_state": {"val_loss": np.float32(4.25), **extra},
+        "last_optimizer_state": {}}
+
+
+def test_argparse_era_checkpoint_with_namespace_and_numpy_scalars_loads_without_any_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("BART_EXT_TRUSTED_CHECKPOINTS", raising=False)
+    path = tmp_path / "old.pt"
+    torch.save(_argparse_era_state(), path)
+    with pytest.raises(Exception, match="Namespace"):
+        torch.load(path)  # torch's own default is untouched: weights-only refuses it
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides={"data": "/elsewhere"})
+    assert state["cfg"].task.data == "/elsewhere"  # fairseq's upgrade path ran on the Namespace
+    assert float(state["extra_state"]["val_loss"]) == 4.25
+
+
+def test_stock_fairseq_transformer_checkpoint_loads_with_the_plugin(tmp_path, data_dir, cli_env):
+    from tests.integration.fairseq_run import run
+
+    save = tmp_path / "ckpt"
+    run(["fairseq-train", str(data_dir.parent / "aclsum_summ" / "bin"), "--task", "translation", "-s", "source",
+         "-t", "target", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+         "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "16",
+         "--decoder-ffn-embed-dim", "16", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+         "--share-all-embeddings", "--cpu", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2048",
+         "--max-update", "2", "--save-dir", str(save), "--no-epoch-checkpoints", "--max-source-positions", "2048",
+         "--skip-invalid-size-inputs-valid-test"], cli_env)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(save / "checkpoint_last.pt")], arg_overrides={"data": str(data_dir.parent / "aclsum_summ" / "bin")})
+    assert type(models[0]).__name__ == "TransformerModel" and cfg.model.arch == "transformer"
+
+
+def test_arbitrary_class_is_refused_naming_file_and_class(tmp_path, monkeypatch):
+    monkeypatch.delenv("BART_EXT_TRUSTED_CHECKPOINTS", raising=False)
+    path = tmp_path / "evil.pt"
+    torch.save(_argparse_era_state(payload=Payload()), path)
+    with pytest.raises(fairseq_patches.UntrustedCheckpointError) as err:
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert str(path) in str(err.value) and "test_fairseq_citizen.Payload" in str(err.value)
+
+
+def test_trusted_file_is_read_in_full_without_touching_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "trusted.pt"
+    torch.save(_argparse_era_state(payload=Payload()), path)
+    monkeypatch.setenv("BART_EXT_TRUSTED_CHECKPOINTS", str(path))
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert state["extra_state"]["payload"].env_switch_set is False  # weights_only=False for this call only
+    # A user's TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 (never unpickle in full) wins over the trusted list, and says so.
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(fairseq_patches.UntrustedCheckpointError, match="TORCH_FORCE_WEIGHTS_ONLY_LOAD"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+# --- TorchScript: fairseq's generator still scripts, and blocks n-grams on the prefix -----------------
+
+def _fairseq_transformer(d):
+    from fairseq.models.transformer import TransformerModel, base_architecture
+
+    args = argparse.Namespace(encoder_layers=1, decoder_layers=1, encoder_embed_dim=12, decoder_embed_dim=12,
+                              encoder_ffn_embed_dim=14, decoder_ffn_embed_dim=14, encoder_attention_heads=3,
+                              decoder_attention_heads=3, dropout=0.0, max_source_positions=64,
+                              max_target_positions=64, share_all_embeddings=True)
+    base_architecture(args)
+    torch.manual_seed(0)
+    return TransformerModel.build_model(args, fake_task(d)).eval()
+
+
+def test_fairseq_sequence_generator_still_scripts_and_equals_eager_with_blocking():
+    from fairseq.sequence_generator import SequenceGenerator
+
+    d = dictionary(20)
+    model = _fairseq_transformer(d)
+    gen = SequenceGenerator([model], d, beam_size=3, max_len_b=12, no_repeat_ngram_size=2)
+    scripted = torch.jit.script(gen)  # failed with "Can't redefine method" before
+    src = torch.randint(d.nspecial, len(d), (2, 7))
+    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([7, 7])}}
+    eager_out, script_out = gen(sample), scripted(sample)
+    for a, b in zip(eager_out, script_out):
+        assert torch.equal(a[0]["tokens"], b[0]["tokens"])
+    for hyps in eager_out:
+        toks = hyps[0]["tokens"].tolist()
+        assert len(set(zip(toks, toks[1:]))) == len(toks) - 1  # no bigram repeated: blocking worked
+
+
+def test_ngram_patch_logs_once_and_fairseq_stock_restores_fairseqs_method(caplog):
+    try:
+        fairseq_patches.install_ngram_block("fairseq_stock")
+        assert NGramRepeatBlock._no_repeat_ngram is NGramRepeatBlock._fairseq_no_repeat_ngram
+        with caplog.at_level(logging.INFO):
+            fairseq_patches.install_ngram_block("bart_ext")
+            fairseq_patches.install_ngram_block("bart_ext")
+        assert caplog.text.count("fairseq #5206") == 1
+        assert NGramRepeatBlock._no_repeat_ngram is fairseq_patches._no_repeat_ngram
+    finally:
+        fairseq_patches.install_ngram_block("bart_ext")
+
+
+# --- distributed ----------------------------------------------------------------------------------------
+
+def _full_cfg(**dt):
+    from fairseq.dataclass.configs import FairseqConfig
+
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.common.cpu = True
+    for k, v in dt.items():
+        setattr(cfg.distributed_training, k, v)
+    return cfg
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29999", WORLD_SIZE="2", RANK="1").items():
+        monkeypatch.setenv(k, v)
+
+
+def test_torchrun_on_cpu_becomes_one_job_over_gloo(torchrun_env, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, but --cpu
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    cfg = _full_cfg(distributed_world_size=1, distributed_backend="nccl")
+    fairseq_patches.prepare_torchrun(cfg, argv=[])
+    dt = cfg.distributed_training
+    assert (dt.distributed_world_size, dt.distributed_rank, dt.distributed_backend) == (2, 1, "gloo")
+    assert dt.distributed_init_method == "env://" and dt.distributed_no_spawn
+
+
+@pytest.mark.parametrize("argv", [["--distributed-world-size", "1"], ["distributed_training.distributed_world_size=1"]])
+def test_explicit_world_size_and_pipeline_parallel_keep_fairseqs_path(torchrun_env, argv):
+    cfg = _full_cfg(distributed_world_size=1)
+    fairseq_patches.prepare_torchrun(cfg, argv=argv)
+    assert cfg.distributed_training.distributed_world_size == 1
+    assert cfg.distributed_training.distributed_init_method is None
+    cfg = _full_cfg(distributed_world_size=1, pipeline_model_parallel=True)
+    fairseq_patches.prepare_torchrun(cfg, argv=[])
+    assert cfg.distributed_training.distributed_init_method is None
+
+
+def test_ddp_stays_a_class_for_isinstance_and_wraps_cpu_modules(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as TorchDDP
+
+    assert isinstance(dfm.DistributedDataParallel, type)
+    assert not isinstance(torch.nn.Linear(2, 2), dfm.DistributedDataParallel)
+    assert issubclass(TorchDDP, dfm.DistributedDataParallel)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", world_size=1, rank=0)
+    try:
+        wrapped = dfm.DistributedDataParallel(torch.nn.Linear(2, 2), device_ids=[0], output_device=0)
+        plain = TorchDDP(torch.nn.Linear(2, 2))
+        assert isinstance(wrapped, dfm.DistributedDataParallel) and isinstance(plain, dfm.DistributedDataParallel)
+        assert isinstance(wrapped, TorchDDP) and wrapped(torch.ones(1, 2)).shape == (1, 2)
+    finally:
+        dist.destroy_process_group()
+
+
+# --- TF32 ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("no_tf32", [False, True])
+def test_tf32_is_switched_on_only_without_no_tf32(monkeypatch, no_tf32):
+    from tests.helpers import preln_args
+    from user_dir.bart_preln import BartPreln
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        BartPreln.build_model(preln_args(no_tf32=no_tf32), fake_task(dictionary()))
+        assert torch.backends.cuda.matmul.allow_tf32 is (not no_tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
