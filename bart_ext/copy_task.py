@@ -37,6 +37,8 @@ class CopySetup:
         batch: sequences per update.
         steps: updates.
         seed: model initialisation and data.
+        grow: a length curriculum: over the first ``grow`` updates the longest sequence grows
+            linearly from ``min_len`` to ``max_len`` (0: every update draws up to ``max_len``).
     """
 
     vocab: int = 2000
@@ -52,6 +54,13 @@ class CopySetup:
     batch: int = 32
     steps: int = 300
     seed: int = 0
+    grow: int = 0
+
+    def longest(self, step: int) -> int:
+        """The longest sequence drawn at update ``step`` (1-based) under the length curriculum."""
+        if self.grow <= 0 or step >= self.grow:
+            return self.max_len
+        return self.min_len + (self.max_len - self.min_len) * step // self.grow
 
 
 @dataclass
@@ -62,9 +71,10 @@ class CopyResult:
     seconds: float = 0.0
 
 
-def copy_batch(setup: CopySetup, gen: torch.Generator) -> torch.Tensor:
-    """``(batch, T)`` right-padded ``<s> x </s>`` rows."""
-    lengths = torch.randint(setup.min_len, setup.max_len + 1, (setup.batch,), generator=gen)
+def copy_batch(setup: CopySetup, gen: torch.Generator, longest: int | None = None) -> torch.Tensor:
+    """``(batch, T)`` right-padded ``<s> x </s>`` rows of ``min_len`` to ``longest`` (default ``max_len``) tokens."""
+    longest = setup.max_len if longest is None else longest
+    lengths = torch.randint(setup.min_len, longest + 1, (setup.batch,), generator=gen)
     rows = torch.full((setup.batch, int(lengths.max()) + 2), PAD)
     weights = (torch.arange(1, setup.vocab + 1, dtype=torch.float) ** -setup.zipf if setup.zipf
                else torch.ones(setup.vocab))
@@ -102,7 +112,7 @@ def run_copy_task(setup: CopySetup, eval_every: int = 25, log=None) -> CopyResul
     result = CopyResult(setup)
     t0 = time.time()
     for step in range(1, setup.steps + 1):
-        rows = copy_batch(setup, gen)
+        rows = copy_batch(setup, gen, setup.longest(step))
         logits = model(rows, shift_right(rows))
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), rows.view(-1), ignore_index=PAD)
         opt.zero_grad(set_to_none=True)

@@ -1,29 +1,46 @@
 #!/usr/bin/env python
-"""Training words/s: bart_preln against stock fairseq `bart` with Pre-LN, side by side.
+"""Training words/s and the memory a step adds: bart_preln against stock fairseq `bart` (Pre-LN), side by side.
 
-Both models get the same shapes, the same real batches (aclsum through
-bart_denoising, 128 tokens per sample) and the same optimizer (torch Adam); one
-training step is forward, cross-entropy, backward and the optimizer step.
-Rounds alternate between the two models so drift in the machine hits both;
-the figure is the median words/s (target tokens) over rounds.
+All models get the same shapes, the same real batches (aclsum through bart_denoising, 128 tokens
+per sample) and the same optimizer (torch Adam); one training step is forward, the criterion,
+backward and the optimizer step. Configurations:
 
-Usage: python scripts/bench_train.py [--rounds 5] [--steps 2] [--sizes tiny,mid]
+    stock      fairseq `bart` with the Pre-LN flags, fp32, fairseq's `cross_entropy`
+    fp32       bart_preln, fp32, fairseq's `cross_entropy` (full logits)
+    fused      bart_preln, fp32, `bart_cross_entropy` (chunked projection + loss)
+    bf16       bart_preln --bf16-autocast, fairseq's `cross_entropy`
+    bf16+fused bart_preln --bf16-autocast, `bart_cross_entropy`
+
+Rounds rotate through the configurations so drift in the machine hits all; the figure is the
+median words/s (target tokens) over rounds. `best` is the fastest bart_preln configuration.
+
+Memory (--memory): the peak a step's forward, loss and backward add above parameters, gradients
+and optimizer state, measured in a fresh process per configuration as the rise of the peak
+resident set (VmHWM, reset through /proc/self/clear_refs) with glibc returning every block of
+64 KiB or more to the system at once (MALLOC_MMAP_THRESHOLD_), so resident memory follows live
+tensors. Measured at mid size with the dictionary padded to GPT-2's 50,265 entries.
+
+Usage: python scripts/bench_train.py [--rounds 5] [--steps 2] [--sizes tiny,mid] [--memory] [--json]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from user_dir.bart_cross_entropy import BartCrossEntropy  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 from user_dir.bart_preln import BartPreln  # noqa: E402
 
@@ -31,15 +48,17 @@ SIZES = {  # layers, width, heads, ffn
     "tiny": (2, 36, 3, 76),
     "mid": (6, 512, 8, 2048),
 }
+CONFIGS = ("stock", "fp32", "fused", "bf16", "bf16+fused")
+GPT2_ENTRIES = 50265
 
 
-def build(kind: str, size: str, task) -> torch.nn.Module:
+def build(config: str, size: str, task) -> torch.nn.Module:
     layers, dim, heads, ffn = SIZES[size]
-    if kind == "ours":
+    if config != "stock":
         cfg = argparse.Namespace(encoder_layers=layers, decoder_layers=layers, encoder_embed_dim=dim,
                                  encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads, max_positions=1024,
                                  dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, post_ln=False,
-                                 init_missing_final_layer_norm=False)
+                                 init_missing_final_layer_norm=False, bf16_autocast=config.startswith("bf16"))
         return BartPreln.build_model(cfg, task)
     args = argparse.Namespace(encoder_layers=layers, decoder_layers=layers, encoder_embed_dim=dim,
                               decoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, decoder_ffn_embed_dim=ffn,
@@ -49,60 +68,142 @@ def build(kind: str, size: str, task) -> torch.nn.Module:
     return BARTModel.build_model(args, task)
 
 
-def step(model, opt, batch, pad) -> None:
-    net = batch["net_input"]
-    logits = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])[0]
-    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["target"].view(-1), ignore_index=pad,
-                           reduction="sum")
-    opt.zero_grad(set_to_none=True)
+def criterion(config: str, task):
+    return BartCrossEntropy(task, False) if config.endswith("fused") else CrossEntropyCriterion(task, False)
+
+
+def forward_backward(model, crit, batch) -> None:
+    loss, _, _ = crit(model, batch)
     loss.backward()
+
+
+def step(model, crit, opt, batch) -> None:
+    opt.zero_grad(set_to_none=True)
+    forward_backward(model, crit, batch)
     opt.step()
+
+
+def load(data: Path, steps: int, max_tokens: int, entries: int = 0):
+    task = BartDenoisingTask.from_data(data, tokens_per_sample=128)
+    ds = task.load_dataset("train")
+    order = ds.ordered_indices()[-4000:]  # full-length samples
+    batches, cur, tokens = [], [], 0
+    for i in order:
+        if tokens + ds.size(i) > max_tokens:
+            batches.append(ds.collater([ds[j] for j in cur]))
+            cur, tokens = [], 0
+            if len(batches) == steps:
+                break
+        cur.append(i)
+        tokens += ds.size(i)
+    while len(task.dictionary) < entries:  # rows no batch uses: the 50k dictionary's output layer
+        task.dictionary.add_symbol(f"madeupword{len(task.dictionary):05d}")
+    return task, batches
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_child(config: str, size: str, data: Path, max_tokens: int) -> None:
+    """In a fresh process: print the MiB one forward + loss + backward adds above a warmed-up step."""
+    torch.manual_seed(0)
+    task, batches = load(data, 1, max_tokens, GPT2_ENTRIES)
+    model, crit = build(config, size, task).train(), criterion(config, task)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step(model, crit, opt, batches[0])  # gradients and optimizer state exist from here on
+    opt.zero_grad(set_to_none=False)
+    before = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    forward_backward(model, crit, batches[0])
+    print(json.dumps({"config": config, "peak_mib": (_rss_kib("VmHWM") - before) / 1024}))
+
+
+def peak_mib(config: str, size: str, args) -> float:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, __file__, "--_peak", config, "--sizes", size, "--data", str(args.data),
+                          "--max-tokens", str(args.max_tokens)], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"memory run of {config} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def model_gflop_per_word(model: torch.nn.Module, src_per_tgt: float = 1.0) -> float:
+    """6 x (non-embedding parameters + output projection) FLOPs per target token, the usual estimate
+    (encoder work counted per source token, which here equals the target length)."""
+    params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    out = model.decoder.output_projection.weight.numel()
+    return 6 * (params * src_per_tgt + out) / 1e9
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "aclsum" / "bin")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=2, help="training steps per model per round")
+    ap.add_argument("--steps", type=int, default=2, help="training steps per configuration per round")
     ap.add_argument("--sizes", default="tiny,mid")
     ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--memory", action="store_true", help="also measure each configuration's added peak memory")
+    ap.add_argument("--json", action="store_true", help="one JSON object per size on stdout")
+    ap.add_argument("--_peak", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._peak:
+        return peak_child(args._peak, args.sizes, args.data, args.max_tokens)
     torch.manual_seed(0)
-
-    task = BartDenoisingTask.from_data(args.data, tokens_per_sample=128)
-    ds = task.load_dataset("train")
-    order = ds.ordered_indices()[-4000:]  # full-length samples
-    batches, cur, tokens = [], [], 0
-    for i in order:
-        if tokens + ds.size(i) > args.max_tokens:
-            batches.append(ds.collater([ds[j] for j in cur]))
-            cur, tokens = [], 0
-            if len(batches) == args.steps:
-                break
-        cur.append(i)
-        tokens += ds.size(i)
+    task, batches = load(args.data, args.steps, args.max_tokens)
     words = sum(b["ntokens"] for b in batches)
-    pad = task.dictionary.pad()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} batches of "
-          f"~{words // len(batches)} target tokens; {args.rounds} rounds x {args.steps} steps per model")
-    print(f"{'size':<6} {'shape':<22} {'stock fairseq bart (Pre-LN)':>28} {'bart_preln':>14} {'ratio':>7}")
+    peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} batches of "
+        f"~{words // len(batches)} target tokens; {args.rounds} rounds x {args.steps} steps per configuration; "
+        f"matmul peak bf16 {peaks['bf16']:.0f} / fp32 {peaks['fp32']:.0f} GFLOP/s")
     for size in args.sizes.split(","):
-        models = {kind: build(kind, size, task).train() for kind in ("stock", "ours")}
-        opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
-        wps: dict[str, list[float]] = {k: [] for k in models}
-        for kind in models:  # warm-up
-            step(models[kind], opts[kind], batches[0], pad)
+        models = {c: build(c, size, task).train() for c in CONFIGS}
+        crits = {c: criterion(c, task) for c in CONFIGS}
+        opts = {c: torch.optim.Adam(m.parameters(), lr=1e-4) for c, m in models.items()}
+        wps: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        for c in CONFIGS:  # warm-up
+            step(models[c], crits[c], opts[c], batches[0])
         for r in range(args.rounds):
-            for kind in (("stock", "ours") if r % 2 == 0 else ("ours", "stock")):
+            for c in CONFIGS[r % len(CONFIGS):] + CONFIGS[: r % len(CONFIGS)]:
                 t0 = time.perf_counter()
                 for b in batches:
-                    step(models[kind], opts[kind], b, pad)
-                wps[kind].append(words / (time.perf_counter() - t0))
-        med = {k: statistics.median(v) for k, v in wps.items()}
+                    step(models[c], crits[c], opts[c], b)
+                wps[c].append(words / (time.perf_counter() - t0))
+        med = {c: statistics.median(v) for c, v in wps.items()}
+        best = max(CONFIGS[1:], key=med.get)
+        gflop = model_gflop_per_word(models["fp32"])
         layers, dim, heads, ffn = SIZES[size]
-        shape = f"{layers}+{layers} x{dim} h{heads} ffn{ffn}"
-        print(f"{size:<6} {shape:<22} {med['stock']:>22,.0f} w/s {med['ours']:>10,.0f} w/s "
-              f"{med['ours'] / med['stock']:>6.2f}x", flush=True)
+        log(f"\n{size}: {layers}+{layers} x{dim} h{heads} ffn{ffn}, {len(task.dictionary):,} entries")
+        log(f"  {'configuration':<12} {'words/s':>9} {'vs stock':>9} {'MFU bf16':>9} {'MFU fp32':>9}")
+        for c in CONFIGS:
+            log(f"  {c:<12} {med[c]:>9,.0f} {med[c] / med['stock']:>8.2f}x {100 * med[c] * gflop / peaks['bf16']:>8.1f}% "
+                f"{100 * med[c] * gflop / peaks['fp32']:>8.1f}%", flush=True)
+        log(f"  best: {best} ({med[best] / med['stock']:.2f}x stock)")
+        result = {"size": size, "stock_wps": med["stock"], "fp32_wps": med["fp32"], "best_wps": med[best],
+                  "best_config": best, "best_ratio": med[best] / med["stock"], "fp32_ratio": med["fp32"] / med["stock"],
+                  "wps": med, "matmul_peak_gflops": peaks, "model_gflop_per_word": gflop}
+        if args.memory and size == "mid":
+            mem = {c: peak_mib(c, size, args) for c in ("stock", "fp32", "fused", "bf16+fused")}
+            log(f"  added peak of one step, {GPT2_ENTRIES:,}-entry dictionary: " + ", ".join(
+                f"{c} {v:,.0f} MiB ({v / mem['stock']:.2f}x)" for c, v in mem.items()))
+            result.update(stock_peak_mib=mem["stock"], fused_peak_mib=mem["fused"], peak_mib=mem)
+        if args.json:
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

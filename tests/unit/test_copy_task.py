@@ -20,3 +20,12 @@ def test_small_vocabulary_copy_is_learned_and_untrained_is_not():
     assert learned.steps_to_95 is not None and learned.curve[-1][2] >= 0.95, learned.curve
     untrained = run_copy_task(CopySetup(vocab=100, layers=1, steps=1), eval_every=1)
     assert untrained.curve[-1][2] < 0.5  # specials only: the check can fail
+
+
+def test_length_curriculum_grows_to_the_longest_length():
+    setup = CopySetup(min_len=4, max_len=20, grow=8, batch=64)
+    assert [setup.longest(s) for s in (1, 4, 8, 100)] == [6, 12, 20, 20]
+    assert CopySetup(min_len=4, max_len=20).longest(1) == 20  # no curriculum
+    gen = torch.Generator().manual_seed(0)
+    short = copy_batch(setup, gen, setup.longest(1))
+    assert short.ne(1).sum(1).max() <= 6 + 2  # <s> and </s> around at most 6 tokens

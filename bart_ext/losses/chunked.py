@@ -1,0 +1,163 @@
+"""Output projection, log-softmax and (label-smoothed) NLL in chunks of tokens, with its own backward.
+
+A BART step's largest activations are its (tokens x vocabulary) logits: with the 50k GPT-2
+dictionary, 2,048 target tokens make 400 MiB of fp32 logits, as much again for the log-softmax and
+for each of their gradients. Here the projection ``hidden @ weight.T`` runs on ``chunk`` tokens at a
+time; each chunk's loss and its gradient with respect to the logits are computed at once (the
+gradient of softmax cross-entropy is ``softmax - onehot``, no second pass needed), turned into the
+gradients of ``hidden`` and ``weight`` by two matmuls, and the chunk's logits are freed. What stays
+is one (tokens x width) and one (vocabulary x width) gradient: the same approach as Liger Kernel's
+FusedLinearCrossEntropy (which we read, not copied), written for fairseq's criteria.
+
+Precision: the matmuls run in the autocast dtype when autocast is on (bf16/fp16, as the rest of the
+model does), the log-sum-exp, the loss and the logits' gradient in fp32, and the weight's gradient
+accumulates in fp32 across chunks.
+
+Label smoothing follows fairseq's ``label_smoothed_nll_loss``: with ``eps_i = eps / (V - 1)``,
+``loss = (1 - eps - eps_i) * nll + eps_i * sum_v(-log p_v)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Elements of one chunk's fp32 logits (64 MiB): small next to a step's other activations, large
+# enough that each chunk's (chunk x width) @ (width x vocabulary) matmul runs at full speed.
+CHUNK_ELEMENTS = 16 * 1024 * 1024
+
+
+def auto_chunk_tokens(vocab_size: int) -> int:
+    """Tokens per chunk for a vocabulary: a power of two between 64 and 4,096 near ``CHUNK_ELEMENTS / V``."""
+    tokens = 64
+    while tokens * 2 * vocab_size <= CHUNK_ELEMENTS and tokens < 4096:
+        tokens *= 2
+    return tokens
+
+
+def _compute_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return default
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, ignore_index: int, eps: float,
+                chunk: int, compute_dtype: torch.dtype):
+        n, vocab = hidden.size(0), weight.size(0)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.to(compute_dtype)
+        acc = torch.promote_types(compute_dtype, torch.float32)  # fp32, or fp64 in gradient checks
+        low = compute_dtype != acc  # matmuls in bf16/fp16, the rest in fp32
+        eps_i = eps / (vocab - 1) if eps else 0.0
+        on_target = 1.0 - eps - eps_i  # weight of the NLL term (1 without smoothing)
+        dev = hidden.device
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=dev) if need_w else None
+        # Buffers reused by every chunk: on a CPU a fresh (chunk x V) tensor costs more (page faults)
+        # than the arithmetic done in it.
+        rows = min(chunk, n)
+        logits = torch.empty(rows, vocab, dtype=acc, device=dev)
+        lprobs = torch.empty_like(logits)
+        low_buf = torch.empty(rows, vocab, dtype=compute_dtype, device=dev) if low else None
+        low_w = torch.empty(weight.shape, dtype=compute_dtype, device=dev) if low and need_w else None
+        loss = torch.zeros((), dtype=acc, device=dev)
+        nll = torch.zeros((), dtype=acc, device=dev)
+        n_correct = torch.zeros((), dtype=torch.long, device=dev)
+        for start in range(0, n, chunk):
+            h = hidden[start : start + chunk].to(compute_dtype)  # (c, C)
+            c = h.size(0)
+            t = target[start : start + chunk]
+            keep = t.ne(ignore_index)
+            t_safe = t.masked_fill(~keep, 0).unsqueeze(1)  # (c, 1)
+            z, lp = logits[:c], lprobs[:c]
+            if low:
+                torch.mm(h, w.t(), out=low_buf[:c])
+                z.copy_(low_buf[:c])
+            else:
+                torch.mm(h, w.t(), out=z)
+            torch.log_softmax(z, dim=-1, out=lp)  # (c, V)
+            chunk_nll = -lp.gather(1, t_safe).squeeze(1) * keep
+            n_correct += (z.argmax(-1).eq(t) & keep).sum()
+            nll += chunk_nll.sum()
+            if eps:
+                smooth = -lp.sum(-1) * keep  # sum_v -log p_v
+                loss += on_target * chunk_nll.sum() + eps_i * smooth.sum()
+            else:
+                loss += chunk_nll.sum()
+            if not (need_h or need_w):
+                continue
+            # d loss / d logits = (on_target + eps_i * V) * softmax - on_target * onehot - eps_i, 0 on padding
+            grad = lp.exp_()  # softmax, in place
+            row = keep.to(acc).unsqueeze(1)  # (c, 1): 0 on padding
+            grad.mul_(row * (on_target + eps_i * vocab))
+            grad.scatter_add_(1, t_safe, row * -on_target)
+            if eps_i:
+                grad.sub_(row * eps_i)
+            if low:
+                grad = low_buf[:c].copy_(grad)
+            if need_h:
+                if grad_h.dtype == grad.dtype:
+                    torch.mm(grad, w, out=grad_h[start : start + chunk])  # (c, C)
+                else:
+                    grad_h[start : start + chunk] = grad @ w
+            if need_w:
+                if low:
+                    grad_w.add_(torch.mm(grad.t(), h, out=low_w))  # (V, C), accumulated in fp32
+                else:
+                    grad_w.addmm_(grad.t(), h)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(nll, n_correct)
+        return loss, nll, n_correct
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll, _grad_correct):
+        grad_h, grad_w = ctx.saved_tensors
+        if grad_h is not None:
+            grad_h = grad_h * grad_loss.to(grad_h.dtype)
+        if grad_w is not None:
+            grad_w = (grad_w * grad_loss).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None, None, None, None
+
+
+def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, ignore_index: int,
+                               label_smoothing: float = 0.0, chunk_tokens: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed (label-smoothed) cross-entropy of ``hidden @ weight.T`` against ``target``, chunked.
+
+    Args:
+        hidden: ``(N, C)`` decoder features (any leading shape is flattened).
+        weight: ``(V, C)`` output projection (the tied embedding).
+        target: ``(N,)`` token ids; ``ignore_index`` ones add nothing.
+        ignore_index: the padding index.
+        label_smoothing: fairseq's epsilon.
+        chunk_tokens: tokens per chunk; 0 picks ``auto_chunk_tokens(V)``.
+
+    Returns:
+        ``(loss, nll_loss, n_correct)``: the loss (differentiable), the summed NLL and the number of
+        non-padding tokens whose argmax is the target (neither differentiable).
+    """
+    hidden = hidden.reshape(-1, hidden.size(-1))
+    target = target.reshape(-1)
+    if hidden.size(0) != target.size(0):
+        raise ValueError(f"hidden has {hidden.size(0)} tokens but target has {target.size(0)}")
+    if hidden.size(1) != weight.size(1):
+        raise ValueError(f"hidden is {hidden.size(1)} wide but the output projection is {tuple(weight.shape)}")
+    chunk = chunk_tokens or auto_chunk_tokens(weight.size(0))
+    dtype = _compute_dtype(hidden.device.type, hidden.dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _FusedLinearCrossEntropy.apply(hidden, weight, target, ignore_index, float(label_smoothing),
+                                              chunk, dtype)
+
+
+def reference_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, ignore_index: int,
+                                   label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The unfused computation (full logits, fp32 log-softmax, fairseq's formula): for tests and benchmarks."""
+    logits = hidden.reshape(-1, hidden.size(-1)) @ weight.t()
+    lprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    target = target.reshape(-1, 1)
+    pad = target.eq(ignore_index)
+    nll = (-lprobs.gather(1, target)).masked_fill(pad, 0.0).sum()
+    smooth = (-lprobs.sum(-1, keepdim=True)).masked_fill(pad, 0.0).sum()
+    eps_i = label_smoothing / (lprobs.size(-1) - 1)
+    return (1.0 - label_smoothing - eps_i) * nll + eps_i * smooth, nll

@@ -1,0 +1,169 @@
+"""The chunked fused projection + loss equals fairseq's criteria: loss, logged values, every gradient."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+from bart_ext.adapters.fairseq_criteria import output_weight
+from bart_ext.losses import auto_chunk_tokens, fused_linear_cross_entropy, reference_linear_cross_entropy
+from tests.helpers import dictionary, fake_task, preln_args
+from tests.unit.test_model import batch, fairseq_bart
+from user_dir.bart_cross_entropy import BartCrossEntropy
+from user_dir.bart_label_smoothed_cross_entropy import BartLabelSmoothedCrossEntropy
+from user_dir.bart_preln import BartPreln
+
+PAD = 1
+
+
+def _inputs(n=37, width=14, vocab=29, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, width, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(vocab, width, generator=g, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, vocab, (n,), generator=g)
+    target[::5] = PAD
+    return hidden, weight, target
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("chunk", [1, 8, 0, 1000])
+def test_equals_the_unfused_loss_and_gradients_in_fp64(eps, chunk):
+    hidden, weight, target = _inputs()
+    loss, nll, n_correct = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD,
+                                                      label_smoothing=eps, chunk_tokens=chunk)
+    grads = torch.autograd.grad(3.0 * loss, (hidden, weight))
+    ref_loss, ref_nll = reference_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=eps)
+    ref_grads = torch.autograd.grad(3.0 * ref_loss, (hidden, weight))
+    torch.testing.assert_close(loss, ref_loss, atol=1e-10, rtol=1e-12)
+    torch.testing.assert_close(nll, ref_nll, atol=1e-10, rtol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    keep = target.ne(PAD)
+    assert int(n_correct) == int(((hidden @ weight.t()).argmax(-1).eq(target) & keep).sum())
+    assert grads[0][~keep].abs().max() == 0  # padding contributes nothing
+
+
+def test_gradcheck():
+    hidden, weight, target = _inputs(n=9, width=5, vocab=7)
+    fn = lambda h, w: fused_linear_cross_entropy(h, w, target, ignore_index=PAD, label_smoothing=0.1,  # noqa: E731
+                                                 chunk_tokens=4)[0]
+    assert torch.autograd.gradcheck(fn, (hidden, weight))
+
+
+def test_bf16_autocast_matmuls_in_bf16_log_sum_exp_in_fp32():
+    hidden, weight, target = _inputs(n=64, width=32, vocab=300, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, nll, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=0.1,
+                                                  chunk_tokens=16)
+        ref_loss, ref_nll = reference_linear_cross_entropy(hidden, weight, target, ignore_index=PAD,
+                                                           label_smoothing=0.1)
+    assert loss.dtype == nll.dtype == ref_loss.dtype == torch.float32
+    # both take bf16 logits into an fp32 log-softmax: equal up to summation order
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-3)
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    assert gh.dtype == gw.dtype == torch.float32
+    fp32_loss, _ = reference_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=0.1)
+    assert abs(float(loss.detach()) - float(fp32_loss.detach())) / float(fp32_loss) < 0.02  # bf16 rounding, not a different loss
+    fh, fw = torch.autograd.grad(fp32_loss, (hidden, weight))
+    assert torch.nn.functional.cosine_similarity(gw.flatten(), fw.flatten(), dim=0) > 0.99
+
+
+def test_auto_chunk_sizes():
+    assert auto_chunk_tokens(50265) == 256 and auto_chunk_tokens(22400) == 512 and auto_chunk_tokens(40) == 4096
+
+
+def test_bad_shapes_are_named():
+    hidden, weight, target = _inputs()
+    with pytest.raises(ValueError, match="37 tokens but target has 36"):
+        fused_linear_cross_entropy(hidden, weight, target[:-1], ignore_index=PAD)
+    with pytest.raises(ValueError, match="13 wide but the output projection is \\(29, 14\\)"):
+        fused_linear_cross_entropy(hidden[:, :13], weight, target, ignore_index=PAD)
+
+
+def _sample(d, seed=0):
+    src, lengths, tgt = batch(d, seed)
+    prev = torch.roll(tgt, 1, dims=1)
+    return {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+            "target": tgt, "ntokens": int(tgt.ne(d.pad()).sum())}
+
+
+def _run(criterion, model, sample):
+    model.zero_grad(set_to_none=True)
+    loss, size, log = criterion(model, sample)
+    loss.backward()
+    return loss.detach(), size, log, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _models(d):
+    # fp32: fairseq's criteria take an fp32 log-softmax whatever the model's dtype
+    ours = BartPreln.build_model(preln_args(), fake_task(d))
+    stock = fairseq_bart(d, encoder_layers=1, decoder_layers=1, encoder_embed_dim=12, decoder_embed_dim=12,
+                         encoder_ffn_embed_dim=14, decoder_ffn_embed_dim=14, encoder_attention_heads=3,
+                         decoder_attention_heads=3, dropout=0.0, max_source_positions=64,
+                         max_target_positions=64)
+    return {"bart_preln": ours, "fairseq bart": stock}
+
+
+@pytest.mark.parametrize("which", ["bart_preln", "fairseq bart"])
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_criteria_equal_fairseqs(which, smoothed):
+    d = dictionary(41)
+    task = fake_task(d)
+    model = _models(d)[which]
+    sample = _sample(d)
+    if smoothed:
+        ours = BartLabelSmoothedCrossEntropy(task, False, 0.1, ignore_prefix_size=1, report_accuracy=True,
+                                             loss_chunk_tokens=4)
+        ref = LabelSmoothedCrossEntropyCriterion(task, False, 0.1, ignore_prefix_size=1, report_accuracy=True)
+    else:
+        ours, ref = BartCrossEntropy(task, False, loss_chunk_tokens=4), CrossEntropyCriterion(task, False)
+    got, want = _run(ours, model, sample), _run(ref, model, sample)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-6)
+    assert got[1] == want[1]
+    assert set(got[2]) == set(want[2])
+    for key in want[2]:
+        torch.testing.assert_close(torch.as_tensor(got[2][key]).double(), torch.as_tensor(want[2][key]).double(),
+                                   atol=1e-5, rtol=1e-6, msg=key)
+    assert set(got[3]) == set(want[3])
+    for name in want[3]:
+        torch.testing.assert_close(got[3][name], want[3][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_bf16_autocast_model_runs_its_loss_in_bf16_matmuls():
+    d = dictionary(41)
+    model = BartPreln.build_model(preln_args(bf16_autocast=True), fake_task(d))
+    assert model.bf16_autocast
+    crit = BartLabelSmoothedCrossEntropy(fake_task(d), False, 0.1, loss_chunk_tokens=4)
+    seen = []
+    real_mm = torch.mm
+
+    def spy(a, b, **kw):
+        seen.append(a.dtype)
+        return real_mm(a, b, **kw)
+
+    torch.mm = spy
+    try:
+        loss, _, log = crit(model, _sample(d))
+    finally:
+        torch.mm = real_mm
+    assert seen and set(seen) == {torch.bfloat16} and loss.dtype == torch.float32
+    fp32 = LabelSmoothedCrossEntropyCriterion(fake_task(d), False, 0.1)
+    model.bf16_autocast = False
+    ref_loss, _, _ = fp32(model, _sample(d))
+    assert abs(float(loss) - float(ref_loss)) / float(ref_loss) < 0.02
+
+
+def test_models_without_a_plain_projection_fall_back_to_fairseqs_loss():
+    d = dictionary(41)
+    model = BartPreln.build_model(preln_args(), fake_task(d)).double()
+    assert output_weight(model) is model.decoder.output_projection.weight
+    model.decoder.adaptive_softmax = types.SimpleNamespace()  # as fairseq's adaptive-softmax decoders have
+    assert output_weight(model) is None
+    del model.decoder.adaptive_softmax
+    sample = _sample(d)
+    crit = BartCrossEntropy(fake_task(d), False)
+    loss_none, _, _ = crit(model, sample, reduce=False)  # unreduced: fairseq's path, per token
+    assert loss_none.numel() == sample["target"].numel()
