@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -50,6 +51,9 @@ class BartConfig:
         attention_dropout: dropout on attention probabilities.
         activation_dropout: dropout after the GeLU in the feed-forward sublayers.
         normalize_before: True for Pre-LN (NVIDIA's recipe), False for Post-LN (fairseq ``bart``).
+        checkpoint_activations: in training, keep only each layer's input and recompute the layer
+            in the backward (per-layer activation checkpointing, as fairseq's transformer offers
+            it): less activation memory for one more forward.
     """
 
     vocab_size: int
@@ -64,6 +68,7 @@ class BartConfig:
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     normalize_before: bool = True
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.attention_heads != 0:
@@ -247,6 +252,17 @@ class DecoderLayer(_Layer):
         return self.residual(x, self.final_layer_norm, self.ffn)
 
 
+def run_layer(layer: nn.Module, checkpointed: bool, *args) -> Tensor:
+    """``layer(*args)``, recomputed in the backward when ``checkpointed`` and gradients are on.
+
+    torch's non-reentrant checkpoint restores the RNG state, so dropout masks are the same in the
+    recomputation and gradients equal those without checkpointing.
+    """
+    if checkpointed and layer.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
+
+
 class Encoder(nn.Module):
     """BART encoder: token + learned position embeddings, LayerNorm, N layers, (Pre-LN) final LayerNorm."""
 
@@ -259,6 +275,7 @@ class Encoder(nn.Module):
         self.layernorm_embedding = nn.LayerNorm(cfg.embed_dim)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.layer_norm = nn.LayerNorm(cfg.embed_dim) if cfg.normalize_before else None
+        self.checkpoint_activations = cfg.checkpoint_activations
 
     def encode(self, src_tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Encode ``src_tokens`` (B, S); returns the states (B, S, C) and the padding mask (B, S)."""
@@ -271,7 +288,7 @@ class Encoder(nn.Module):
             x = x * (~pad).unsqueeze(-1).type_as(x)
             mask = (~pad)[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = run_layer(layer, self.checkpoint_activations, x, mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x, pad
@@ -291,6 +308,7 @@ class Decoder(nn.Module):
         self.layer_norm = nn.LayerNorm(cfg.embed_dim) if cfg.normalize_before else None
         self.output_projection = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
         self.output_projection.weight = embed_tokens.weight
+        self.checkpoint_activations = cfg.checkpoint_activations
 
     def decode(
         self,
@@ -330,7 +348,10 @@ class Decoder(nn.Module):
             tril = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
             self_mask = tril[None, None] & (~pad)[:, None, None, :]  # (B, 1, T, T)
         for i, layer in enumerate(self.layers):
-            x = layer(x, enc, enc_mask, self_mask, causal, None if cache is None else cache[i], beam)
+            if cache is None:  # training and scoring; incremental decoding keeps no activations
+                x = run_layer(layer, self.checkpoint_activations, x, enc, enc_mask, self_mask, causal, None, beam)
+            else:
+                x = layer(x, enc, enc_mask, self_mask, causal, cache[i], beam)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x

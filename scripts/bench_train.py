@@ -10,6 +10,7 @@ backward and the optimizer step. Configurations:
     fused      bart_preln, fp32, `bart_cross_entropy` (chunked projection + loss)
     bf16       bart_preln --bf16-autocast, fairseq's `cross_entropy`
     bf16+fused bart_preln --bf16-autocast, `bart_cross_entropy`
+    (memory only) fused+ckpt: fused with --checkpoint-activations
 
 Rounds rotate through the configurations so drift in the machine hits all; the figure is the
 median words/s (target tokens) over rounds. `best` is the fastest bart_preln configuration.
@@ -58,7 +59,8 @@ def build(config: str, size: str, task) -> torch.nn.Module:
         cfg = argparse.Namespace(encoder_layers=layers, decoder_layers=layers, encoder_embed_dim=dim,
                                  encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads, max_positions=1024,
                                  dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, post_ln=False,
-                                 init_missing_final_layer_norm=False, bf16_autocast=config.startswith("bf16"))
+                                 init_missing_final_layer_norm=False, bf16_autocast=config.startswith("bf16"),
+                                 checkpoint_activations=config.endswith("ckpt"))
         return BartPreln.build_model(cfg, task)
     args = argparse.Namespace(encoder_layers=layers, decoder_layers=layers, encoder_embed_dim=dim,
                               decoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, decoder_ffn_embed_dim=ffn,
@@ -69,7 +71,7 @@ def build(config: str, size: str, task) -> torch.nn.Module:
 
 
 def criterion(config: str, task):
-    return BartCrossEntropy(task, False) if config.endswith("fused") else CrossEntropyCriterion(task, False)
+    return BartCrossEntropy(task, False) if "fused" in config else CrossEntropyCriterion(task, False)
 
 
 def forward_backward(model, crit, batch) -> None:
@@ -198,10 +200,11 @@ def main() -> None:
                   "best_config": best, "best_ratio": med[best] / med["stock"], "fp32_ratio": med["fp32"] / med["stock"],
                   "wps": med, "matmul_peak_gflops": peaks, "model_gflop_per_word": gflop}
         if args.memory and size == "mid":
-            mem = {c: peak_mib(c, size, args) for c in ("stock", "fp32", "fused", "bf16+fused")}
+            mem = {c: peak_mib(c, size, args) for c in ("stock", "fp32", "fused", "fused+ckpt", "bf16+fused")}
             log(f"  added peak of one step, {GPT2_ENTRIES:,}-entry dictionary: " + ", ".join(
                 f"{c} {v:,.0f} MiB ({v / mem['stock']:.2f}x)" for c, v in mem.items()))
-            result.update(stock_peak_mib=mem["stock"], fused_peak_mib=mem["fused"], peak_mib=mem)
+            result.update(stock_peak_mib=mem["stock"], fused_peak_mib=mem["fused"],
+                          checkpointed_peak_mib=mem["fused+ckpt"], peak_mib=mem)
         if args.json:
             print(json.dumps(result), flush=True)
 

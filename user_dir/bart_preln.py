@@ -34,6 +34,9 @@ class BartPrelnConfig(FairseqDataclass):
         default=False,
         metadata={"help": "accept a Post-LN checkpoint in a Pre-LN model: initialise the final LayerNorms fresh"},
     )
+    checkpoint_activations: bool = field(default=False, metadata={
+        "help": "recompute each layer's activations in the backward instead of keeping them (less memory, "
+                "one more forward)"})
     # Precision switches sit on the model: plugins cannot add fairseq common options, and
     # fairseq's own --bf16 means TPU on the command line.
     bf16_autocast: bool = field(default=False, metadata={

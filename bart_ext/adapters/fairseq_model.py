@@ -197,6 +197,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
             attention_dropout=cfg.attention_dropout,
             activation_dropout=cfg.activation_dropout,
             normalize_before=not cfg.post_ln,
+            checkpoint_activations=cfg.checkpoint_activations,
         )
 
     @classmethod

@@ -23,8 +23,12 @@ from tests.helpers import dictionary, fake_task
 @pytest.mark.parametrize("task,data", [("bart_denoising", "aclsum/bin"), ("bart_summarization", "aclsum_summ/bin")])
 @pytest.mark.parametrize("arch", ["bart_tiny_preln", "bart_preln"])
 def test_components_build_from_parse_args_and_arch_without_optional_flags(data_dir, task, data, arch):
-    argv = [str(data_dir.parent / data), "--task", task, "--arch", arch, "--optimizer", "nvlamb", "--lr", "0.01",
-            "--criterion", "cross_entropy"]
+    argv = [str(data_dir.parent / data), "--task", task, "--arch", arch, "--optimizer", "nvlamb", "--lr", "0.01"]
+    if task == "bart_denoising":  # fairseq's criterion, and ours with every option
+        argv += ["--criterion", "cross_entropy"]
+    else:
+        argv += ["--criterion", "bart_label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+                 "--report-accuracy", "--loss-chunk-tokens", "64", "--checkpoint-activations"]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     t = tasks.setup_task(args)
     if arch == "bart_preln":  # the large preset: shapes only
@@ -44,7 +48,11 @@ def test_components_build_from_parse_args_and_arch_without_optional_flags(data_d
     sample["net_input"]["src_tokens"] = sample["net_input"]["src_tokens"][:, -100:].contiguous()  # within 512 positions
     sample["net_input"]["prev_output_tokens"] = sample["net_input"]["prev_output_tokens"][:, :100].contiguous()
     sample["target"] = sample["target"][:, :100].contiguous()
+    assert model.encoder.checkpoint_activations == model.decoder.checkpoint_activations == (task != "bart_denoising")
     loss, sample_size, log = criterion(model, sample)
+    if task != "bart_denoising":
+        assert type(criterion).__name__ == "BartLabelSmoothedCrossEntropy" and criterion.chunk_tokens == 64
+        assert {"nll_loss", "n_correct", "total"} <= set(log)
     loss.backward()
     assert torch.isfinite(loss) and sample_size > 0 and model.encoder.embed_tokens.weight.grad is not None
 

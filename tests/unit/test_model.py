@@ -171,3 +171,39 @@ def test_mismatched_dictionaries_are_refused():
     task.target_dictionary = tgt
     with pytest.raises(ValueError, match="joined-dictionary"):
         BartPreln.build_model(preln_args(), task)
+
+
+def _loss_and_grads(model, src, lengths, tgt, seed):
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    logits = model(src, lengths, tgt)[0]
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1), ignore_index=1)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_checkpoint_activations_gives_the_same_gradients_and_keeps_fewer_tensors():
+    d = dictionary()
+    # dropout on: the recomputation must replay the same masks
+    plain = BartPreln.build_model(preln_args(dropout=0.1, attention_dropout=0.1), fake_task(d)).train()
+    ckpt = BartPreln.build_model(preln_args(dropout=0.1, attention_dropout=0.1, checkpoint_activations=True),
+                                 fake_task(d)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.encoder.checkpoint_activations and ckpt.decoder.checkpoint_activations
+    src, lengths, tgt = batch(d)
+    (l0, g0), (l1, g1) = _loss_and_grads(plain, src, lengths, tgt, 3), _loss_and_grads(ckpt, src, lengths, tgt, 3)
+    torch.testing.assert_close(l1, l0, atol=0, rtol=0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-7, rtol=1e-6, msg=name)
+
+    def saved_bytes(model):
+        total = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            model(src, lengths, tgt)[0].sum()
+        return sum(total)
+
+    assert saved_bytes(ckpt) < 0.6 * saved_bytes(plain)
+    ckpt.eval()  # generation: incremental decoding is unaffected
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt(src, lengths, tgt)[0], plain.eval()(src, lengths, tgt)[0])
