@@ -350,8 +350,8 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if cache is None:  # training and scoring; incremental decoding keeps no activations
                 x = run_layer(layer, self.checkpoint_activations, x, enc, enc_mask, self_mask, causal, None, beam)
-            else:
-                x = layer(x, enc, enc_mask, self_mask, causal, cache[i], beam)
+            else:  # incremental decoding stays eager under --compile (a graph per step and cache size)
+                x = layer.forward(x, enc, enc_mask, self_mask, causal, cache[i], beam)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x
@@ -372,6 +372,26 @@ class BartModel(nn.Module):
         enc, pad = self.encoder.encode(src_tokens)
         x = self.decoder.decode(prev_output_tokens, enc, pad)
         return self.decoder.output_projection(x)  # (B, T, V)
+
+
+def compile_layers(model: nn.Module) -> list[nn.Module]:
+    """``torch.compile`` every encoder and decoder layer in place (parameter names unchanged).
+
+    Layers, not the whole model: the embedding, masks and fairseq's incremental-state plumbing stay
+    eager, and the layers of one stack share a graph. ``dynamic=True`` traces lengths and batch
+    sizes as symbols, so new batch shapes do not recompile (masked or unmasked batches are two
+    graph variants). Returns the compiled layers (``uncompile_layers`` reverts them).
+    """
+    layers = [m for m in model.modules() if isinstance(m, _Layer)]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return layers
+
+
+def uncompile_layers(layers: list[nn.Module]) -> None:
+    """Back to eager execution after ``compile_layers``."""
+    for layer in layers:
+        layer._compiled_call_impl = None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -37,6 +37,9 @@ class BartPrelnConfig(FairseqDataclass):
     checkpoint_activations: bool = field(default=False, metadata={
         "help": "recompute each layer's activations in the backward instead of keeping them (less memory, "
                 "one more forward)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the encoder and decoder layers (dynamic shapes; compile time logged once; "
+                "falls back to eager with a warning where no compiler works)"})
     # Precision switches sit on the model: plugins cannot add fairseq common options, and
     # fairseq's own --bf16 means TPU on the command line.
     bf16_autocast: bool = field(default=False, metadata={

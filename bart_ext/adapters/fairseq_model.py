@@ -8,6 +8,7 @@ state dicts stay fairseq BART's.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -175,12 +176,34 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
         super().__init__(encoder, decoder)
         self.cfg = cfg
         self.bf16_autocast = bool(cfg.bf16_autocast)
+        self.compiled_layers = core.compile_layers(self) if cfg.compile else []
+        self._compile_pending = bool(self.compiled_layers)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         """fairseq's forward, under bf16 autocast with ``--bf16-autocast``: matmuls in bf16, weights,
         gradients, optimizer state and the loss (fairseq's log-softmax upcasts) in fp32, no loss scaling."""
         with torch.autocast(src_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
+            if self._compile_pending:
+                return self._first_compiled_forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
             return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+
+    def _first_compiled_forward(self, *args, **kwargs):
+        """``--compile``: the first forward compiles; say how long it took, or fall back to eager."""
+        self._compile_pending = False
+        t0 = time.perf_counter()
+        try:
+            out = super().forward(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 (only torch.compile's own failures are caught)
+            if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            logger.warning("--compile: torch.compile failed (%s: %s); the model runs eagerly",
+                           type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            core.uncompile_layers(self.compiled_layers)
+            self.compiled_layers = []
+            return super().forward(*args, **kwargs)
+        logger.info("--compile: %d encoder and decoder layers compiled in %.1fs (first forward; the backward "
+                    "compiles at the first backward)", len(self.compiled_layers), time.perf_counter() - t0)
+        return out
 
     @staticmethod
     def core_config(cfg, dictionary) -> core.BartConfig:
