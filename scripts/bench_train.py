@@ -10,6 +10,7 @@ backward and the optimizer step. Configurations:
     fused      bart_preln, fp32, `bart_cross_entropy` (chunked projection + loss)
     bf16       bart_preln --bf16-autocast, fairseq's `cross_entropy`
     bf16+fused bart_preln --bf16-autocast, `bart_cross_entropy`
+    bf16+fused+compile  the same with --compile (compiled during the warm-up step)
     (memory only) fused+ckpt: fused with --checkpoint-activations
 
 Rounds rotate through the configurations so drift in the machine hits all; the figure is the
@@ -49,8 +50,9 @@ SIZES = {  # layers, width, heads, ffn
     "tiny": (2, 36, 3, 76),
     "mid": (6, 512, 8, 2048),
 }
-CONFIGS = ("stock", "fp32", "fused", "bf16", "bf16+fused")
+CONFIGS = ("stock", "fp32", "fused", "bf16", "bf16+fused", "bf16+fused+compile")
 GPT2_ENTRIES = 50265
+log = print
 
 
 def build(config: str, size: str, task) -> torch.nn.Module:
@@ -60,7 +62,7 @@ def build(config: str, size: str, task) -> torch.nn.Module:
                                  encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads, max_positions=1024,
                                  dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, post_ln=False,
                                  init_missing_final_layer_norm=False, bf16_autocast=config.startswith("bf16"),
-                                 checkpoint_activations=config.endswith("ckpt"))
+                                 checkpoint_activations="ckpt" in config, compile="compile" in config)
         return BartPreln.build_model(cfg, task)
     args = argparse.Namespace(encoder_layers=layers, decoder_layers=layers, encoder_embed_dim=dim,
                               decoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, decoder_ffn_embed_dim=ffn,
@@ -165,11 +167,12 @@ def main() -> None:
     args = ap.parse_args()
     if args._peak:
         return peak_child(args._peak, args.sizes, args.data, args.max_tokens)
+    global log
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     torch.manual_seed(0)
     task, batches = load(args.data, args.steps, args.max_tokens)
     words = sum(b["ntokens"] for b in batches)
     peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
-    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} batches of "
         f"~{words // len(batches)} target tokens; {args.rounds} rounds x {args.steps} steps per configuration; "
         f"matmul peak bf16 {peaks['bf16']:.0f} / fp32 {peaks['fp32']:.0f} GFLOP/s")
@@ -178,8 +181,12 @@ def main() -> None:
         crits = {c: criterion(c, task) for c in CONFIGS}
         opts = {c: torch.optim.Adam(m.parameters(), lr=1e-4) for c, m in models.items()}
         wps: dict[str, list[float]] = {c: [] for c in CONFIGS}
-        for c in CONFIGS:  # warm-up
-            step(models[c], crits[c], opts[c], batches[0])
+        for c in CONFIGS:  # warm-up (and --compile's compilation) on every batch shape
+            t0 = time.perf_counter()
+            for b in batches:
+                step(models[c], crits[c], opts[c], b)
+            if "compile" in c:
+                log(f"  {c}: warm-up with compilation {time.perf_counter() - t0:.0f}s")
         for r in range(args.rounds):
             for c in CONFIGS[r % len(CONFIGS):] + CONFIGS[: r % len(CONFIGS)]:
                 t0 = time.perf_counter()
@@ -191,9 +198,9 @@ def main() -> None:
         gflop = model_gflop_per_word(models["fp32"])
         layers, dim, heads, ffn = SIZES[size]
         log(f"\n{size}: {layers}+{layers} x{dim} h{heads} ffn{ffn}, {len(task.dictionary):,} entries")
-        log(f"  {'configuration':<12} {'words/s':>9} {'vs stock':>9} {'MFU bf16':>9} {'MFU fp32':>9}")
+        log(f"  {'configuration':<20} {'words/s':>9} {'vs stock':>9} {'MFU bf16':>9} {'MFU fp32':>9}")
         for c in CONFIGS:
-            log(f"  {c:<12} {med[c]:>9,.0f} {med[c] / med['stock']:>8.2f}x {100 * med[c] * gflop / peaks['bf16']:>8.1f}% "
+            log(f"  {c:<20} {med[c]:>9,.0f} {med[c] / med['stock']:>8.2f}x {100 * med[c] * gflop / peaks['bf16']:>8.1f}% "
                 f"{100 * med[c] * gflop / peaks['fp32']:>8.1f}%", flush=True)
         log(f"  best: {best} ({med[best] / med['stock']:.2f}x stock)")
         result = {"size": size, "stock_wps": med["stock"], "fp32_wps": med["fp32"], "best_wps": med[best],

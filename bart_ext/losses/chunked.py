@@ -57,9 +57,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         # Buffers reused by every chunk: on a CPU a fresh (chunk x V) tensor costs more (page faults)
         # than the arithmetic done in it.
         rows = min(chunk, n)
-        logits = torch.empty(rows, vocab, dtype=acc, device=dev)
-        lprobs = torch.empty_like(logits)
-        low_buf = torch.empty(rows, vocab, dtype=compute_dtype, device=dev) if low else None
+        lprobs = torch.empty(rows, vocab, dtype=acc, device=dev)
+        # fp32 logits become their log-softmax in place on a CPU (its kernel finishes a row before
+        # writing it; the fp64 tests check it); elsewhere, and for bf16/fp16 logits, a second buffer.
+        in_place = not low and dev.type == "cpu"
+        logits = lprobs if in_place else torch.empty(rows, vocab, dtype=compute_dtype, device=dev)
         low_w = torch.empty(weight.shape, dtype=compute_dtype, device=dev) if low and need_w else None
         loss = torch.zeros((), dtype=acc, device=dev)
         nll = torch.zeros((), dtype=acc, device=dev)
@@ -71,14 +73,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             keep = t.ne(ignore_index)
             t_safe = t.masked_fill(~keep, 0).unsqueeze(1)  # (c, 1)
             z, lp = logits[:c], lprobs[:c]
-            if low:
-                torch.mm(h, w.t(), out=low_buf[:c])
-                z.copy_(low_buf[:c])
-            else:
-                torch.mm(h, w.t(), out=z)
-            torch.log_softmax(z, dim=-1, out=lp)  # (c, V)
+            torch.mm(h, w.t(), out=z)  # (c, V)
+            torch.log_softmax(z, dim=-1, dtype=acc, out=lp)
             chunk_nll = -lp.gather(1, t_safe).squeeze(1) * keep
-            n_correct += (z.argmax(-1).eq(t) & keep).sum()
+            n_correct += (lp.argmax(-1).eq(t) & keep).sum()
             nll += chunk_nll.sum()
             if eps:
                 smooth = -lp.sum(-1) * keep  # sum_v -log p_v
@@ -95,7 +93,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if eps_i:
                 grad.sub_(row * eps_i)
             if low:
-                grad = low_buf[:c].copy_(grad)
+                grad = z.copy_(grad)
             if need_h:
                 if grad_h.dtype == grad.dtype:
                     torch.mm(grad, w, out=grad_h[start : start + chunk])  # (c, C)
@@ -114,6 +112,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_nll, _grad_correct):
         grad_h, grad_w = ctx.saved_tensors
+        # not in place: the saved gradients serve every backward through a retained graph
         if grad_h is not None:
             grad_h = grad_h * grad_loss.to(grad_h.dtype)
         if grad_w is not None:

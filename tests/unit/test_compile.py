@@ -69,3 +69,17 @@ def test_other_errors_are_not_swallowed():
     src, lengths, tgt = batch(d)
     with pytest.raises(ValueError, match="a real bug"):
         model(src, lengths, tgt)
+
+
+def test_compile_and_checkpoint_flags_parse_from_the_command_line(data_dir):
+    from fairseq import options
+
+    import user_dir  # noqa: F401
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln", "--compile",
+        "--checkpoint-activations", "--criterion", "bart_cross_entropy", "--loss-chunk-tokens", "128"])
+    assert args.compile is True and args.checkpoint_activations is True and args.loss_chunk_tokens == 128
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln"])
+    assert args.compile is False and args.checkpoint_activations is False
