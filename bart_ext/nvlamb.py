@@ -14,7 +14,8 @@ NVIDIA's variant as in apex ``csrc/multi_tensor_lamb.cu``):
 
 A step whose gradients hold inf or NaN is skipped: weights, moments and the
 step count stay as they were. State and arithmetic are fp32 for fp16/bf16
-parameters (written back after the update). No fairseq import; one host synchronisation per step (the global norm).
+parameters (written back after the update). No fairseq import. Host synchronisations per step: one
+for the global norm, and on the multi-tensor path one more per parameter group (reading its step count).
 Three implementations of the same step, chosen per parameter group:
 
 - ``_update_cpu``: contiguous fp32 tensors on the CPU, two passes over memory per

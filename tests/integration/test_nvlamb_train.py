@@ -54,6 +54,7 @@ def test_recipe_phase1_then_phase2_from_its_weights(data_dir, cli_env, tmp_path)
     assert s1["cfg"]["task"]["tokens_per_sample"] == 64 and s2["cfg"]["task"]["tokens_per_sample"] == 512
     assert s2["cfg"]["optimization"]["lr"] == [0.004] and s2["optimizer_history"][-1]["num_updates"] == 2
     assert s2["cfg"]["optimizer"]["_name"] == "nvlamb" and s2["cfg"]["optimization"]["clip_norm"] == 0.0
+    assert s1["cfg"]["model"]["bf16_autocast"] is True and s2["cfg"]["model"]["bf16_autocast"] is True
 
 
 def test_recipe_global_batches():
@@ -71,6 +72,7 @@ def test_recipe_global_batches():
         assert cfg.dataset.batch_size * cfg.optimization.update_freq[0] * 8 == batch, name
         assert cfg.optimization.lr == [lr] and cfg.lr_scheduler.warmup_updates == warmup
         assert cfg.optimization.max_update == updates == cfg.lr_scheduler.total_num_update
+        assert cfg.model.bf16_autocast is True and cfg.criterion._name == "bart_cross_entropy"  # as NVIDIA trains
     for phase in ("phase1", "phase2"):  # base files = the recipe's files with the base model
         large, base = load(phase), load("base_" + phase)
         assert large.model._name == "bart_large_preln" and base.model._name == "bart_base_preln"
