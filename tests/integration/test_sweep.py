@@ -111,3 +111,19 @@ def test_shipped_ablations_expand():
         base = 0.03 if r.point["optimizer"] == "nvlamb" else 0.002
         assert r.overrides["optimization.lr"][0] == pytest.approx(base * k ** 0.5)
         assert r.overrides["optimization.max_update"] * k * 1024 == 81920
+
+
+def test_lr_rule_and_token_budget_variants():
+    from bart_ext.sweep import _apply_rules
+
+    linear = {"lr_rule": {"axis": "optimization.update_freq", "rule": "linear"}, "token_budget": 65536}
+    o = {"optimization.update_freq": [4], "optimization.lr": [0.001], "dataset.batch_size": 8,
+         "task.tokens_per_sample": 512}  # batches by sequences (LDDL): tokens = 8 x 512
+    _apply_rules(linear, o)
+    assert o["optimization.lr"] == [0.004] and o["optimization.max_update"] == 65536 // (8 * 512 * 4)
+    o = {"optimization.lr": 0.002, "dataset.max_tokens": 1 << 20}  # no axis value: k = 1; budget below one update
+    _apply_rules(linear, o)
+    assert o["optimization.lr"] == [0.002] and o["optimization.max_update"] == 1
+    with pytest.raises(ValueError, match="lr_rule.rule must be sqrt or linear, not 'cube'"):
+        _apply_rules({"lr_rule": {"axis": "optimization.update_freq", "rule": "cube"}},
+                     {"optimization.update_freq": [2], "optimization.lr": [0.1]})

@@ -196,3 +196,16 @@ def test_bart_tasks_build_it_unless_told_otherwise(data_dir, monkeypatch):
     monkeypatch.setenv("BART_EXT_GENERATOR", "fast")
     with pytest.raises(ValueError, match="BART_EXT_GENERATOR='fast'"):
         task.build_generator([model], GenerationConfig(beam=3))
+
+
+def test_suppressed_tokens_equal_fairseq_and_never_appear():
+    d = dictionary(60)
+    model, sample = _model(d), _sample(d)
+    _, free = _both(model, d, sample, beam_size=4, max_len_b=12)
+    common = torch.cat([h["tokens"] for hyps in free for h in hyps[:1]]).tolist()
+    banned = [d[i] for i in sorted(set(common) - {d.eos()}, key=common.count, reverse=True)[:3]]
+    theirs, ours = _both(model, d, sample, beam_size=4, max_len_b=12, tokens_to_suppress=banned)
+    _assert_equal(ours, theirs)
+    produced = {t for hyps in ours for h in hyps for t in h["tokens"].tolist()}
+    assert produced.isdisjoint(d.index(s) for s in banned)
+    assert [h[0]["tokens"].tolist() for h in ours] != [h[0]["tokens"].tolist() for h in free]

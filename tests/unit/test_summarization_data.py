@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from bart_ext.summarization import ASPECTS, aclsum_pairs, binarize, load_preset, preset_args, read_pairs
 from bart_ext.text import aclsum_split
@@ -107,3 +108,47 @@ def test_presets():
     assert preset_args("xsum")[:2] == ["--beam", "6"]
     with pytest.raises(ValueError, match="unknown generation preset 'cnn'.*known: cnn_dm, xsum"):
         load_preset("cnn")
+
+
+def _summ_task(**overrides):
+    from fairseq.tasks import TASK_REGISTRY
+
+    import user_dir  # noqa: F401
+    from omegaconf import OmegaConf
+
+    cls = TASK_REGISTRY["bart_summarization"]
+    cfg = OmegaConf.structured(cls.__dataclass(data=str(SUMM / "bin"), truncate_source=True, max_source_positions=64,
+                                               train_subset="train", dataset_impl=None, required_seq_len_multiple=1,
+                                               **overrides))
+    return cls.setup_task(cfg)
+
+
+def test_inference_datasets_begin_with_bos_once():
+    task = _summ_task()
+    bos = task.src_dict.bos()
+    raw = [torch.tensor([10, 11, 2]), torch.tensor([bos, 12, 2])]  # without and with <s> already
+    ds = task.build_dataset_for_inference(raw, [3, 3])
+    assert ds[0]["source"].tolist() == [bos, 10, 11, 2] and ds[1]["source"].tolist() == [bos, 12, 2]
+    plain = _summ_task(prepend_bos=False).build_dataset_for_inference(raw, [3, 3])
+    assert plain[0]["source"].tolist() == [10, 11, 2]
+
+
+@pytest.mark.parametrize("force_bos", [True, False])
+def test_force_bos_decides_the_generators_prefix(force_bos):
+    task = _summ_task(force_bos=force_bos)
+    seen = {}
+
+    class Generator:
+        def generate(self, models, sample, prefix_tokens=None, constraints=None, **kwargs):
+            seen["prefix"] = prefix_tokens
+            return []
+
+    sample = {"net_input": {"src_tokens": torch.tensor([[0, 10, 2], [0, 11, 2]])}}
+    task.inference_step(Generator(), [], sample)
+    if force_bos:
+        assert seen["prefix"].tolist() == [[task.tgt_dict.bos()], [task.tgt_dict.bos()]]
+    else:
+        assert seen["prefix"] is None
+    given = torch.tensor([[7], [8]])
+    task.inference_step(Generator(), [], sample, prefix_tokens=given)
+    assert seen["prefix"] is given  # a caller's prefix always wins
