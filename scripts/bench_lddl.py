@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext import lddl_data, lddl_prep  # noqa: E402
-from bart_ext.adapters.fairseq_denoising import fairseq_reference  # noqa: E402
+from scripts.fairseq_reference import fairseq_reference  # noqa: E402
 from bart_ext.bpe import GPT2Encoder  # noqa: E402
 from scripts.lddl_preprocess import aclsum_corpus  # noqa: E402
 from scripts.lddl_preprocess import main as preprocess_main  # noqa: E402

@@ -21,7 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.adapters.fairseq_denoising import fairseq_reference  # noqa: E402
+from scripts.fairseq_reference import fairseq_reference  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
 

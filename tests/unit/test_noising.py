@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from bart_ext.adapters.fairseq_denoising import fairseq_reference
+from scripts.fairseq_reference import fairseq_reference
 from bart_ext.denoising_data import DenoisingSamples, pack_blocks
 from bart_ext.noising import NoiseConfig, Specials, noise
 from tests.conftest import ROOT
