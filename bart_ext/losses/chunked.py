@@ -112,11 +112,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_nll, _grad_correct):
         grad_h, grad_w = ctx.saved_tensors
-        # not in place: the saved gradients serve every backward through a retained graph
-        if grad_h is not None:
+        # Not in place: the saved gradients serve every backward through a retained graph. A
+        # backward from the loss itself (fairseq's fp32 step) has grad_loss == 1: the saved
+        # gradients are returned as they are, without a second (V x C) tensor at the step's
+        # memory peak. Checked on the CPU only, where reading the scalar costs no device sync.
+        unit = grad_loss.device.type == "cpu" and float(grad_loss) == 1.0
+        if grad_h is not None and not unit:
             grad_h = grad_h * grad_loss.to(grad_h.dtype)
         if grad_w is not None:
-            grad_w = (grad_w * grad_loss).to(ctx.weight_dtype)
+            grad_w = (grad_w if unit else grad_w * grad_loss).to(ctx.weight_dtype)
         return grad_h, grad_w, None, None, None, None, None
 
 

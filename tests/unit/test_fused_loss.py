@@ -167,3 +167,17 @@ def test_models_without_a_plain_projection_fall_back_to_fairseqs_loss():
     crit = BartCrossEntropy(fake_task(d), False)
     loss_none, _, _ = crit(model, sample, reduce=False)  # unreduced: fairseq's path, per token
     assert loss_none.numel() == sample["target"].numel()
+
+
+def test_backward_from_the_loss_itself_and_through_a_retained_graph():
+    hidden, weight, target = _inputs()
+    loss, _, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, chunk_tokens=8)
+    loss.backward(retain_graph=True)  # grad_loss == 1: the saved gradients are handed over as they are
+    first = hidden.grad.clone(), weight.grad.clone()
+    loss.backward()  # a second backward must see them unchanged
+    torch.testing.assert_close(hidden.grad, 2 * first[0])
+    torch.testing.assert_close(weight.grad, 2 * first[1])
+    ref, _ = reference_linear_cross_entropy(hidden, weight, target, ignore_index=PAD)
+    rh, rw = torch.autograd.grad(ref, (hidden, weight))
+    torch.testing.assert_close(first[0], rh, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(first[1], rw, atol=1e-12, rtol=1e-10)
