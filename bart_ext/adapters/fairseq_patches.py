@@ -35,6 +35,13 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    promises; it is logged once); ``BART_EXT_NGRAM_BLOCK=fairseq_stock`` restores fairseq's
    behaviour. The replacement is TorchScript-compatible, so ``torch.jit.script`` of fairseq's
    ``SequenceGenerator`` keeps working.
+6. ``optim.amp_optimizer.AMPOptimizer.clip_grad_norm`` (``--amp``): fairseq unscales the
+   gradients of the inner torch optimizer there, then ``step`` calls ``scaler.step`` on the
+   fairseq wrapper; ``GradScaler`` keeps its state per ``id()`` of the object, so it unscales the
+   same gradients again, for every optimizer: updates see gradients divided by the loss scale
+   twice (Adam mostly shrugs that off, but epsilon then dominates; NVLAMB's ``max_grad_norm``
+   never fires). Here ``clip_grad_norm`` unscales the wrapper, the object ``step`` steps, so the
+   gradients are unscaled once and the wrapper's own ``step`` still runs.
 """
 from __future__ import annotations
 
@@ -264,10 +271,28 @@ def install_ngram_block(mode: str | None = None) -> str:
     return mode
 
 
+def amp_clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+    """``AMPOptimizer.clip_grad_norm`` unscaling the object that ``AMPOptimizer.step`` steps (patch 6);
+    the overflow handling and its messages are fairseq's."""
+    self.scaler.unscale_(self.fp32_optimizer)
+    grad_norm = self.fp32_optimizer.clip_grad_norm(max_norm, aggregate_norm_fn)
+    if not torch.isfinite(grad_norm).all():
+        new_loss_scale = self.next_loss_scale
+        if new_loss_scale <= self.min_loss_scale:
+            raise FloatingPointError(
+                f"AMP: Minimum loss scale reached ({self.min_loss_scale}). Your loss is probably exploding. "
+                f"Try restarting training or use fp32. {new_loss_scale}")
+        logger.info("AMP: overflow detected, setting scale to to %s", new_loss_scale)
+    return grad_norm
+
+
+amp_clip_grad_norm.bart_ext_patched = True
+
+
 # ---------------------------------------------------------------------------------------------
 
 def install() -> None:
-    """Install patches 1-5 (idempotent)."""
+    """Install patches 1-6 (idempotent)."""
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as dist_utils
     from fairseq.models import distributed_fairseq_model as dfm
@@ -284,6 +309,9 @@ def install() -> None:
     if not getattr(dfm.DistributedDataParallel, "bart_ext_patched", False):
         dfm.DistributedDataParallel = cpu_safe_ddp(dfm.DistributedDataParallel)
     install_ngram_block()
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+
+    AMPOptimizer.clip_grad_norm = amp_clip_grad_norm
 
 
 install()

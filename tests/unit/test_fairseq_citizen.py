@@ -255,3 +255,48 @@ def test_tf32_is_switched_on_only_without_no_tf32(monkeypatch, no_tf32):
         assert torch.backends.cuda.matmul.allow_tf32 is (not no_tf32)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+# --- --amp: gradients unscaled once (patch 6) ---------------------------------------------------------------
+
+def _amp_step(clip_grad_norm, optimizer_name):
+    """One --amp step through fairseq's AMPOptimizer, with torch's CPU GradScaler standing in for CUDA's."""
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 5)
+    ref_model = torch.nn.Linear(6, 5)
+    ref_model.load_state_dict(model.state_dict())
+    x = torch.randn(4, 6)
+    argv = ["--optimizer", optimizer_name, "--lr", "0.01", "--task", "translation", "--arch", "transformer", "data"]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    amp = AMPOptimizer(cfg, list(model.parameters()), optim.build_optimizer(cfg.optimizer, list(model.parameters())))
+    amp._grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    amp.backward(model(x).square().sum())
+    clip_grad_norm(amp, 0.0)
+    amp.step()
+    ref = optim.build_optimizer(cfg.optimizer, list(ref_model.parameters()))
+    ref_model(x).square().sum().backward()
+    ref.step()
+    return model, ref_model
+
+
+@pytest.mark.parametrize("optimizer_name", ["nvlamb", "adam"])
+def test_amp_unscales_gradients_once(optimizer_name):
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+
+    assert AMPOptimizer.clip_grad_norm is fairseq_patches.amp_clip_grad_norm
+    model, ref = _amp_step(AMPOptimizer.clip_grad_norm, optimizer_name)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-7, rtol=1e-6)
+
+
+def test_fairseqs_own_amp_clip_unscales_twice():
+    """The bug patch 6 fixes, shown with fairseq's original method: the check above can fail."""
+    def fairseq_clip(self, max_norm):  # fairseq 0.12's body: unscale the inner optimizer
+        self.scaler.unscale_(self.optimizer)
+        return self.fp32_optimizer.clip_grad_norm(max_norm)
+
+    model, ref = _amp_step(fairseq_clip, "nvlamb")
+    assert not torch.allclose(model.weight, ref.weight, atol=1e-6)
