@@ -40,9 +40,11 @@ class PrelnEncoder(core.Encoder, FairseqEncoder):
         super().__init__(cfg, embed_tokens, dictionary=dictionary)
         self.max_source_positions = cfg.max_positions
         self.beam_size = 1  # set by BartPrelnModel.set_beam_size
+        self.bf16_autocast = False  # set by BartPrelnModel.bf16_autocast
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None, **kwargs) -> dict[str, list[Tensor]]:
-        x, pad = self.encode(src_tokens)
+        with torch.autocast(src_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
+            x, pad = self.encode(src_tokens)
         return {
             "encoder_out": [x.transpose(0, 1)],  # (S, B, C): fairseq's layout
             "encoder_padding_mask": [pad],  # (B, S)
@@ -90,6 +92,7 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
         super().__init__(cfg, embed_tokens, dictionary=dictionary)
         self.max_target_positions = cfg.max_positions
         self.beam_size = 1  # set by BartPrelnModel.set_beam_size
+        self.bf16_autocast = False  # set by BartPrelnModel.bf16_autocast
 
     def _caches(self, incremental_state: IncrementalState) -> list[core.LayerCache]:
         caches = []
@@ -132,8 +135,9 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
         features_only: bool = False,
         **kwargs,
     ) -> tuple[Tensor, dict[str, Any]]:
-        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
-        return (x if features_only else self.output_layer(x)), extra
+        with torch.autocast(prev_output_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
+            x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+            return (x if features_only else self.output_layer(x)), extra
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)
@@ -179,13 +183,22 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
         self.compiled_layers = core.compile_layers(self) if cfg.compile else []
         self._compile_pending = bool(self.compiled_layers)
 
+    @property
+    def bf16_autocast(self) -> bool:
+        """``--bf16-autocast``: the encoder's and the decoder's forward run under bf16 autocast, in
+        training and in generation (fairseq-generate calls them, not ``forward``): matmuls in bf16,
+        weights, gradients, optimizer state and the loss (fairseq's log-softmax upcasts) in fp32, no
+        loss scaling."""
+        return self.encoder.bf16_autocast
+
+    @bf16_autocast.setter
+    def bf16_autocast(self, on: bool) -> None:
+        self.encoder.bf16_autocast = self.decoder.bf16_autocast = bool(on)
+
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
-        """fairseq's forward, under bf16 autocast with ``--bf16-autocast``: matmuls in bf16, weights,
-        gradients, optimizer state and the loss (fairseq's log-softmax upcasts) in fp32, no loss scaling."""
-        with torch.autocast(src_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
-            if self._compile_pending:
-                return self._first_compiled_forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
-            return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+        if self._compile_pending:
+            return self._first_compiled_forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+        return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
 
     def _first_compiled_forward(self, *args, **kwargs):
         """``--compile``: the first forward compiles; say how long it took, or fall back to eager."""

@@ -22,6 +22,8 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    such a launch becomes one job (``env://``, rank and world from the environment). A world size
    given on the command line and pipeline-parallel set-ups keep fairseq's own path. With
    ``--cpu`` (or no CUDA) the backend is gloo, since NCCL cannot all-reduce CPU tensors.
+   Before that, our model's ``--bf16-autocast`` beside ``--fp16``/``--amp``/``--bf16`` is
+   refused with a clear error (``check_precision``; other models are not looked at).
 4. ``models.distributed_fairseq_model.DistributedDataParallel``: fairseq passes
    ``device_ids=[device_id]``, which torch refuses for CPU modules; for a CPU module the device
    arguments are dropped. It stays a class, and ``isinstance`` against it answers as against
@@ -207,9 +209,25 @@ def prepare_torchrun(cfg, argv: list[str] | None = None) -> None:
         dt.distributed_backend = "gloo"  # NCCL cannot all-reduce CPU tensors
 
 
+def check_precision(cfg) -> None:
+    """``--bf16-autocast`` is a precision of its own (bf16 autocast over fp32 weights, no loss
+    scaling): refuse it beside fairseq's fp16 and bf16 modes, which would cast the weights or scale
+    the loss underneath it."""
+    if not getattr(cfg.model, "bf16_autocast", False):
+        return
+    common = cfg.common
+    clash = [flag for flag, on in (("--fp16", common.fp16), ("--memory-efficient-fp16", common.memory_efficient_fp16),
+                                   ("--amp", common.amp), ("--bf16", common.bf16)) if on]
+    if clash:
+        raise ValueError(
+            f"--bf16-autocast (model.bf16_autocast) cannot be combined with {' and '.join(clash)}: pick one "
+            "precision (--bf16-autocast on Ampere and later GPUs and on CPUs; --amp or --fp16 on V100/T4)")
+
+
 def torchrun_call_main(call_main):
     @functools.wraps(call_main)
     def wrapped(cfg, main, **kwargs):
+        check_precision(cfg)
         prepare_torchrun(cfg)
         return call_main(cfg, main, **kwargs)
 

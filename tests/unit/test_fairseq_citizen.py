@@ -300,3 +300,44 @@ def test_fairseqs_own_amp_clip_unscales_twice():
 
     model, ref = _amp_step(fairseq_clip, "nvlamb")
     assert not torch.allclose(model.weight, ref.weight, atol=1e-6)
+
+
+# --- --bf16-autocast: generation too, and never beside fairseq's fp16/bf16 modes --------------------------
+
+def test_bf16_autocast_covers_generation():
+    from fairseq.sequence_generator import SequenceGenerator
+
+    from tests.helpers import preln_args
+    from user_dir.bart_preln import BartPreln
+
+    d = dictionary(40)
+    model = BartPreln.build_model(preln_args(bf16_autocast=True), fake_task(d)).eval()
+    src = torch.randint(4, 40, (2, 7))
+    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([7, 7])}}
+    enc = model.encoder(src)
+    step_logits, _ = model.decoder(torch.full((2, 1), d.eos()), enc, incremental_state={})
+    assert step_logits.dtype == torch.bfloat16  # the decoder's matmuls ran in bf16, as fairseq-generate calls it
+    with torch.no_grad():
+        hyps = SequenceGenerator([model], d, beam_size=2, max_len_b=5).generate([model], sample)
+    assert hyps[0][0]["positional_scores"].dtype == torch.float32  # fairseq's log-softmax upcasts
+    model.bf16_autocast = False
+    assert not model.encoder.bf16_autocast and not model.decoder.bf16_autocast
+    assert model.decoder(torch.full((2, 1), d.eos()), enc, incremental_state={})[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("flags,clash", [(["--amp"], "--amp"), (["--fp16"], "--fp16"),
+                                         (["--memory-efficient-fp16"], "--memory-efficient-fp16"), ([], None)])
+def test_bf16_autocast_beside_fairseqs_precisions_is_refused(data_dir, flags, clash):
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.distributed import utils as dist_utils
+
+    argv = [str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln", "--bf16-autocast", *flags]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    ran = []
+    if clash is None:
+        dist_utils.call_main(cfg, lambda cfg, **kw: ran.append(cfg))
+        assert ran
+        return
+    with pytest.raises(ValueError, match=f"--bf16-autocast .* cannot be combined with .*{clash}"):
+        dist_utils.call_main(cfg, lambda cfg, **kw: ran.append(cfg))
+    assert not ran  # refused before anything ran
