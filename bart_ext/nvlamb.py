@@ -14,8 +14,9 @@ NVIDIA's variant as in apex ``csrc/multi_tensor_lamb.cu``):
 
 A step whose gradients hold inf or NaN is skipped: weights, moments and the
 step count stay as they were. State and arithmetic are fp32 for fp16/bf16
-parameters (written back after the update). No fairseq import. Host synchronisations per step: one
-for the global norm, and on the multi-tensor path one more per parameter group (reading its step count).
+parameters (written back after the update). No fairseq import; one host synchronisation per step
+(the global norm). Every tensor counts its own steps (a tensor without a gradient in a step keeps
+its count), on all three paths.
 Three implementations of the same step, chosen per parameter group:
 
 - ``_update_cpu``: contiguous fp32 tensors on the CPU, two passes over memory per
@@ -41,6 +42,13 @@ from bart_ext import cpu_kernels
 def _compute_dtype(t: Tensor) -> torch.dtype:
     """fp32 for fp16/bf16 tensors (state and arithmetic), the tensor's own dtype otherwise."""
     return torch.promote_types(t.dtype, torch.float32)
+
+
+def _one_minus(xs) -> list[Tensor]:
+    xs = list(xs)
+    torch._foreach_neg_(xs)
+    torch._foreach_add_(xs, 1.0)
+    return xs
 
 
 def _upcast(t: Tensor) -> Tensor:
@@ -98,6 +106,22 @@ class NVLAMB(torch.optim.Optimizer):
         if self._lib is None:
             self._lib = cpu_kernels.load() or False
         return self._lib or None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loading, then every state tensor on its parameter's device in the dtype ``_state``
+        gives it. torch leaves ``step`` where the checkpoint was read (fairseq reads to the CPU)
+        unless a group is fused or capturable, but the fused path needs it beside the parameters
+        (``_fused_adamw_``), and older checkpoints hold other step dtypes."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state:
+                    for key, value in state.items():
+                        if torch.is_tensor(value):
+                            state[key] = value.to(device=p.device, dtype=_compute_dtype(p))
+                        elif key == "step":  # a number, as some optimizers save it
+                            state[key] = torch.tensor(float(value), dtype=_compute_dtype(p), device=p.device)
 
     def _state(self, p: Tensor) -> dict:
         state = self.state[p]
@@ -219,9 +243,8 @@ class NVLAMB(torch.optim.Optimizer):
         """The same steps with multi-tensor operations (fp16/bf16 parameters: fp32 state and arithmetic)."""
         b1, b2 = group["betas"]
         wd, eps, lr = group["weight_decay"], group["eps"], group["lr"]
-        for s in states:
-            s["step"] += 1
-        t = float(states[0]["step"])
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)  # every tensor counts its own steps, as the other two paths do
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         grads = [_upcast(p.grad) for p in params]
@@ -233,15 +256,18 @@ class NVLAMB(torch.optim.Optimizer):
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, grads, grads, value=(1 - b2) * clip * clip)
 
-        # 3-4. u = m_hat / (sqrt(v_hat) + eps) + wd w, built in one temporary list
-        bc1 = 1 - b1**t if group["bias_correction"] else 1.0
-        bc2 = 1 - b2**t if group["bias_correction"] else 1.0
+        # 3-4. u = m_hat / (sqrt(v_hat) + eps) + wd w, built in one temporary list; the bias
+        # corrections are per tensor and stay on the device (no read-back of the step counts)
         u = torch._foreach_sqrt(v)
-        torch._foreach_div_(u, math.sqrt(bc2))
+        if group["bias_correction"]:
+            bc1 = _one_minus(torch._foreach_pow(b1, steps))  # 1 - b1^t
+            bc2 = _one_minus(torch._foreach_pow(b2, steps))
+            torch._foreach_sqrt_(bc2)
+            torch._foreach_div_(u, bc2)
         torch._foreach_add_(u, eps)
         torch._foreach_reciprocal_(u)
         torch._foreach_mul_(u, m)
-        if bc1 != 1.0:
+        if group["bias_correction"]:
             torch._foreach_div_(u, bc1)
         if wd != 0:
             torch._foreach_add_(u, w, alpha=wd)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -203,3 +204,82 @@ def test_flattened_fp16_is_refused_with_a_pointer(monkeypatch):
     params = [torch.nn.Parameter(torch.randn(4, 3).half()), torch.nn.Parameter(torch.randn(3).half())]
     with pytest.raises(RuntimeError, match="fp16-no-flatten-grads"):
         FP16Optimizer.build_optimizer(cfg, params)
+
+
+def _reference_per_tensor(ws, gs, state, lr, wds, max_norm=1.0, betas=(0.9, 0.999), eps=1e-6):
+    """The reference step where each tensor counts its own steps and a tensor without a gradient
+    (``None``) sits the step out."""
+    present = [g for g in gs if g is not None]
+    norm = math.sqrt(sum(float((g * g).sum()) for g in present))
+    if not math.isfinite(norm):
+        return
+    clip = max_norm / norm if max_norm > 0 and norm > max_norm else 1.0
+    b1, b2 = betas
+    for i, (w, g, wd) in enumerate(zip(ws, gs, wds)):
+        if g is None:
+            continue
+        state["t"][i] += 1
+        t = state["t"][i]
+        g = g * clip
+        state["m"][i] = b1 * state["m"][i] + (1 - b1) * g
+        state["v"][i] = b2 * state["v"][i] + (1 - b2) * g * g
+        u = (state["m"][i] / (1 - b1**t)) / ((state["v"][i] / (1 - b2**t)).sqrt() + eps) + wd * w
+        w_norm, u_norm = float(w.norm()), float(u.norm())
+        w.sub_(lr * (w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0) * u)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_path_counts_steps_per_tensor_through_skips_and_a_resume(path):
+    dtype, tol, cpu_kernel = PATHS[path]
+    if path == "cpu kernel" and cpu_kernels.load() is None:
+        pytest.skip("no C compiler: the CPU kernel is not built")
+    params = make_params(dtype)
+    ref_w = [p.detach().double().clone() for p in params]
+    wds = [0.0 if no_decay(p) else 0.01 for p in params]
+    state = {"t": [0] * 4, "m": [torch.zeros_like(w) for w in ref_w], "v": [torch.zeros_like(w) for w in ref_w]}
+
+    def opt_for(ps):
+        return NVLAMB(param_groups(ps, weight_decay=0.01), lr=0.02, cpu_kernel=cpu_kernel)
+
+    opt = opt_for(params)
+    for step in range(8):
+        gs = grads_for(step, params)
+        if step in (1, 4):
+            gs[1] = None  # the bias has no gradient this step: its count must not advance
+        if step == 3:
+            gs[0] = gs[0].clone()
+            gs[0][0, 0] = math.inf  # overflow: the whole step is skipped
+        if step == 5:  # resume: a new optimizer from the saved state, steps saved as plain numbers
+            saved = copy.deepcopy(opt.state_dict())
+            for st in saved["state"].values():
+                st["step"] = int(st["step"])
+            params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+            opt = opt_for(params)
+            opt.load_state_dict(saved)
+            assert all(st["step"].dtype == p.dtype and st["step"].device == p.device
+                       for p, st in ((p, opt.state[p]) for p in params))
+        for p, g in zip(params, gs):
+            p.grad = None if g is None else g.to(dtype)
+        opt.step()
+        _reference_per_tensor(ref_w, [None if g is None else g.to(dtype).double() for g in gs], state, 0.02, wds)
+        for p, w in zip(params, ref_w):
+            torch.testing.assert_close(p.detach().double(), w, atol=tol, rtol=tol)
+    assert [int(opt.state[p]["step"]) for p in params] == state["t"] == [7, 5, 7, 7]
+    assert set(opt.last_paths) == {{"foreach": "foreach", "fused": "fused", "cpu kernel": "cpu"}[path]}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_cuda_from_a_cpu_read_checkpoint():
+    params = [torch.nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
+    opt = NVLAMB(param_groups(params, 0.01), lr=0.02)
+    train(params, opt, range(2))
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, map_location="cpu")  # as fairseq reads checkpoints
+    opt2 = NVLAMB(param_groups(params, 0.01), lr=0.02)
+    opt2.load_state_dict(saved)
+    assert all(st["step"].is_cuda for st in opt2.state.values())
+    train(params, opt2, range(2, 3))  # the fused path takes the step without a device error
+    assert opt2.last_paths == ["fused"] * len(opt2.param_groups)
+
