@@ -16,7 +16,8 @@ A step whose gradients hold inf or NaN is skipped: weights, moments and the
 step count stay as they were. State and arithmetic are fp32 for fp16/bf16
 parameters (written back after the update). No fairseq import; one host synchronisation per step
 (the global norm). Every tensor counts its own steps (a tensor without a gradient in a step keeps
-its count), on all three paths.
+its count), and after a clipped step ``p.grad`` holds the clipped gradient, on all three paths
+(PyTorch's fused kernel writes it there; the other two paths do the same division).
 Three implementations of the same step, chosen per parameter group:
 
 - ``_update_cpu``: contiguous fp32 tensors on the CPU, two passes over memory per
@@ -42,6 +43,11 @@ from bart_ext import cpu_kernels
 def _compute_dtype(t: Tensor) -> torch.dtype:
     """fp32 for fp16/bf16 tensors (state and arithmetic), the tensor's own dtype otherwise."""
     return torch.promote_types(t.dtype, torch.float32)
+
+
+def _clip_scale(clip: float, device) -> Tensor:
+    """``1 / clip`` as the fused kernel's ``grad_scale`` (fp32): gradients are divided by it."""
+    return torch.tensor(1.0 / clip, dtype=torch.float32, device=device)
 
 
 def _one_minus(xs) -> list[Tensor]:
@@ -176,9 +182,14 @@ class NVLAMB(torch.optim.Optimizer):
         elif fusable:
             self.last_paths.append("fused")
             self._update_fused(group, params, states, clip)
+            return  # the fused kernel leaves the clipped gradients in p.grad itself
         else:
             self.last_paths.append("foreach")
             self._update_foreach(group, params, states, clip)
+        if clip != 1.0:
+            # One rule on every path: after a clipped step p.grad holds the clipped gradient, as
+            # the fused kernel writes it (grad / grad_scale, the same fp32 scale and division).
+            torch._foreach_div_([p.grad for p in params], _clip_scale(clip, params[0].device))
 
     def _update_cpu(self, lib, group: dict, params: list[Tensor], states: list[dict], clip: float) -> None:
         """Steps 2-6 in two passes per tensor (``csrc/nvlamb_cpu.c``).
@@ -225,7 +236,7 @@ class NVLAMB(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         torch._foreach_zero_(buf)
         torch._foreach_add_(steps, 1)
-        scale = torch.tensor(1.0 / clip, dtype=torch.float32, device=params[0].device)  # the kernel's dtype
+        scale = _clip_scale(clip, params[0].device)
         torch._fused_adamw_(buf, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
                             steps, lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps, amsgrad=False,
                             maximize=False, grad_scale=scale, found_inf=None)

@@ -74,7 +74,7 @@ def test_matches_reference_step_by_step(use_nvlamb, path):
     for step in range(10):
         gs = grads_for(step, params)
         for p, g in zip(params, gs):
-            p.grad = g.to(dtype)
+            p.grad = g.to(dtype).clone()  # the optimizer may scale p.grad in place (clipping)
         opt.step()
         clipped += opt.last_grad_norm > 1.0
         # the reference takes the same (rounded) gradients, in float64
@@ -126,7 +126,7 @@ def test_overflow_step_is_skipped_and_touches_nothing(dtype):
 def train(params, opt, steps):
     for step in steps:
         for p, g in zip(params, grads_for(step, params)):
-            p.grad = g.to(p.dtype)
+            p.grad = g.to(p.dtype).clone()
         opt.step()
 
 
@@ -259,7 +259,7 @@ def test_every_path_counts_steps_per_tensor_through_skips_and_a_resume(path):
             assert all(st["step"].dtype == p.dtype and st["step"].device == p.device
                        for p, st in ((p, opt.state[p]) for p in params))
         for p, g in zip(params, gs):
-            p.grad = None if g is None else g.to(dtype)
+            p.grad = None if g is None else g.to(dtype).clone()
         opt.step()
         _reference_per_tensor(ref_w, [None if g is None else g.to(dtype).double() for g in gs], state, 0.02, wds)
         for p, w in zip(params, ref_w):
@@ -283,3 +283,24 @@ def test_resume_on_cuda_from_a_cpu_read_checkpoint():
     train(params, opt2, range(2, 3))  # the fused path takes the step without a device error
     assert opt2.last_paths == ["fused"] * len(opt2.param_groups)
 
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_after_a_clipped_step_every_path_leaves_the_clipped_gradients(path):
+    dtype, _, cpu_kernel = PATHS[path]
+    if path == "cpu kernel" and cpu_kernels.load() is None:
+        pytest.skip("no C compiler: the CPU kernel is not built")
+    params = make_params(dtype)
+    opt = NVLAMB(param_groups(params, 0.01), lr=0.02, max_grad_norm=1.0, cpu_kernel=cpu_kernel)
+    for step in (0, 1):  # step 0 is clipped (gradients x 10), step 1 is not
+        gs = [g.to(dtype) for g in grads_for(step, params)]
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+        norm = opt.last_grad_norm
+        clipped = norm > 1.0
+        assert clipped == (step == 0)
+        for p, g in zip(params, gs):
+            want = g / torch.tensor(norm / 1.0, dtype=torch.float32) if clipped else g
+            assert torch.equal(p.grad, want.to(dtype)), (path, step)
+    assert set(opt.last_paths) == {{"foreach": "foreach", "fused": "fused", "cpu kernel": "cpu"}[path]}
