@@ -388,8 +388,7 @@ class Epoch:
             results = (self.batches(c) for c in chunks)
             yield from self._flatten(results, skip)
             return
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers, initializer=_set_worker_epoch, initargs=(self,)) as pool:
+        with multiprocessing.get_context(pool_start_method()).Pool(workers, initializer=_set_worker_epoch, initargs=(self,)) as pool:
             yield from self._flatten(_ordered(pool, chunks, prefetch or 2 * workers), skip)
 
     def _locate(self, start: int) -> tuple[int, int]:
@@ -402,6 +401,14 @@ class Epoch:
         for batches, stats in results:
             yield from ((b, stats if i == skip else None) for i, b in enumerate(batches[skip:], start=skip))
             skip = 0
+
+
+def pool_start_method() -> str:
+    """``fork`` (fast: workers inherit the shard index) unless CUDA is initialised in this process
+    (a trainer on a GPU, NCCL started): forking a CUDA process is unsafe, so workers are spawned."""
+    if "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
 
 
 _worker_epoch: Epoch | None = None  # set once per worker process
@@ -430,9 +437,11 @@ def _ordered(pool, chunks, prefetch: int):
 
 
 def with_padding_counts(batch: dict, pad: int) -> dict:
-    """Add ``padding``: pad tokens and all token slots of the batch's sources and targets."""
+    """Add ``padding``: pad tokens and all token slots of the batch's sources and targets, as Python
+    ints counted here on the host (fairseq moves a batch's tensors to the GPU; reading a count back
+    from there would synchronise every step)."""
     if batch:
         src, tgt = batch["net_input"]["src_tokens"], batch["target"]
         pads = int((src == pad).sum()) + int((tgt == pad).sum())
-        batch["padding"] = torch.tensor([pads, src.numel() + tgt.numel()])
+        batch["padding"] = (pads, src.numel() + tgt.numel())
     return batch

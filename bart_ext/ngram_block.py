@@ -5,9 +5,10 @@ fairseq's ``NGramRepeatBlock`` falls back, when its CUDA extension is not built
 hypothesis to the host with ``.cpu().tolist()`` at every decoding step. This
 does the same with tensor operations: all n-grams of each hypothesis by
 ``unfold``, the ones whose first ``n - 1`` tokens equal the hypothesis' last
-``n - 1``, and their last tokens set to ``-inf`` by one gather and one scatter of
+``n - 1``, and their last tokens set to ``-inf`` by one gather and one min-reducing scatter of
 ``hypotheses x windows`` entries (no boolean indexing, so no data-dependent shape and no
-device synchronisation, and no pass over the whole vocabulary).
+device synchronisation, no pass over the whole vocabulary, and memory linear in the length:
+640 hypotheses x 1,024 tokens need a few MB, where a windows x windows comparison took 670 MB).
 The result equals fairseq's loop (tested), including its quirk that ``n = 1``
 blocks nothing.
 """
@@ -32,10 +33,9 @@ def block_repeated_ngrams(tokens: Tensor, lprobs: Tensor, n: int) -> Tensor:
     last = tokens[:, length - (n - 1) :]  # (H, n - 1)
     match = (grams[:, :, :-1] == last.unsqueeze(1)).all(dim=-1)  # (H, W)
     nxt = grams[:, :, -1].contiguous()  # (H, W): the token that would repeat window w
-    # Window w's token is banned if any matching window ends in the same token. Writing that
-    # per window (not a full-vocabulary mask) touches H * W entries of lprobs, not H * vocab,
-    # and every write to one entry carries the same value, so the scatter is deterministic.
-    same = nxt.unsqueeze(2) == nxt.unsqueeze(1)  # (H, W, W)
-    banned = (same & match.unsqueeze(1)).any(dim=-1)  # (H, W)
+    # -inf for the tokens of matching windows, written by a min-reduction so that a token that
+    # also ends a non-matching window still ends up -inf (deterministic, whatever the order), in
+    # H * W entries of lprobs: no full-vocabulary mask and no (H, W, W) comparison.
     current = lprobs.gather(1, nxt)
-    return lprobs.scatter_(1, nxt, torch.where(banned, torch.full_like(current, float("-inf")), current))
+    blocked = torch.where(match, torch.full_like(current, float("-inf")), current)
+    return lprobs.scatter_reduce_(1, nxt, blocked, reduce="amin")

@@ -115,7 +115,7 @@ def run(args, tmp: Path) -> None:
             pads = slots = 0
             for b, _ in lddl_data.Epoch(dataclasses.replace(cfg, bin_size=width), epoch).iterate():
                 if b:
-                    pads, slots = pads + int(b["padding"][0]), slots + int(b["padding"][1])
+                    pads, slots = pads + b["padding"][0], slots + b["padding"][1]
             shares[name].append(pads / slots)
 
     # 3. throughput, one process: the LDDL loader against fairseq's indexed data + DenoisingDataset

@@ -259,7 +259,7 @@ class BartDenoisingTaskBase(BeamGeneratorTask, FairseqTask):
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad)
         if "padding" in sample:  # LDDL batches: padding share per logging interval
-            logging_output["pad_tokens"], logging_output["slot_tokens"] = (int(v) for v in sample["padding"])
+            logging_output["pad_tokens"], logging_output["slot_tokens"] = sample["padding"]  # host ints
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):

@@ -49,3 +49,29 @@ def test_no_host_copies(monkeypatch):
     out = block_repeated_ngrams(tokens, lprobs, 2)
     monkeypatch.undo()
     assert torch.isinf(out[0, 6]) and torch.isinf(out).sum() == 1  # "5 6" was seen: 6 after 5 is blocked
+
+
+def test_memory_is_linear_in_the_length():
+    """640 hypotheses x 1,024 tokens (beam 640 of long CNN-DM outputs): no tensor beyond H x W x n,
+    where a windows x windows comparison allocated 670 MB."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bart_ext.ngram_block import block_repeated_ngrams
+
+    largest = []
+
+    class Largest(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor):
+                    largest.append(t.numel() * t.element_size())
+            return out
+
+    hyps, length, vocab = 640, 1024, 500
+    tokens = torch.randint(4, 40, (hyps, length))
+    lprobs = torch.zeros(hyps, vocab)
+    with Largest():
+        block_repeated_ngrams(tokens, lprobs, 3)
+    assert max(largest) <= hyps * length * 3 * 8  # the (H, W, n) window view's size at most
+    assert torch.isinf(lprobs).any()  # with 36 distinct tokens, repeats are blocked
