@@ -17,7 +17,8 @@ bit) and replaces the rest:
 * NaN: top-k ranks NaN above every number, so a hypothesis with a NaN log-probability shows it
   among its top values; only then does fairseq's replacement run, and the top-k is redone. Every
   write between the log-softmax and the top-k stores ``-inf`` or copies a value, so replacing
-  NaN late gives what replacing it first gives.
+  NaN late gives what replacing it first gives. (On a GPU that check would cost a device sync
+  per step, so there fairseq's replacement runs every step, as in fairseq.)
 
 Everything else is fairseq's own code or follows it line for line: lengths, the unknown-word
 penalty, prefix tokens (``_prefix_tokens``, or one fill and one scatter when every sentence has
@@ -79,13 +80,15 @@ class BeamSequenceGenerator(SequenceGenerator):
         """(scores, tokens, beams) of each sentence's best ``2 x beam`` continuations, best first:
         what ``search.BeamSearch.step`` returns, from a top-k per hypothesis."""
         beam, vocab = self.beam_size, self.vocab_size
+        if lprobs.device.type != "cpu":  # fairseq's NaN replacement up front: no device sync per step
+            lprobs.masked_fill_(torch.isnan(lprobs), -math.inf)
         per_hyp = lprobs.view(bsz, beam, vocab)
         if step == 0:  # every hypothesis of a sentence is the same one yet: fairseq reads the first
             per_hyp = per_hyp[:, :1]
         k = min(2 * beam, per_hyp.size(1) * vocab - 1)  # fairseq's k (-1 so that pad is never chosen)
         per_k = min(k, vocab)
         top, token = per_hyp.topk(per_k, dim=2)
-        if bool(torch.isnan(top).any()):
+        if lprobs.device.type == "cpu" and bool(torch.isnan(top).any()):  # on a CPU the check is free
             lprobs.masked_fill_(torch.isnan(lprobs), -math.inf)
             top, token = per_hyp.topk(per_k, dim=2)
         if step > 0:

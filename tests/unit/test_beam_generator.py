@@ -209,3 +209,17 @@ def test_suppressed_tokens_equal_fairseq_and_never_appear():
     produced = {t for hyps in ours for h in hyps for t in h["tokens"].tolist()}
     assert produced.isdisjoint(d.index(s) for s in banned)
     assert [h[0]["tokens"].tolist() for h in ours] != [h[0]["tokens"].tolist() for h in free]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_equals_fairseq_on_cuda_with_nan_rows():
+    """On a GPU the NaN replacement runs every step (no device sync): still fairseq's output."""
+    d = dictionary(60)
+    model = _model(d, seed=7).cuda()
+    nan_token = d.nspecial + 3
+    model.decoder.output_projection.register_forward_hook(
+        lambda module, inputs, output: output.index_fill_(-1, torch.tensor([nan_token], device=output.device),
+                                                          float("nan")) if output.size(0) > 6 else output)
+    sample = {"net_input": {k: v.cuda() for k, v in _sample(d)["net_input"].items()}}
+    theirs, ours = _both(model, d, sample, **SETTINGS["xsum-like"])
+    _assert_equal(ours, theirs)
