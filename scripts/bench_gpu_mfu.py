@@ -1,24 +1,27 @@
 #!/usr/bin/env python
-"""bart_large_preln training throughput and model FLOPs utilisation on one GPU, bf16 autocast.
+"""Training throughput and model FLOPs utilisation of the real training step, on one GPU.
 
-Prepared for a machine with a GPU (none here). For sequence lengths 128 and 512 it
-trains the model core (bart_ext/model.py, the same modules fairseq runs) with NVLAMB
-on random tokens for --steps steps after --warmup, under bf16 autocast with TF32 on,
-and prints tokens/s, sequences/s and the model FLOPs utilisation:
+Real batches through the real step: the `bart_denoising` task on LDDL shards (length bins,
+padding, BART noise) or on a fairseq-preprocess folder, the registered model (`--arch`) with
+`--bf16-autocast`, the criterion (`bart_cross_entropy`, or fairseq's `cross_entropy` with
+--unfused), optionally `--compile`, and NVLAMB through fairseq's optimizer wrapper; each step
+is `task.train_step` (what fairseq's trainer calls: forward, loss, backward) then the optimizer
+step, as in `fairseq-train` without its logging and checkpoints. For each sequence length it
+prints sequences/s, non-padding target tokens/s and the model FLOPs utilisation:
 
-    FLOPs per token = 6 x parameters (forward + backward matmuls)
-                    + 12 x width x length x attention blocks (scores and values)
+    FLOPs per step = 6 x parameters x real tokens (forward + backward matmuls; the encoder's
+                     parameters count source tokens, the decoder's and the output layer's
+                     target tokens) + 12 x width x (attention scores and values over the padded
+                     batch: encoder self, decoder self and cross)
 
-where a token is one position of a (source, target) pair of the sequence length:
-the encoder's parameters see the source token, the decoder's the target token,
-and the attention blocks are the encoder's self-attention and the decoder's self-
-and cross-attention (12 + 2 x 12 for bart_large).
+against the GPU's dense bf16 peak (--peak-tflops; H200/H100 SXM 989). Padding slots do work
+that counts for nothing, so they count in the attention term only. NVIDIA's published
+single-A100 bf16 figures for the recipe are printed beside it (326.5 sequences/s at 128, 69.3
+at 512). Target on an H200: at least 50% MFU. `--device cpu` runs the same code on the CPU (a
+smoke test of the script; the MFU there is meaningless).
 
-against the GPU's dense bf16 peak (--peak-tflops; H200/H100 SXM 989). NVIDIA's
-published single-A100 bf16 figures for the recipe are printed beside it
-(326.5 sequences/s at 128, 69.3 at 512). Target on an H200: at least 50% MFU.
-
-Usage: python scripts/bench_gpu_mfu.py [--peak-tflops 989] [--batch 128,32] [--steps 20]
+Usage: python scripts/bench_gpu_mfu.py DATA [--arch bart_large_preln] [--lengths 128,512]
+           [--batch 128,32] [--steps 20] [--warmup 5] [--compile] [--unfused] [--device cuda]
 """
 from __future__ import annotations
 
@@ -32,58 +35,120 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.model import BartConfig, BartModel, count_parameters  # noqa: E402
-from bart_ext.nvlamb import NVLAMB, param_groups  # noqa: E402
 
 NVIDIA_A100_SEQ_PER_S = {128: 326.5, 512: 69.3}
 
 
-def step_time(model, opt, batch: int, length: int, vocab: int, steps: int, warmup: int) -> float:
-    src = torch.randint(4, vocab, (batch, length), device="cuda")
-    tgt = torch.randint(4, vocab, (batch, length), device="cuda")
+def setup(data: Path, arch: str, length: int, compile_: bool, unfused: bool, device: str):
+    """Task, model, criterion and fairseq's NVLAMB wrapper, built from a command line as fairseq-train builds them."""
+    from fairseq import options, optim, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    import user_dir  # noqa: F401  (registers the task, model, criteria and optimizer)
+
+    argv = [str(data), "--task", "bart_denoising", "--arch", arch, "--tokens-per-sample", str(length),
+            "--criterion", "cross_entropy" if unfused else "bart_cross_entropy", "--optimizer", "nvlamb",
+            "--lr", "1e-4", "--bf16-autocast", *(["--compile"] if compile_ else []),
+            *(["--cpu"] if device == "cpu" else [])]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model).to(device)
+    criterion = task.build_criterion(cfg.criterion)
+    optimizer = optim.build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+    return task, model, criterion, optimizer
+
+
+def real_batches(task, batch: int, count: int, device: str) -> list[dict]:
+    from fairseq import utils
+
+    dataset = task.load_dataset("train")
+    itr = task.get_batch_iterator(dataset, max_sentences=batch, max_tokens=None,
+                                  max_positions=task.max_positions()).next_epoch_itr(shuffle=True)
+    out = []
+    for sample in itr:
+        if sample and sample["target"].size(0) == batch:  # full batches: a fair sequences/s
+            out.append(utils.move_to_cuda(sample) if device == "cuda" else sample)
+        if len(out) == count:
+            return out
+    if not out:
+        raise SystemExit(f"no full batch of {batch} sequences in {task.cfg.data}")
+    return (out * count)[:count]  # a small corpus: reuse batches
+
+
+def flops(model, sample: dict) -> float:
+    """Model FLOPs of one training step on ``sample`` (see the module docstring)."""
+    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder.") and "embed_tokens" not in n)
+    dec = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder.") and "embed_tokens" not in n)
+    out = model.decoder.output_projection.weight.numel()
+    pad = model.decoder.padding_idx
+    src, tgt = sample["net_input"]["src_tokens"], sample["target"]
+    src_real, tgt_real = int(src.ne(pad).sum()), int(tgt.ne(pad).sum())
+    width = model.decoder.embed_tokens.embedding_dim
+    b, s, t = src.size(0), src.size(1), tgt.size(1)
+    layers_e, layers_d = len(model.encoder.layers), len(model.decoder.layers)
+    attention = 12 * width * b * (layers_e * s * s + layers_d * (t * t + t * s))  # fwd + bwd, scores and values
+    return 6 * (enc * src_real + (dec + out) * tgt_real) + attention
+
+
+def measure(task, model, criterion, optimizer, batches: list[dict], warmup: int, device: str):
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     times = []
-    for i in range(warmup + steps):
-        torch.cuda.synchronize()
+    for i, sample in enumerate(batches):
+        sync()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(src, tgt)  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, vocab), tgt.view(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        task.train_step(sample, model, criterion, optimizer, update_num=i)
+        optimizer.step()
+        optimizer.zero_grad()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
-    ap.add_argument("--batch", default="128,32", help="sequences per step at 128 and at 512")
+    ap.add_argument("data", type=Path, help="LDDL shards (scripts/lddl_preprocess.py) or a fairseq-preprocess folder")
+    ap.add_argument("--arch", default="bart_large_preln")
+    ap.add_argument("--lengths", default="128,512")
+    ap.add_argument("--batch", default="128,32", help="sequences per step, one per length")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu_mfu.py needs a CUDA GPU")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    vocab = 50265
-    cfg = BartConfig(vocab_size=vocab, embed_dim=1024, ffn_dim=4096, encoder_layers=12, decoder_layers=12,
-                     attention_heads=16, dropout=0.1)
-    model = BartModel(cfg).cuda()
-    n_params = count_parameters(model)
-    opt = NVLAMB(param_groups(model.parameters(), 0.01), lr=1e-4)
-    print(f"{torch.cuda.get_device_name()}: bart_large_preln, {n_params / 1e6:.1f}M parameters, bf16 autocast, "
-          f"TF32 on, NVLAMB")
-    for length, batch in zip((128, 512), (int(b) for b in args.batch.split(","))):
-        t = step_time(model, opt, batch, length, vocab, args.steps, args.warmup)
-        tokens = batch * length
-        attention_blocks = cfg.encoder_layers + 2 * cfg.decoder_layers
-        flops_per_token = 6 * n_params + 12 * cfg.embed_dim * length * attention_blocks
-        tflops = flops_per_token * tokens / t / 1e12
-        print(f"length {length}, batch {batch}: {batch / t:,.1f} sequences/s, {tokens / t:,.0f} tokens/s, "
-              f"{tflops:,.0f} TFLOP/s = {tflops / args.peak_tflops:.0%} MFU "
-              f"(NVIDIA A100 bf16: {NVIDIA_A100_SEQ_PER_S[length]} sequences/s)")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--unfused", action="store_true", help="fairseq's cross_entropy instead of bart_cross_entropy")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_gpu_mfu.py needs a CUDA GPU (or --device cpu for a smoke test)")
+    lengths = [int(x) for x in args.lengths.split(",")]
+    sizes = [int(x) for x in args.batch.split(",")]
+    if len(sizes) != len(lengths):
+        sys.exit(f"--batch gives {len(sizes)} sizes for {len(lengths)} lengths")
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    results = []
+    for length, batch in zip(lengths, sizes):
+        task, model, criterion, optimizer = setup(args.data, args.arch, length, args.compile, args.unfused,
+                                                  args.device)
+        batches = real_batches(task, batch, args.warmup + args.steps, args.device)
+        t = measure(task, model, criterion, optimizer, batches, args.warmup, args.device)
+        measured = batches[args.warmup:]
+        step_flops = statistics.mean(flops(model, b) for b in measured)
+        real = statistics.mean(int(b["target"].ne(model.decoder.padding_idx).sum()) for b in measured)
+        slots = statistics.mean(b["target"].numel() for b in measured)
+        tflops = step_flops / t / 1e12
+        row = {"length": length, "batch": batch, "seconds_per_step": t, "sequences_per_s": batch / t,
+               "target_tokens_per_s": real / t, "target_padding": 1 - real / slots, "tflops": tflops,
+               "mfu": tflops / args.peak_tflops}
+        results.append(row)
+        print(f"{name}: {args.arch}, bf16 autocast, {'fairseq loss' if args.unfused else 'fused loss'}"
+              f"{', compiled' if args.compile else ''}, NVLAMB; length {length}, batch {batch}: "
+              f"{row['sequences_per_s']:,.1f} sequences/s, {row['target_tokens_per_s']:,.0f} target tokens/s "
+              f"({row['target_padding']:.0%} padding), {tflops:,.1f} TFLOP/s = {row['mfu']:.1%} MFU "
+              f"(NVIDIA A100 bf16: {NVIDIA_A100_SEQ_PER_S.get(length, '-')} sequences/s)", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -86,3 +86,15 @@ def test_lddl_own_pipeline_shards_load_and_train(data_dir, cli_env, tmp_path):
     losses = train_losses(fairseq_train(lddl_args(out, tmp_path / "ck", 8), cli_env))
     assert sorted(losses) == list(range(1, 9)) and all(v == v for v in losses.values())
     assert min(losses[u] for u in range(5, 9)) < losses[1]
+
+
+def test_gpu_mfu_benchmark_runs_real_lddl_batches_through_the_training_step(shards):
+    """scripts/bench_gpu_mfu.py on the CPU (its smoke test): real LDDL batches with padding,
+    the registered model, the fused criterion and fairseq's NVLAMB wrapper."""
+    from scripts.bench_gpu_mfu import main
+
+    rows = main([str(shards), "--device", "cpu", "--arch", "bart_tiny_preln", "--lengths", str(LENGTH),
+                 "--batch", "8", "--steps", "2", "--warmup", "1"])
+    assert len(rows) == 1 and rows[0]["length"] == LENGTH and rows[0]["batch"] == 8
+    assert 0 < rows[0]["target_padding"] < 0.5  # bins keep padding low, but real batches have some
+    assert rows[0]["sequences_per_s"] > 0 and rows[0]["tflops"] > 0
