@@ -341,3 +341,24 @@ def test_bf16_autocast_beside_fairseqs_precisions_is_refused(data_dir, flags, cl
     with pytest.raises(ValueError, match=f"--bf16-autocast .* cannot be combined with .*{clash}"):
         dist_utils.call_main(cfg, lambda cfg, **kw: ran.append(cfg))
     assert not ran  # refused before anything ran
+
+
+def test_checkpoints_from_before_new_model_options_still_load(data_dir, tmp_path):
+    """A checkpoint whose model config predates --compile and --checkpoint-activations loads with
+    both off (fairseq fills missing fields from the dataclass)."""
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = [str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln"]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    model = tasks.setup_task(cfg.task).build_model(cfg.model)
+    saved = OmegaConf.to_container(cfg)
+    for key in ("compile", "checkpoint_activations"):
+        del saved["model"][key]
+    path = tmp_path / "old.pt"
+    torch.save({"cfg": saved, "model": model.state_dict(), "args": None, "extra_state": {},
+                "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqNVLAMB",
+                                       "lr_scheduler_state": {}, "num_updates": 0}]}, path)
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    assert not models[0].encoder.checkpoint_activations and models[0].compiled_layers == []
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(models[0].state_dict()[name], tensor), name
