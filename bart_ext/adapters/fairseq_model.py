@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from bart_ext import model as core
 from bart_ext import switches
+from bart_ext.convert.fairseq_layouts import upgrade_released_bart
 
 logger = logging.getLogger(__name__)
 
@@ -266,13 +267,10 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
         self.decoder.beam_size = beam
 
     def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> None:
-        prefix = name + "." if name else ""
-        # fairseq's TransformerEncoder/Decoder keep a `version` buffer; we do not.
-        for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(".version")]:
-            del state_dict[key]
-        out_key = prefix + "decoder.output_projection.weight"
-        if out_key not in state_dict and prefix + "decoder.embed_tokens.weight" in state_dict:
-            state_dict[out_key] = state_dict[prefix + "decoder.embed_tokens.weight"]
+        # fairseq's own BART files (released bart.base/large/cnn/xsum): key names and embedding rows
+        dictionary = getattr(self.encoder, "dictionary", None)
+        symbols = list(dictionary.symbols) if dictionary is not None else None
+        upgrade_released_bart(state_dict, name + "." if name else "", symbols)
         super().upgrade_state_dict_named(state_dict, name)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):

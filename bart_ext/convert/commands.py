@@ -1,0 +1,165 @@
+"""What ``scripts/convert.py from-hf | to-hf | to-ct2`` do.
+
+Every command writes into a temporary folder beside ``OUT_DIR`` and moves the finished files in at
+the end, so a refused or failed conversion leaves nothing behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from bart_ext.convert import hf, vocab
+from bart_ext.convert.hf import ConversionError, ModelShape
+
+logger = logging.getLogger(__name__)
+
+# fairseq's BART starts decoding with </s> and forces <s> (the hub interface, our --force-bos).
+START = {"decoder_start_token_id": 2, "forced_bos_token_id": 0, "bos_token_id": 0, "eos_token_id": 2,
+         "pad_token_id": 1, "forced_eos_token_id": 2}
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A scratch folder whose files land in ``out_dir`` only if the block finishes."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        out_dir.mkdir(exist_ok=True)
+        for f in tmp.iterdir():
+            target = out_dir / f.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            f.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hf_generation_config(preset: dict | None) -> dict:
+    """transformers ``generate`` settings that decode as ``fairseq-generate`` with a preset of
+    ``configs/generate`` (beam, lenpen, max_len_b, min_len, no_repeat_ngram_size).
+
+    fairseq counts the forced ``<s>`` and the final ``</s>`` in the length it normalises by, as
+    transformers counts new tokens; ``max_len_b`` tokens may precede ``</s>`` (``max_new_tokens`` + 1)
+    and ``min_len`` must (``min_new_tokens``); a sentence ends when ``beam`` hypotheses have ended
+    (``early_stopping``)."""
+    out = dict(START)
+    if not preset:
+        return out
+    known = {"beam", "lenpen", "max_len_b", "min_len", "no_repeat_ngram_size", "max_len_a"}
+    unknown = sorted(set(preset) - known)
+    if unknown:
+        raise ConversionError(f"preset fields without a transformers equivalent: {', '.join(unknown)}")
+    if preset.get("max_len_a", 0):
+        raise ConversionError(f"max_len_a {preset['max_len_a']}: transformers has no length relative to the source")
+    out.update(num_beams=int(preset.get("beam", 1)), length_penalty=float(preset.get("lenpen", 1.0)))
+    if out["num_beams"] > 1:
+        out["early_stopping"] = True
+    if "max_len_b" in preset:
+        out["max_new_tokens"] = int(preset["max_len_b"]) + 1
+    if "min_len" in preset:
+        out["min_new_tokens"] = int(preset["min_len"])
+    if "no_repeat_ngram_size" in preset:
+        out["no_repeat_ngram_size"] = int(preset["no_repeat_ngram_size"])
+    return out
+
+
+def from_hf(hf_dir: Path, out_dir: Path, user_dir: Path) -> Path:
+    """A transformers BART/mBART folder -> ``out_dir/checkpoint.pt`` + ``dict.txt``, ``encoder.json``, ``vocab.bpe``."""
+    hf_dir = Path(hf_dir)
+    source = str(hf_dir / "config.json")
+    shape = hf.shape_from_hf_config(hf.read_config(hf_dir), source)
+    weights = hf.read_hf_weights(hf_dir)
+    rows = hf.dictionary_rows(weights, str(hf_dir))
+    out_dir = Path(out_dir)
+    with staged(out_dir) as tmp:
+        has_mask = vocab.import_vocab(hf_dir, rows, tmp)
+        shape.vocab_size = rows
+        state = hf.state_from_hf(weights, shape, str(hf_dir))
+        if not has_mask:  # bart.large.cnn-like: our tasks append <mask>; a zero row keeps every other logit
+            logger.warning("%s has no <mask> row: appended one of zeros (bart_ext's tasks add <mask> last)", hf_dir)
+            for key in hf.expected_keys(shape):
+                if key.endswith(("embed_tokens.weight", "output_projection.weight")):
+                    w = state[key]
+                    state[key] = torch.cat([w, w.new_zeros(1, w.size(1))])
+            shape.vocab_size = rows + 1
+        shared = state["encoder.embed_tokens.weight"]
+        for key in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
+            state[key] = shared
+        from bart_ext.convert.fairseq_checkpoint import write_checkpoint
+
+        write_checkpoint(tmp / "checkpoint.pt", state, shape, out_dir.resolve(), user_dir)
+    logger.info("from-hf: %s (%s, %d rows) -> %s", hf_dir, "Post-LN" if shape.post_ln else "Pre-LN",
+                shape.vocab_size, out_dir / "checkpoint.pt")
+    return out_dir / "checkpoint.pt"
+
+
+def load_fairseq_checkpoint(path: Path) -> tuple[dict, object]:
+    """(model state, model config) of a bart_ext checkpoint, read through fairseq's (patched) loader."""
+    from fairseq import checkpoint_utils
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: checkpoint not found")
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    cfg = state["cfg"]
+    name = cfg.model._name if cfg.model is not None else None
+    name = str(name) if name is not None else ""
+    if not (name == "bart_preln" or (name.startswith("bart_") and name.endswith("_preln"))):
+        raise ConversionError(f"{path}: model {name!r} is not one of bart_ext's bart_*_preln architectures")
+    return state, cfg
+
+
+def _dictionary_of(data: Path) -> Path:
+    for name in ("dict.txt", "dict.source.txt"):
+        if (data / name).is_file():
+            return data / name
+    raise ConversionError(f"{data}: no dict.txt (or dict.source.txt): pass --data, the folder the model trained on")
+
+
+def to_hf(checkpoint: Path, out_dir: Path, data: Path | None = None, encoder_json: Path | None = None,
+          vocab_bpe: Path | None = None, preset: dict | None = None) -> Path:
+    """A bart_ext checkpoint -> a transformers folder (model, generation config, tokenizer)."""
+    state, cfg = load_fairseq_checkpoint(checkpoint)
+    data = Path(data) if data else Path(str(cfg.task.data).split(":")[0])
+    dict_path = _dictionary_of(data)
+    symbols = vocab.read_dictionary(dict_path) + [vocab.MASK]  # our tasks append <mask>
+    model_state = dict(state["model"])
+    from bart_ext.convert.fairseq_layouts import upgrade_released_bart
+
+    upgrade_released_bart(model_state, "", None)
+    rows = model_state["encoder.embed_tokens.weight"].size(0)
+    if rows != len(symbols):
+        raise ConversionError(f"{checkpoint}: {rows} embedding rows, but {dict_path} with <mask> has {len(symbols)} "
+                              "entries: pass --data with the dictionary the model trained on")
+    shape = ModelShape.from_fairseq(cfg.model, rows)
+    hf.check_keys(model_state, hf.expected_keys(shape), str(checkpoint))
+    encoder_json = Path(encoder_json) if encoder_json else data / "encoder.json"
+    vocab_bpe = Path(vocab_bpe) if vocab_bpe else data / "vocab.bpe"
+    with staged(out_dir) as tmp:
+        extra = vocab.export_vocab(symbols, encoder_json, vocab_bpe, tmp)
+        vocab.save_hf_tokenizer(tmp)
+        hf.save_hf_model(tmp, shape, hf.state_to_hf(model_state, shape, extra), hf_generation_config(preset))
+    logger.info("to-hf: %s -> %s (%s; %d dictionary rows, %d GPT-2 tokens outside it)", checkpoint, out_dir,
+                "BartForConditionalGeneration" if shape.post_ln else "MBartForConditionalGeneration", rows, extra)
+    return Path(out_dir)
+
+
+def to_ct2(checkpoint: Path, out_dir: Path, quantization: str | None = None, **to_hf_kwargs) -> Path:
+    """A bart_ext checkpoint -> a CTranslate2 folder (through a transformers export)."""
+    from bart_ext.convert.ct2 import convert_hf_folder
+
+    with tempfile.TemporaryDirectory() as hf_dir, staged(out_dir) as tmp:
+        to_hf(checkpoint, Path(hf_dir) / "hf", **to_hf_kwargs)
+        convert_hf_folder(Path(hf_dir) / "hf", tmp / "ct2", quantization)
+        for f in (tmp / "ct2").iterdir():
+            f.replace(tmp / f.name)
+        (tmp / "ct2").rmdir()
+    return Path(out_dir)

@@ -1,0 +1,140 @@
+"""Tokenizer files: fairseq's ``dict.txt`` + GPT-2 ``encoder.json`` / ``vocab.bpe`` <-> transformers'
+byte-level BPE ``vocab.json`` / ``merges.txt``.
+
+fairseq encodes text in two steps: GPT-2's BPE gives token ids (``encoder.json``), written as
+decimal strings, and ``dict.txt`` maps each string to a model index (``<unk>`` when absent).
+transformers' ``vocab.json`` maps token strings straight to model indices, in the model's own
+dictionary order (as ``facebook/bart-large``'s does). The merges are the same file in both worlds.
+
+Out of fairseq (``export_vocab``): index ``i`` gets the GPT-2 token of ``dict[i]``; GPT-2 tokens the
+dictionary lacks get ids after the model's rows (``hf`` gives those rows ``<unk>``'s embedding and
+``-inf`` logit bias), because a BPE vocabulary must hold every merge result.
+Into fairseq (``import_vocab``): ``encoder.json`` is ``vocab.json`` without the special tokens, so
+the "GPT-2 id" of a token is its model index and ``dict.txt`` lists ``"4"``, ``"5"``, ... in order;
+indices no token names become ``madeupwordNNNN`` (fairseq's filler), and ``<mask>`` stays out of
+``dict.txt`` because bart_ext's tasks append it last, as fairseq's ``denoising`` does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bart_ext.convert.hf import ConversionError
+
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+MASK = "<mask>"
+
+
+def read_dictionary(path: Path) -> list[str]:
+    """All symbols of a fairseq ``dict.txt`` in index order, fairseq's four specials first (``<mask>`` not added)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: dictionary not found")
+    symbols = list(SPECIALS)
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.rsplit(" ", 2)
+        if not parts[0]:
+            raise ConversionError(f"{path}:{n}: empty dictionary line")
+        symbols.append(parts[0])
+    return symbols
+
+
+def _merges_text(path: Path) -> str:
+    text = Path(path).read_text(encoding="utf-8")
+    if not text.startswith("#version"):  # fairseq's reader skips the first line, transformers' too
+        text = "#version: 0.2\n" + text
+    return text if text.endswith("\n") else text + "\n"
+
+
+def export_vocab(symbols: list[str], encoder_json: Path, vocab_bpe: Path, out_dir: Path) -> int:
+    """Write ``vocab.json`` and ``merges.txt`` for a model whose dictionary is ``symbols``; return how many
+    GPT-2 tokens lie outside it (ids ``len(symbols)`` on).
+
+    Args:
+        symbols: the fairseq dictionary, index order, ``<mask>`` included where the model has it.
+        encoder_json: the GPT-2 ``encoder.json`` the data was encoded with.
+        vocab_bpe: its ``vocab.bpe``.
+        out_dir: where to write.
+    """
+    for f in (encoder_json, vocab_bpe):
+        if not Path(f).is_file():
+            raise ConversionError(f"{f}: GPT-2 BPE file not found (the model's data folder holds encoder.json "
+                                  "and vocab.bpe; pass --gpt2-encoder-json / --gpt2-vocab-bpe)")
+    gpt2 = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+    by_id = {i: tok for tok, i in gpt2.items()}
+    vocab: dict[str, int] = {}
+    for i, sym in enumerate(symbols):
+        if i < len(SPECIALS) or sym == MASK or not sym.isdigit():
+            token = sym  # specials, <mask>, fairseq's madeupwordNNNN fillers
+        elif int(sym) in by_id:
+            token = by_id[int(sym)]
+        else:
+            raise ConversionError(f"dictionary entry {i} ({sym!r}) is not a token id of {encoder_json}")
+        if token in vocab:
+            raise ConversionError(f"dictionary entries {vocab[token]} and {i} are the same token {token!r}")
+        vocab[token] = i
+    if not any(s.isdigit() for s in symbols[len(SPECIALS):]):
+        raise ConversionError("the dictionary holds no GPT-2 BPE ids: only GPT-2 BPE models export a tokenizer")
+    extra = 0
+    for i in sorted(by_id):
+        if by_id[i] not in vocab:
+            vocab[by_id[i]] = len(symbols) + extra
+            extra += 1
+    out_dir = Path(out_dir)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text(_merges_text(vocab_bpe), encoding="utf-8")
+    return extra
+
+
+def save_hf_tokenizer(out_dir: Path) -> None:
+    """Complete ``out_dir``'s ``vocab.json`` / ``merges.txt`` into a transformers tokenizer folder
+    (``BartTokenizer``: byte-level BPE, ``<s> ... </s>``), as ``AutoTokenizer`` loads it."""
+    from transformers import BartTokenizer
+
+    tok = BartTokenizer.from_pretrained(str(out_dir))  # reads vocab.json and merges.txt (transformers 4 and 5)
+    tok.save_pretrained(str(out_dir))
+
+
+def import_vocab(hf_dir: Path, rows: int, out_dir: Path) -> bool:
+    """Write ``dict.txt``, ``encoder.json`` and ``vocab.bpe`` into ``out_dir`` for a transformers model with
+    ``rows`` dictionary rows; returns whether the model has a ``<mask>`` row (its last).
+
+    Raises ``ConversionError`` naming the file for a tokenizer fairseq's ``gpt2`` BPE cannot reproduce.
+    """
+    hf_dir = Path(hf_dir)
+    vocab_path, merges_path = hf_dir / "vocab.json", hf_dir / "merges.txt"
+    for f in (vocab_path, merges_path):
+        if not f.is_file():
+            raise ConversionError(f"{f}: not found; from-hf needs the byte-level BPE tokenizer files vocab.json "
+                                  "and merges.txt beside the model")
+    try:
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{vocab_path}: not JSON ({e})") from None
+    for i, tok in enumerate(SPECIALS):
+        if vocab.get(tok) != i:
+            raise ConversionError(f"{vocab_path}: {tok} has id {vocab.get(tok)!r}; fairseq's dictionaries put it at {i}")
+    owner: dict[int, str] = {}
+    for tok, i in vocab.items():
+        if i in owner:
+            raise ConversionError(f"{vocab_path}: tokens {owner[i]!r} and {tok!r} share id {i}")
+        owner[i] = tok
+    mask = vocab.get(MASK)
+    has_mask = mask is not None and mask < rows
+    if has_mask and mask != rows - 1:
+        raise ConversionError(f"{vocab_path}: <mask> has id {mask}, not the last model row ({rows - 1}); "
+                              "bart_ext's tasks append <mask> after the dictionary")
+    lines, filler = [], 0
+    for i in range(len(SPECIALS), rows - int(has_mask)):
+        tok = owner.get(i)
+        if tok is None or tok in SPECIALS or tok == MASK:
+            lines.append(f"madeupword{filler:04d} 0")
+            filler += 1
+        else:
+            lines.append(f"{i} 1")
+    encoder = {tok: i for tok, i in vocab.items() if tok not in SPECIALS and tok != MASK}
+    out_dir = Path(out_dir)
+    (out_dir / "dict.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out_dir / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "vocab.bpe").write_text(_merges_text(merges_path), encoding="utf-8")
+    return has_mask

@@ -1,0 +1,302 @@
+"""scripts/convert.py: transformers <-> bart_ext <-> transformers, tokenizers, generation, CTranslate2, bad input."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from bart_ext.convert.commands import hf_generation_config  # noqa: E402
+from bart_ext.convert.hf import ConversionError  # noqa: E402
+from scripts.convert import main as convert  # noqa: E402
+
+WIDTH = dict(d_model=12, encoder_layers=2, decoder_layers=1, encoder_attention_heads=3, decoder_attention_heads=3,
+             encoder_ffn_dim=14, decoder_ffn_dim=14, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir) -> list[str]:
+    lines = [x for x in (data_dir / "raw" / "valid.txt").read_text(encoding="utf-8").splitlines() if len(x) > 40]
+    # real text of unequal lengths, plus words GPT-2 splits oddly and characters outside ASCII
+    return [lines[0][:300], lines[5][:120], "Zxqvbw floofberg ünïcödé — 😀 the  end!", lines[9][:60]]
+
+
+def make_hf_folder(path: Path, gpt2: Path, layout: str, seed: int = 0) -> Path:
+    """A randomly initialised transformers BART/mBART of fairseq BART's vocabulary layout (specials, every
+    GPT-2 token, <mask> last), with its byte-level BPE tokenizer."""
+    path.mkdir(parents=True)
+    tokens = sorted(json.loads((gpt2 / "encoder.json").read_text(encoding="utf-8")).items(), key=lambda kv: kv[1])
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for tok, _ in tokens:
+        vocab[tok] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (path / "merges.txt").write_text((gpt2 / "vocab.bpe").read_text(encoding="utf-8"), encoding="utf-8")
+    transformers.BartTokenizer.from_pretrained(str(path)).save_pretrained(str(path))
+    config_cls, model_cls = {"mbart": (transformers.MBartConfig, transformers.MBartForConditionalGeneration),
+                             "bart": (transformers.BartConfig, transformers.BartForConditionalGeneration)}[layout]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(vocab_size=len(vocab), init_std=0.2, **WIDTH))
+    model.save_pretrained(str(path))
+    return path
+
+
+def fairseq_ids(folder: Path, text: str) -> list[int]:
+    """``<s>`` + fairseq's gpt2 BPE with ``folder``'s files + ``folder/dict.txt`` (+ ``</s>``)."""
+    from fairseq.data import Dictionary
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    bpe = get_encoder(str(folder / "encoder.json"), str(folder / "vocab.bpe"))
+    d = Dictionary.load(str(folder / "dict.txt"))
+    return [0] + d.encode_line(" ".join(map(str, bpe.encode(text))), add_if_not_exist=False).tolist()
+
+
+def batch(rows: list[list[int]]) -> torch.Tensor:
+    out = torch.full((len(rows), max(map(len, rows))), 1)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out  # right-padded, as transformers pads
+
+
+def shifted(tokens: torch.Tensor) -> torch.Tensor:
+    prev = torch.cat([torch.full((tokens.size(0), 1), 2), tokens[:, :-1]], 1)
+    return prev.masked_fill(tokens.eq(1), 1)
+
+
+def load_ours(checkpoint: Path, data: Path):
+    import user_dir  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
+    return models[0].eval(), task
+
+
+def load_hf(folder: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(folder)).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(str(folder))
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("layout", ["mbart", "bart"])
+def test_hf_round_trip(tmp_path, data_dir, texts, layout):
+    src = make_hf_folder(tmp_path / "hf", data_dir / "gpt2", layout)
+    convert(["from-hf", str(src), str(tmp_path / "ours")])
+    ckpt = tmp_path / "ours" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["cfg"]["model"]["post_ln"] is (layout == "bart")
+    convert(["to-hf", str(ckpt), str(tmp_path / "back")])
+
+    hf_model, hf_tok = load_hf(src)
+    back_model, back_tok = load_hf(tmp_path / "back")
+    assert type(back_model) is type(hf_model)
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["normalize_before"] is (layout == "mbart")
+    # the weights, bit-equal after the round trip
+    a, b = hf_model.state_dict(), back_model.state_dict()
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same ids from transformers' tokenizer (before and after) and from fairseq's gpt2 BPE + dict.txt
+    ids = [hf_tok(t)["input_ids"] for t in texts]
+    assert ids == [back_tok(t)["input_ids"] for t in texts]
+    assert ids == [fairseq_ids(tmp_path / "ours", t) for t in texts]
+    # the same logits on a right-padded batch of real text
+    ours, _ = load_ours(ckpt, tmp_path / "ours")
+    src_tokens = batch(ids)
+    prev = shifted(src_tokens)
+    real = prev.ne(1)
+    with torch.no_grad():
+        mine = ours(src_tokens, real.sum(1), prev)[0]
+        theirs = hf_model(input_ids=src_tokens, attention_mask=src_tokens.ne(1).long(), decoder_input_ids=prev,
+                          decoder_attention_mask=real.long()).logits
+    assert max_rel(mine[real], theirs[real]) < 1e-5
+
+
+def write_ours(path: Path, data: Path, post_ln: bool = False, seed: int = 0) -> Path:
+    """A bart_ext checkpoint on the corpus dictionary of the prepared data (smaller than GPT-2's)."""
+    from bart_ext import model as core
+    from bart_ext.convert.fairseq_checkpoint import write_checkpoint
+    from bart_ext.convert.hf import ModelShape
+    from bart_ext.convert.vocab import read_dictionary
+
+    n = len(read_dictionary(data / "dict.txt")) + 1  # + <mask>
+    shape = ModelShape(vocab_size=n, embed_dim=12, ffn_dim=14, encoder_layers=2, decoder_layers=1,
+                       attention_heads=3, max_positions=64, post_ln=post_ln, dropout=0.0)
+    torch.manual_seed(seed)
+    model = core.BartModel(core.BartConfig(vocab_size=n, embed_dim=12, ffn_dim=14, encoder_layers=2, decoder_layers=1,
+                                           attention_heads=3, max_positions=64, normalize_before=not post_ln))
+    write_checkpoint(path, model.state_dict(), shape, data.resolve(), Path(__file__).resolve().parents[2] / "user_dir")
+    return path
+
+
+def test_corpus_dictionary_exports_with_fairseq_distribution(tmp_path, data_dir, texts):
+    """A model on a dictionary smaller than GPT-2's: through transformers, the same next-token distribution
+    over its dictionary as in fairseq, for text with tokens outside it, and nothing outside it generated."""
+    data = data_dir / "bin"
+    ckpt = write_ours(tmp_path / "ours.pt", data)
+    convert(["to-hf", str(ckpt), str(tmp_path / "hf")])
+    hf_model, hf_tok = load_hf(tmp_path / "hf")
+    ours, task = load_ours(ckpt, data)
+    n = len(task.source_dictionary)
+    fs = [fairseq_ids(data, t) for t in texts]
+    hf = [hf_tok(t)["input_ids"] for t in texts]
+    assert any(3 in r for r in fs), "the texts must hold tokens outside the corpus dictionary"
+    assert [[t if t < n else 3 for t in r] for r in hf] == fs  # outside the dictionary: its own id, <unk>'s row
+    with torch.no_grad():
+        prev = shifted(batch(fs))
+        real = prev.ne(1)
+        mine = torch.log_softmax(ours(batch(fs), real.sum(1), prev)[0], -1)
+        theirs = torch.log_softmax(hf_model(input_ids=batch(hf), attention_mask=batch(hf).ne(1).long(),
+                                            decoder_input_ids=shifted(batch(hf)),
+                                            decoder_attention_mask=real.long()).logits, -1)
+        assert theirs.size(-1) > n
+        assert torch.isneginf(theirs[real][:, n:]).all()
+        assert max_rel(mine[real], theirs[real][:, :n]) < 1e-5
+        out = hf_model.generate(input_ids=batch(hf), attention_mask=batch(hf).ne(1).long(), max_new_tokens=20)
+    assert int(out.max()) < n
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """A tiny model trained for a few dozen steps to copy summaries (peaked, non-random distributions)."""
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = data_dir / "bin"
+    ckpt = write_ours(tmp / "init.pt", data)
+    model, _ = load_ours(ckpt, data)
+    targets = MMapIndexedDataset(str(data_dir.parent / "aclsum_summ" / "bin" / "train.source-target.target"))
+    rows = [[0, *targets[i][:20].tolist(), 2] for i in range(26)]
+    src = batch(rows[:16])
+    prev = shifted(src)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(80):
+        logits = model(src, None, prev)[0]
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), src.view(-1), ignore_index=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 3.0
+    state = torch.load(ckpt, weights_only=False)
+    state["model"] = model.state_dict()
+    torch.save(state, tmp / "trained.pt")
+    return tmp / "trained.pt", data, batch(rows[10:])
+
+
+PRESETS = [{"beam": 1, "max_len_b": 30, "min_len": 5},
+           {"beam": 4, "lenpen": 1.0, "max_len_b": 30, "min_len": 5, "no_repeat_ngram_size": 3},
+           {"beam": 6, "lenpen": 2.0, "max_len_b": 40, "min_len": 10, "no_repeat_ngram_size": 3}]
+
+
+def fairseq_generate(model, task, src: torch.Tensor, preset: dict) -> list[list[int]]:
+    from fairseq.sequence_generator import SequenceGenerator
+
+    gen = SequenceGenerator([model], task.target_dictionary, beam_size=preset["beam"], max_len_b=preset["max_len_b"],
+                            min_len=preset["min_len"], len_penalty=preset.get("lenpen", 1.0),
+                            no_repeat_ngram_size=preset.get("no_repeat_ngram_size", 0))
+    with torch.no_grad():  # <s> forced first, as bart_summarization's --force-bos does
+        hyps = gen.generate([model], {"net_input": {"src_tokens": src, "src_lengths": src.ne(1).sum(1)}},
+                            prefix_tokens=src.new_zeros(src.size(0), 1))
+    return [h[0]["tokens"].tolist() for h in hyps]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=["greedy", "beam4_ngram3", "beam6_lenpen2"])
+def test_transformers_generate_equals_fairseq(tmp_path, trained, preset):
+    ckpt, data, src = trained
+    model, task = load_ours(ckpt, data)
+    expected = fairseq_generate(model, task, src, preset)
+    convert(["to-hf", str(ckpt), str(tmp_path / "hf")])
+    hf_model, _ = load_hf(tmp_path / "hf")
+    config = transformers.GenerationConfig(**hf_generation_config(preset))
+    with torch.no_grad():
+        out = hf_model.generate(input_ids=src, attention_mask=src.ne(1).long(), generation_config=config)
+    got = [[t for t in row[1:] if t != 1] for row in out.tolist()]  # without the decoder start </s>, padding
+    assert got == expected
+
+
+def test_ctranslate2_greedy_equals_fairseq(tmp_path, trained):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    ckpt, data, src = trained
+    model, task = load_ours(ckpt, data)
+    preset = PRESETS[0]
+    expected = fairseq_generate(model, task, src, preset)
+    convert(["to-ct2", str(ckpt), str(tmp_path / "ct2")])
+    assert json.loads((tmp_path / "ct2" / "config.json").read_text())["decoder_start_token"] == "</s>"
+    vocab = json.loads((tmp_path / "ct2" / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    index = {tok: i for i, tok in enumerate(vocab)}
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    sources = [[vocab[t] for t in row if t != 1] for row in src.tolist()]
+    results = translator.translate_batch(sources, target_prefix=[["<s>"]] * len(sources), beam_size=1,
+                                         max_decoding_length=preset["max_len_b"] + 1,
+                                         min_decoding_length=preset["min_len"], return_end_token=True)
+    assert [[index[t] for t in r.hypotheses[0]] for r in results] == expected
+
+
+def test_generation_config_follows_fairseq(tmp_path, trained):
+    ckpt, _, _ = trained
+    convert(["to-hf", str(ckpt), str(tmp_path / "hf"), "--preset", "xsum"])
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert gen["decoder_start_token_id"] == 2 and gen["forced_bos_token_id"] == 0
+    assert (gen["num_beams"], gen["max_new_tokens"], gen["min_new_tokens"], gen["no_repeat_ngram_size"]) == (6, 61, 10, 3)
+    with pytest.raises(ConversionError, match="max_len_a"):
+        hf_generation_config({"beam": 4, "max_len_a": 1})
+
+
+# ---- bad input: one clear error naming the file and the field, nothing written
+
+def test_refuses_a_folder_that_is_not_bart(tmp_path, data_dir):
+    src = make_hf_folder(tmp_path / "hf", data_dir / "gpt2", "bart")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    with pytest.raises(SystemExit, match=r"config.json: model_type is 't5'"):
+        convert(["from-hf", str(src), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field,value", [("scale_embedding", True), ("activation_function", "relu"),
+                                         ("decoder_ffn_dim", 16)])
+def test_refuses_configs_we_cannot_represent(tmp_path, data_dir, field, value):
+    src = make_hf_folder(tmp_path / "hf", data_dir / "gpt2", "mbart")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(SystemExit, match=field):
+        convert(["from-hf", str(src), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_missing_tokenizer_and_logits_bias(tmp_path, data_dir):
+    from safetensors.torch import load_file, save_file
+
+    src = make_hf_folder(tmp_path / "hf", data_dir / "gpt2", "mbart")
+    merges = (src / "merges.txt").read_bytes()
+    (src / "merges.txt").unlink()
+    with pytest.raises(SystemExit, match=r"merges.txt: not found"):
+        convert(["from-hf", str(src), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    (src / "merges.txt").write_bytes(merges)
+    weights = load_file(str(src / "model.safetensors"))
+    weights["final_logits_bias"][0, 7] = 0.5
+    save_file(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match=r"final_logits_bias is non-zero \(entry 7"):
+        convert(["from-hf", str(src), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_dictionary_of_another_size(tmp_path, data_dir):
+    ckpt = write_ours(tmp_path / "ours.pt", data_dir / "bin")
+    other = tmp_path / "other"
+    other.mkdir()
+    lines = (data_dir / "bin" / "dict.txt").read_text().splitlines()
+    (other / "dict.txt").write_text("\n".join(lines[:-5]) + "\n")
+    with pytest.raises(SystemExit, match=r"embedding rows, but .*other/dict.txt with <mask> has"):
+        convert(["to-hf", str(ckpt), str(tmp_path / "out"), "--data", str(other)])
+    assert not (tmp_path / "out").exists()
