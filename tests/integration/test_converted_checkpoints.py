@@ -1,0 +1,74 @@
+"""A transformers model brought in with ``convert.py from-hf``: fine-tuned with ``--finetune-from-model`` and
+``--restore-file`` in ``bart_summarization``, generated from with ``fairseq-generate --path``."""
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from tests.integration.fairseq_run import USER_DIR, run
+
+pytest.importorskip("transformers")
+
+from tests.unit.test_convert import make_hf_folder  # noqa: E402
+
+SHAPE = ["--encoder-embed-dim", "12", "--encoder-ffn-embed-dim", "14", "--encoder-layers", "2", "--decoder-layers",
+         "1", "--encoder-attention-heads", "3", "--max-positions", "64"]
+
+
+@pytest.fixture(scope="module")
+def converted(data_dir, cli_env, tmp_path_factory):
+    """from-hf of a random mBART-layout model, and summarization data encoded with the converted files."""
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    from scripts.convert import main as convert
+
+    root = tmp_path_factory.mktemp("converted")
+    make_hf_folder(root / "hf", data_dir / "gpt2", "mbart")
+    convert(["from-hf", str(root / "hf"), str(root / "model")])
+    model = root / "model"
+    bpe = get_encoder(str(model / "encoder.json"), str(model / "vocab.bpe"))
+    texts = data_dir.parent / "aclsum_summ" / "bpe"
+    gpt2 = get_encoder(str(data_dir / "gpt2" / "encoder.json"), str(data_dir / "gpt2" / "vocab.bpe"))
+    raw = root / "raw"
+    raw.mkdir()
+    for split, n in (("train", 16), ("valid", 4), ("test", 4)):
+        for side, cut in (("source", 50), ("target", 20)):
+            lines = (texts / f"{split}.{side}").read_text().splitlines()[:n]
+            text = [gpt2.decode([int(t) for t in line.split()[:cut]]) for line in lines]
+            (raw / f"{split}.{side}").write_text("\n".join(" ".join(map(str, bpe.encode(t))) for t in text) + "\n")
+    run(["fairseq-preprocess", "--source-lang", "source", "--target-lang", "target", "--trainpref", str(raw / "train"),
+         "--validpref", str(raw / "valid"), "--testpref", str(raw / "test"), "--destdir", str(root / "bin"),
+         "--srcdict", str(model / "dict.txt"), "--tgtdict", str(model / "dict.txt"), "--workers", "1"], cli_env)
+    return model / "checkpoint.pt", root / "bin"
+
+
+def finetune(data, save_dir, cli_env, *how):
+    return run(["fairseq-train", str(data), "--user-dir", USER_DIR, "--task", "bart_summarization", "--arch",
+                "bart_preln", *SHAPE, *how, "--criterion", "bart_label_smoothed_cross_entropy", "--label-smoothing",
+                "0.1", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "1024", "--max-update", "2", "--cpu",
+                "--num-workers", "0", "--required-batch-size-multiple", "1", "--disable-validation",
+                "--save-dir", str(save_dir), "--no-epoch-checkpoints"], cli_env)
+
+
+@pytest.mark.parametrize("how", ["finetune-from-model", "restore-file"])
+def test_converted_checkpoint_finetunes(converted, cli_env, tmp_path, how):
+    ckpt, data = converted
+    flags = ["--finetune-from-model", str(ckpt)] if how == "finetune-from-model" else [
+        "--restore-file", str(ckpt), "--reset-optimizer", "--reset-dataloader", "--reset-meters"]
+    log = finetune(data, tmp_path / "ft", cli_env, *flags)
+    assert re.search(r"Loaded checkpoint .*checkpoint\.pt \(epoch 1 @ 0 updates\)", log), log[-2000:]
+    assert (tmp_path / "ft" / "checkpoint_last.pt").exists()
+
+
+def test_converted_checkpoint_generates(converted, cli_env):
+    ckpt, data = converted
+    out = run(["fairseq-generate", str(data), "--user-dir", USER_DIR, "--task", "bart_summarization", "--path",
+               str(ckpt), "--gen-subset", "test", "--beam", "2", "--max-len-b", "6", "--batch-size", "4",
+               "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0"], cli_env)
+    assert sorted(map(int, re.findall(r"^H-(\d+)\t", out, re.M))) == [0, 1, 2, 3], out[-2000:]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
