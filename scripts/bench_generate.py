@@ -21,6 +21,12 @@ bart_ext/adapters/fairseq_model.py):
                       must be identical to bart_ext's.
     fairseq_stock     fairseq unchanged: on a CPU its loop sees padding and blocks nothing
                       (fairseq #5206), so its outputs differ; timed for reference
+    ct2_fp32, ct2_int8
+                      the checkpoint exported with ``scripts/convert.py to-ct2`` (fp32, and int8
+                      weights) and decoded by CTranslate2 with the same preset, sources shaped as
+                      bart_summarization shapes them and the target prefix ``<s>``; timed around
+                      ``translate_batch`` (generation only, like fairseq's figure), with the share of
+                      documents whose output is identical to bart_ext's
 
 Usage: python scripts/bench_generate.py [--path runs/demo/finetune/checkpoint_best.pt] [--rounds 3]
 (`make demo` writes the default checkpoint; without it, this runs the demo's small pipeline first.)
@@ -28,12 +34,14 @@ Usage: python scripts/bench_generate.py [--path runs/demo/finetune/checkpoint_be
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +76,54 @@ def run_once(mode: str, data: Path, ckpt: Path, subset: str, batch: int, out: Pa
     return float(m.group(2)), {i: r.get("H", []) for i, r in rows.items()}
 
 
+def ct2_setup(ckpt: Path, data: Path, subset: str, tmp: Path) -> tuple[dict, list[list[int]]]:
+    """CTranslate2 folders (fp32, int8) of ``ckpt`` and the ``subset`` sources as bart_summarization feeds them."""
+    import user_dir  # noqa: F401
+    from fairseq import checkpoint_utils
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    from bart_ext.convert.commands import to_ct2
+
+    cfg = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))["cfg"].task
+    folders = {}
+    for name, quantization in (("ct2_fp32", None), ("ct2_int8", "int8")):
+        folders[name] = to_ct2(ckpt, tmp / name, quantization, data=data)
+    sources = []
+    ds = MMapIndexedDataset(str(next(data.glob(f"{subset}.*-*.source.idx")))[: -len(".idx")])
+    for i in range(len(ds)):
+        ids = ds[i].tolist()
+        if cfg.truncate_source:  # as BartSummarizationTaskBase.load_dataset shapes the sources
+            ids = ids[:-1][: int(cfg.max_source_positions) - 1 - int(cfg.prepend_bos)] + [2]
+        sources.append(([0] if cfg.prepend_bos else []) + ids)
+    return folders, sources
+
+
+def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: int) -> tuple[float, dict]:
+    """sentences/s of CTranslate2 with the XSum preset, and its outputs as dictionary symbols."""
+    import ctranslate2
+
+    from bart_ext.summarization import load_preset
+
+    vocab = json.loads((folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    index = {tok: i for i, tok in enumerate(vocab)}
+    p = load_preset("xsum")
+    translator = ctranslate2.Translator(str(folder), device="cpu", intra_threads=torch_threads())
+    tokens = [[vocab[t] for t in src] for src in sources]
+    t0 = time.perf_counter()
+    results = translator.translate_batch(
+        tokens, target_prefix=[["<s>"]] * len(tokens), max_batch_size=batch, beam_size=p["beam"],
+        length_penalty=p["lenpen"], max_decoding_length=p["max_len_b"] + 1, min_decoding_length=p["min_len"],
+        no_repeat_ngram_size=p["no_repeat_ngram_size"])
+    seconds = time.perf_counter() - t0
+    return len(tokens) / seconds, {i: [symbols[index[t]] for t in r.hypotheses[0]] for i, r in enumerate(results)}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", type=Path, default=ROOT / "runs" / "demo" / "finetune" / "checkpoint_best.pt")
@@ -86,9 +142,24 @@ def main(argv: list[str] | None = None) -> dict:
     speed: dict[str, list[float]] = {m: [] for m in MODES}
     outputs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        ct2 = {}
+        try:
+            import ctranslate2  # noqa: F401
+        except ImportError:
+            print("ctranslate2 not installed: no CTranslate2 rows", flush=True)
+        else:
+            from fairseq.data import Dictionary
+
+            ct2, sources = ct2_setup(args.path, args.data, args.subset, Path(tmp))
+            symbols = Dictionary.load(str(args.data / "dict.source.txt")).symbols + ["<mask>"]
+            speed.update({m: [] for m in ct2})
         for r in range(args.rounds):
-            for mode in MODES:
-                s, hyps = run_once(mode, args.data, args.path, args.subset, args.batch_size, Path(tmp) / mode)
+            for mode in [*MODES, *ct2]:
+                if mode in ct2:
+                    s, hyps = run_ct2(ct2[mode], sources, symbols, args.batch_size)
+                else:
+                    s, hyps = run_once(mode, args.data, args.path, args.subset, args.batch_size, Path(tmp) / mode)
+                hyps = {i: [t for t in h if t not in ("<s>", "</s>")] for i, h in hyps.items()}
                 speed[mode].append(s)
                 if outputs.setdefault(mode, hyps) != hyps:
                     raise SystemExit(f"{mode}: outputs changed between rounds")
@@ -99,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(outputs["bart_ext"])
     print(f"\nXSum preset (beam 6, lenpen 1.0, max_len_b 60, min_len 10, no_repeat_ngram_size 3), batch "
           f"{args.batch_size}, {n} {args.subset} documents, {args.path}; medians of {args.rounds} rounds:")
-    for mode in MODES:
+    for mode in speed:
         print(f"  {mode:<17} {med[mode]:6.2f} sentences/s   ({', '.join(f'{v:.2f}' for v in speed[mode])})")
     for mode in ("bart_ext", "bart_ext_fs_loop", "bart_ext_blocking"):
         per_round = statistics.median(a / b for a, b in zip(speed[mode], speed["fairseq_loop"]))
@@ -107,9 +178,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"(median of the rounds' ratios {per_round:.2f}x)   outputs identical: {same[mode]}")
     print(f"  {'bart_ext / fairseq_stock':<33} = {med['bart_ext'] / med['fairseq_stock']:.2f}x   "
           f"outputs differ on {differ}/{n} documents (stock blocks nothing on a CPU)")
+    for mode in ct2:
+        ident = sum(outputs[mode].get(i) == h for i, h in outputs["bart_ext"].items())
+        print(f"  {mode + ' / bart_ext':<33} = {med[mode] / med['bart_ext']:.2f}x   "
+              f"outputs identical to bart_ext's on {ident}/{n} documents ({100 * ident / n:.0f}%)")
     if not all(same.values()):
         raise SystemExit("outputs differ from fairseq_loop's: " + ", ".join(m for m, ok in same.items() if not ok))
-    return {"median": med, "identical": all(same.values())}
+    return {"median": med, "identical": all(same.values()),
+            "ct2_identical": {m: sum(outputs[m].get(i) == h for i, h in outputs["bart_ext"].items()) / n for m in ct2}}
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def import_vocab(hf_dir: Path, rows: int, out_dir: Path) -> bool:
         raise ConversionError(f"{vocab_path}: not JSON ({e})") from None
     for i, tok in enumerate(SPECIALS):
         if vocab.get(tok) != i:
-            raise ConversionError(f"{vocab_path}: {tok} has id {vocab.get(tok)!r}; fairseq's dictionaries put it at {i}")
+            raise ConversionError(
+                f"{vocab_path}: {tok} has id {vocab.get(tok)!r}; fairseq's dictionaries put it at {i}")
     owner: dict[int, str] = {}
     for tok, i in vocab.items():
         if i in owner:

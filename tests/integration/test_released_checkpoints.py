@@ -35,7 +35,8 @@ def released(data_dir, cli_env, tmp_path_factory) -> Path:
     """dict.txt files of the releases' sizes and a small summarization set binarized with them."""
     root = tmp_path_factory.mktemp("released")
     gpt2 = __import__("json").loads((data_dir / "gpt2" / "encoder.json").read_text(encoding="utf-8"))
-    corpus = [s for s in (line.split()[0] for line in (data_dir / "bin" / "dict.txt").read_text().splitlines()) if s.isdigit()]
+    corpus = [line.split()[0] for line in (data_dir / "bin" / "dict.txt").read_text().splitlines()]
+    corpus = [s for s in corpus if s.isdigit()]  # without its madeupword fillers
     ids = corpus + [str(i) for i in range(len(gpt2)) if str(i) not in set(corpus)]  # frequency order, then the rest
     for fillers in (3, 939):
         lines = [f"{s} 1" for s in ids] + [f"madeupword{i:04d} 0" for i in range(fillers)]

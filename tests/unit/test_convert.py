@@ -71,7 +71,8 @@ def load_ours(checkpoint: Path, data: Path):
     import user_dir  # noqa: F401
     from fairseq import checkpoint_utils
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
+                                                                     arg_overrides={"data": str(data)})
     return models[0].eval(), task
 
 
@@ -246,7 +247,8 @@ def test_generation_config_follows_fairseq(tmp_path, trained):
     convert(["to-hf", str(ckpt), str(tmp_path / "hf"), "--preset", "xsum"])
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert gen["decoder_start_token_id"] == 2 and gen["forced_bos_token_id"] == 0
-    assert (gen["num_beams"], gen["max_new_tokens"], gen["min_new_tokens"], gen["no_repeat_ngram_size"]) == (6, 61, 10, 3)
+    lengths = (gen["num_beams"], gen["max_new_tokens"], gen["min_new_tokens"], gen["no_repeat_ngram_size"])
+    assert lengths == (6, 61, 10, 3)
     with pytest.raises(ConversionError, match="max_len_a"):
         hf_generation_config({"beam": 4, "max_len_a": 1})
 
