@@ -29,6 +29,8 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bart_ext.switches import ATTENTION
+
 # Decoder cache for one layer: "self_k"/"self_v" grow by one step per call,
 # "cross_k"/"cross_v" are computed once from the encoder output. (B, H, T, D).
 LayerCache = dict[str, Tensor]
@@ -114,6 +116,70 @@ class LearnedPositionalEmbedding(nn.Embedding):
         return F.embedding(positions, self.weight, self.padding_idx)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Where the real (non-pad) positions of a padded ``(B, T)`` batch lie: the layout of packed
+    (variable-length) attention, which needs no mask and so keeps FlashAttention on GPUs.
+
+    Args:
+        index: ``(N,)`` flat positions ``b * T + t`` of the N real tokens, row by row.
+        offsets: ``(B + 1,)`` where each row's tokens start in the packed ``(N, ...)`` tensor.
+        min_len: shortest row (a host integer, so that SDPA need not read it back per layer).
+        max_len: longest row.
+        length: T, the padded length.
+    """
+
+    index: Tensor
+    offsets: Tensor
+    min_len: int
+    max_len: int
+    length: int
+
+    @classmethod
+    def of(cls, pad: Tensor) -> Packing:
+        """The packing of a batch whose padding mask (True at padding) is ``pad`` (B, T)."""
+        keep = ~pad
+        lengths = keep.sum(1)
+        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        lo, hi = torch.stack([lengths.min(), lengths.max()]).tolist()  # one host sync per batch
+        return cls(keep.reshape(-1).nonzero().squeeze(1), offsets, lo, hi, pad.size(1))
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(B, H, T, D)`` -> a jagged nested tensor ``(B, H, j, D)`` of the real positions."""
+        b, h, t, d = x.shape
+        values = x.transpose(1, 2).reshape(b * t, h, d).index_select(0, self.index)  # (N, H, D)
+        nested = torch.nested.nested_tensor_from_jagged(
+            values, self.offsets, min_seqlen=self.min_len, max_seqlen=self.max_len
+        )  # (B, j, H, D)
+        return nested.transpose(1, 2)
+
+    def unpack(self, nested: Tensor, batch: int) -> Tensor:
+        """The inverse of ``pack``: ``(B, H, T, D)`` with zeros at the padded positions."""
+        values = nested.transpose(1, 2).values()  # (N, H, D)
+        n, h, d = values.shape
+        out = values.new_zeros(batch * self.length, h, d).index_copy(0, self.index, values)
+        return out.view(batch, self.length, h, d).transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class PackedMask:
+    """The mask argument of packed attention: queries at ``query``'s positions attend to keys at
+    ``key``'s. Outputs at padded query positions are zero (the masked path gives them values that
+    nothing downstream reads: padded encoder states are masked as keys, padded decoder positions
+    are ignored by the loss)."""
+
+    query: Packing
+    key: Packing
+
+
+def use_packed_attention(device: torch.device) -> bool:
+    """Packed (variable-length) attention for padded batches: on CUDA, where a boolean mask sends
+    SDPA to its math or memory-efficient kernels and packing keeps FlashAttention; elsewhere the
+    masked path (the CPU's flash kernel takes masks). ``BART_EXT_ATTENTION`` overrides the choice."""
+    choice = ATTENTION.get()
+    return choice == "packed" or (choice == "auto" and device.type == "cuda")
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention on ``(B, T, C)`` tensors through ``scaled_dot_product_attention``."""
 
@@ -146,7 +212,8 @@ class MultiheadAttention(nn.Module):
         Args:
             query: queries, ``(B, T, C)``; with ``beam > 1``, ``(B * beam, T, C)``.
             kv: keys and values, ``(B, S, C)``.
-            mask: boolean, broadcastable to ``(B, H, T, S)``; True where attention is allowed.
+            mask: boolean, broadcastable to ``(B, H, T, S)``, True where attention is allowed; or a
+                ``PackedMask`` (training and scoring only, ``beam == 1``, no cache).
             causal: lower-triangular masking (used when ``mask`` is None).
             cache: this layer's decoder cache, updated in place; None outside incremental decoding.
             cache_prefix: ``"self"`` (keys grow by the new steps), or a name for keys computed
@@ -169,14 +236,16 @@ class MultiheadAttention(nn.Module):
                     k = torch.cat([cache[k_key], k], dim=2)
                     v = torch.cat([cache[v_key], v], dim=2)
                 cache[k_key], cache[v_key] = k, v
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal and mask is None,
-        )  # (B, H, T, D); with beam > 1, (B, H, beam * T, D)
+        dropout = self.dropout if self.training else 0.0
+        if isinstance(mask, PackedMask):
+            packed = F.scaled_dot_product_attention(
+                mask.query.pack(q), mask.key.pack(k), mask.key.pack(v), dropout_p=dropout
+            )  # (B, H, j, D)
+            out = mask.query.unpack(packed, q.size(0))
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None
+            )  # (B, H, T, D); with beam > 1, (B, H, beam * T, D)
         if beam > 1:
             b, h, bt, d = out.shape
             out = out.view(b, h, beam, bt // beam, d).transpose(1, 2).reshape(b * beam, h, bt // beam, d)
@@ -259,7 +328,8 @@ def run_layer(layer: nn.Module, checkpointed: bool, *args) -> Tensor:
     recomputation and gradients equal those without checkpointing.
     """
     if checkpointed and layer.training and torch.is_grad_enabled():
-        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+        # No determinism check: it reads the shapes of saved tensors, which nested (packed) ones lack.
+        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False, determinism_check="none")
     return layer(*args)
 
 
@@ -283,10 +353,14 @@ class Encoder(nn.Module):
         # BART uses no embedding scale (fairseq bart: no_scale_embedding=True).
         x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)
         x = F.dropout(self.layernorm_embedding(x), self.dropout, self.training)
-        mask = None
+        mask: Tensor | PackedMask | None = None
         if pad.any():
             x = x * (~pad).unsqueeze(-1).type_as(x)
-            mask = (~pad)[:, None, None, :]  # (B, 1, 1, S)
+            if use_packed_attention(x.device):
+                packing = Packing.of(pad)
+                mask = PackedMask(packing, packing)
+            else:
+                mask = (~pad)[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.layers:
             x = run_layer(layer, self.checkpoint_activations, x, mask)
         if self.layer_norm is not None:
@@ -340,10 +414,19 @@ class Decoder(nn.Module):
         x = self.embed_tokens(tokens) + self.embed_positions(tokens, start)
         x = F.dropout(self.layernorm_embedding(x), self.dropout, self.training)
 
-        enc_mask = (~enc_pad)[:, None, None, :] if enc_pad.any() else None  # (B, 1, 1, S)
+        enc_mask: Tensor | PackedMask | None = None
         self_mask, causal = None, cache is None
         pad = tokens.eq(self.padding_idx)
-        if cache is None and pad.any():
+        packed = cache is None and use_packed_attention(tokens.device)
+        if enc_pad.any():
+            if packed:
+                # Every decoder position queries (padded ones are ignored by the loss).
+                enc_mask = PackedMask(Packing.of(torch.zeros_like(pad)), Packing.of(enc_pad))
+            else:
+                enc_mask = (~enc_pad)[:, None, None, :]  # (B, 1, 1, S)
+        if cache is None and pad.any() and not (packed and _right_padded(pad)):
+            # With right padding, causal masking alone gives the real positions the same outputs
+            # (no real position sees a later pad), which lets the packed path keep FlashAttention.
             t = tokens.size(1)
             tril = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
             self_mask = tril[None, None] & (~pad)[:, None, None, :]  # (B, 1, T, T)
@@ -355,6 +438,11 @@ class Decoder(nn.Module):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x
+
+
+def _right_padded(pad: Tensor) -> bool:
+    """True when every row's padding (True in ``pad``, (B, T)) is a suffix."""
+    return bool((pad[:, :-1] <= pad[:, 1:]).all())
 
 
 class BartModel(nn.Module):

@@ -52,5 +52,9 @@ CACHE = Switch(
 NO_CPU_KERNEL = Switch(
     "BART_EXT_NO_CPU_KERNEL", "0", ("0", "1"),
     "1: NVLAMB uses its PyTorch path on the CPU instead of the compiled kernel")
+ATTENTION = Switch(
+    "BART_EXT_ATTENTION", "auto", ("auto", "mask", "packed"),
+    "attention on padded batches in training and scoring: packed (variable-length nested tensors, which keep "
+    "FlashAttention on GPUs), mask (a boolean mask), auto (packed on CUDA, mask elsewhere)")
 
-ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL)
+ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL, ATTENTION)

@@ -58,11 +58,18 @@ MODES = {
 }
 
 
-def run_once(mode: str, data: Path, ckpt: Path, subset: str, batch: int, out: Path) -> tuple[float, dict]:
+# The preset without the two constraints that CTranslate2 applies before its softmax (renormalising
+# what is left) and fairseq after it: repeated n-gram blocking and the minimum length.
+UNCONSTRAINED = {"no_repeat_ngram_size": 0, "min_len": 1}
+
+
+def run_once(mode: str, data: Path, ckpt: Path, subset: str, batch: int, out: Path,
+             unconstrained: bool = False) -> tuple[float, dict]:
+    extra = [f"--{k.replace('_', '-')}={v}" for k, v in UNCONSTRAINED.items()] if unconstrained else []
     cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data), "--user-dir", str(ROOT / "user_dir"),
            "--task", "bart_summarization",
            "--path", str(ckpt), "--gen-subset", subset, "--batch-size", str(batch), "--cpu",
-           "--required-batch-size-multiple", "1", "--results-path", str(out), *preset_args("xsum")]
+           "--required-batch-size-multiple", "1", "--results-path", str(out), *preset_args("xsum"), *extra]
     generator, blocking, shared = MODES[mode]
     env = dict(os.environ, BART_EXT_GENERATOR=generator, BART_EXT_NGRAM_BLOCK=blocking, BART_EXT_BEAM_SHARED=shared)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -98,7 +105,8 @@ def ct2_setup(ckpt: Path, data: Path, subset: str, tmp: Path) -> tuple[dict, lis
     return folders, sources
 
 
-def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: int) -> tuple[float, dict]:
+def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: int,
+            unconstrained: bool = False) -> tuple[float, dict]:
     """sentences/s of CTranslate2 with the XSum preset, and its outputs as dictionary symbols."""
     import ctranslate2
 
@@ -106,13 +114,13 @@ def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: i
 
     vocab = json.loads((folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
     index = {tok: i for i, tok in enumerate(vocab)}
-    p = load_preset("xsum")
+    p = {**load_preset("xsum"), **(UNCONSTRAINED if unconstrained else {})}
     translator = ctranslate2.Translator(str(folder), device="cpu", intra_threads=torch_threads())
     tokens = [[vocab[t] for t in src] for src in sources]
     t0 = time.perf_counter()
     results = translator.translate_batch(
         tokens, target_prefix=[["<s>"]] * len(tokens), max_batch_size=batch, beam_size=p["beam"],
-        length_penalty=p["lenpen"], max_decoding_length=p["max_len_b"] + 1, min_decoding_length=p["min_len"],
+        length_penalty=p["lenpen"], max_decoding_length=p["max_len_b"], min_decoding_length=p["min_len"],
         no_repeat_ngram_size=p["no_repeat_ngram_size"])
     seconds = time.perf_counter() - t0
     return len(tokens) / seconds, {i: [symbols[index[t]] for t in r.hypotheses[0]] for i, r in enumerate(results)}
@@ -164,6 +172,13 @@ def main(argv: list[str] | None = None) -> dict:
                 if outputs.setdefault(mode, hyps) != hyps:
                     raise SystemExit(f"{mode}: outputs changed between rounds")
                 print(f"round {r + 1}: {mode:<17} {s:6.2f} sentences/s", flush=True)
+        unconstrained = {}
+        if ct2:  # one untimed pass each: how much of the difference the two constraints explain
+            _, unconstrained["bart_ext"] = run_once("bart_ext", args.data, args.path, args.subset, args.batch_size,
+                                                    Path(tmp) / "unconstrained", unconstrained=True)
+            _, unconstrained["ct2_fp32"] = run_ct2(ct2["ct2_fp32"], sources, symbols, args.batch_size, True)
+            unconstrained = {m: {i: [t for t in h if t not in ("<s>", "</s>")] for i, h in o.items()}
+                             for m, o in unconstrained.items()}
     med = {m: statistics.median(v) for m, v in speed.items()}
     same = {m: outputs[m] == outputs["fairseq_loop"] for m in MODES if m != "fairseq_stock"}
     differ = sum(outputs["bart_ext"][i] != outputs["fairseq_stock"].get(i) for i in outputs["bart_ext"])
@@ -182,6 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
         ident = sum(outputs[mode].get(i) == h for i, h in outputs["bart_ext"].items())
         print(f"  {mode + ' / bart_ext':<33} = {med[mode] / med['bart_ext']:.2f}x   "
               f"outputs identical to bart_ext's on {ident}/{n} documents ({100 * ident / n:.0f}%)")
+    if unconstrained:
+        ident = sum(unconstrained["ct2_fp32"].get(i) == h for i, h in unconstrained["bart_ext"].items())
+        print(f"  without n-gram blocking and minimum length (no_repeat_ngram_size 0, min_len 1), ct2_fp32 is "
+              f"identical to bart_ext on {ident}/{n} documents ({100 * ident / n:.0f}%)")
     if not all(same.values()):
         raise SystemExit("outputs differ from fairseq_loop's: " + ", ".join(m for m, ok in same.items() if not ok))
     return {"median": med, "identical": all(same.values()),

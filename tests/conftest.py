@@ -30,3 +30,18 @@ def cli_env() -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "2")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; scripts/gpu_check.sh runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)

@@ -211,7 +211,7 @@ def test_suppressed_tokens_equal_fairseq_and_never_appear():
     assert [h[0]["tokens"].tolist() for h in ours] != [h[0]["tokens"].tolist() for h in free]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_equals_fairseq_on_cuda_with_nan_rows():
     """On a GPU the NaN replacement runs every step (no device sync): still fairseq's output."""
     d = dictionary(60)

@@ -237,7 +237,7 @@ def test_ctranslate2_greedy_equals_fairseq(tmp_path, trained):
     translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
     sources = [[vocab[t] for t in row if t != 1] for row in src.tolist()]
     results = translator.translate_batch(sources, target_prefix=[["<s>"]] * len(sources), beam_size=1,
-                                         max_decoding_length=preset["max_len_b"] + 1,
+                                         max_decoding_length=preset["max_len_b"],
                                          min_decoding_length=preset["min_len"], return_end_token=True)
     assert [[index[t] for t in r.hypotheses[0]] for r in results] == expected
 

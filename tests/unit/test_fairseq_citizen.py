@@ -259,20 +259,21 @@ def test_tf32_is_switched_on_only_without_no_tf32(monkeypatch, no_tf32):
 
 # --- --amp: gradients unscaled once (patch 6) ---------------------------------------------------------------
 
-def _amp_step(clip_grad_norm, optimizer_name):
-    """One --amp step through fairseq's AMPOptimizer, with torch's CPU GradScaler standing in for CUDA's."""
+def _amp_step(clip_grad_norm, optimizer_name, device="cpu"):
+    """One --amp step through fairseq's AMPOptimizer, with torch's CPU GradScaler standing in for CUDA's
+    (CUDA's own on ``device="cuda"``)."""
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.optim.amp_optimizer import AMPOptimizer
 
     torch.manual_seed(0)
-    model = torch.nn.Linear(6, 5)
-    ref_model = torch.nn.Linear(6, 5)
+    model = torch.nn.Linear(6, 5).to(device)
+    ref_model = torch.nn.Linear(6, 5).to(device)
     ref_model.load_state_dict(model.state_dict())
-    x = torch.randn(4, 6)
+    x = torch.randn(4, 6).to(device)
     argv = ["--optimizer", optimizer_name, "--lr", "0.01", "--task", "translation", "--arch", "transformer", "data"]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     amp = AMPOptimizer(cfg, list(model.parameters()), optim.build_optimizer(cfg.optimizer, list(model.parameters())))
-    amp._grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    amp._grad_scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 10)
     amp.backward(model(x).square().sum())
     clip_grad_norm(amp, 0.0)
     amp.step()
@@ -290,6 +291,16 @@ def test_amp_unscales_gradients_once(optimizer_name):
     model, ref = _amp_step(AMPOptimizer.clip_grad_norm, optimizer_name)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("optimizer_name", ["nvlamb", "adam"])
+def test_amp_unscales_gradients_once_on_cuda(optimizer_name):
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+
+    model, ref = _amp_step(AMPOptimizer.clip_grad_norm, optimizer_name, device="cuda")
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
 
 
 def test_fairseqs_own_amp_clip_unscales_twice():

@@ -168,7 +168,7 @@ def test_no_decay_rule_on_the_model_names_biases_and_layer_norms_only():
         assert no_decay(p) == by_name, name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="apex FusedLAMB needs CUDA")
+@pytest.mark.cuda  # and apex (skipped without it)
 def test_agrees_with_apex_fused_lamb():
     apex = pytest.importorskip("apex.optimizers")
     torch.manual_seed(0)
@@ -268,7 +268,7 @@ def test_every_path_counts_steps_per_tensor_through_skips_and_a_resume(path):
     assert set(opt.last_paths) == {{"foreach": "foreach", "fused": "fused", "cpu kernel": "cpu"}[path]}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_resume_on_cuda_from_a_cpu_read_checkpoint():
     params = [torch.nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
     opt = NVLAMB(param_groups(params, 0.01), lr=0.02)
@@ -304,3 +304,20 @@ def test_after_a_clipped_step_every_path_leaves_the_clipped_gradients(path):
             want = g / torch.tensor(norm / 1.0, dtype=torch.float32) if clipped else g
             assert torch.equal(p.grad, want.to(dtype)), (path, step)
     assert set(opt.last_paths) == {{"foreach": "foreach", "fused": "fused", "cpu kernel": "cpu"}[path]}
+
+
+@pytest.mark.cuda
+def test_fused_path_on_cuda_leaves_the_clipped_gradients():
+    """CUDA's fused AdamW kernel writes grad / grad_scale back into p.grad; NVLAMB must leave the
+    clipped gradients there, as its other paths do."""
+    params = [torch.nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
+    opt = NVLAMB(param_groups(params, 0.01), lr=0.02, max_grad_norm=1.0)
+    gs = [g.float().cuda() for g in grads_for(0, params)]  # step 0 is clipped
+    for p, g in zip(params, gs):
+        p.grad = g.clone()
+    opt.step()
+    assert opt.last_paths == ["fused"] * len(opt.param_groups)
+    norm = opt.last_grad_norm
+    assert norm > 1.0
+    for p, g in zip(params, gs):
+        torch.testing.assert_close(p.grad, g / norm, atol=1e-7, rtol=1e-6)
