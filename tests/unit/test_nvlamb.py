@@ -230,11 +230,20 @@ def _reference_per_tensor(ws, gs, state, lr, wds, max_norm=1.0, betas=(0.9, 0.99
 
 @pytest.mark.parametrize("path", list(PATHS))
 def test_every_path_counts_steps_per_tensor_through_skips_and_a_resume(path):
+    _count_steps_through_skips_and_a_resume(path, "cpu")
+
+
+@pytest.mark.cuda
+def test_fused_path_on_cuda_counts_steps_per_tensor_through_skips_and_a_resume():
+    _count_steps_through_skips_and_a_resume("fused", "cuda")
+
+
+def _count_steps_through_skips_and_a_resume(path, device):
     dtype, tol, cpu_kernel = PATHS[path]
     if path == "cpu kernel" and cpu_kernels.load() is None:
         pytest.skip("no C compiler: the CPU kernel is not built")
-    params = make_params(dtype)
-    ref_w = [p.detach().double().clone() for p in params]
+    params = [torch.nn.Parameter(p.detach().to(device)) for p in make_params(dtype)]
+    ref_w = [p.detach().double().cpu().clone() for p in params]
     wds = [0.0 if no_decay(p) else 0.01 for p in params]
     state = {"t": [0] * 4, "m": [torch.zeros_like(w) for w in ref_w], "v": [torch.zeros_like(w) for w in ref_w]}
 
@@ -253,17 +262,20 @@ def test_every_path_counts_steps_per_tensor_through_skips_and_a_resume(path):
             saved = copy.deepcopy(opt.state_dict())
             for st in saved["state"].values():
                 st["step"] = int(st["step"])
+            saved = {"state": {k: {n: v.cpu() if torch.is_tensor(v) else v for n, v in st.items()}
+                               for k, st in saved["state"].items()},
+                     "param_groups": saved["param_groups"]}  # as fairseq loads it: on the CPU
             params = [torch.nn.Parameter(p.detach().clone()) for p in params]
             opt = opt_for(params)
             opt.load_state_dict(saved)
             assert all(st["step"].dtype == p.dtype and st["step"].device == p.device
                        for p, st in ((p, opt.state[p]) for p in params))
         for p, g in zip(params, gs):
-            p.grad = None if g is None else g.to(dtype).clone()
+            p.grad = None if g is None else g.to(dtype).to(device).clone()
         opt.step()
         _reference_per_tensor(ref_w, [None if g is None else g.to(dtype).double() for g in gs], state, 0.02, wds)
         for p, w in zip(params, ref_w):
-            torch.testing.assert_close(p.detach().double(), w, atol=tol, rtol=tol)
+            torch.testing.assert_close(p.detach().double().cpu(), w, atol=tol, rtol=tol)
     assert [int(opt.state[p]["step"]) for p in params] == state["t"] == [7, 5, 7, 7]
     assert set(opt.last_paths) == {{"foreach": "foreach", "fused": "fused", "cpu kernel": "cpu"}[path]}
 
