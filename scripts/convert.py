@@ -8,7 +8,9 @@
         dict.txt and GPT-2 files.
     convert.py to-hf CHECKPOINT OUT_DIR [--data DIR] [--preset xsum|cnn_dm]
         a bart_ext checkpoint -> a save_pretrained folder (mBART classes for Pre-LN, BART for Post-LN)
-        with its tokenizer and a generation_config.json that decodes as fairseq-generate (and the preset).
+        with its tokenizer and a generation_config.json that decodes as fairseq-generate (and the preset);
+        a model fine-tuned with --task sentence_prediction -> *ForSequenceClassification with its head
+        (--head NAME where it has several) and the label names of DATA/label/dict.txt.
     convert.py to-ct2 CHECKPOINT OUT_DIR [--quantization int8] [--data DIR] [--preset ...]
         the same, as a CTranslate2 model folder.
 
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> Path:
         p.add_argument("--gpt2-encoder-json", type=Path, help="default: DATA/encoder.json")
         p.add_argument("--gpt2-vocab-bpe", type=Path, help="default: DATA/vocab.bpe")
         p.add_argument("--preset", help="decoding preset of configs/generate (xsum, cnn_dm) for generation_config.json")
+        if name == "to-hf":
+            p.add_argument("--head", help="classification head to export as *ForSequenceClassification "
+                                          "(default: the checkpoint's only head)")
         if name == "to-ct2":
             p.add_argument("--quantization", help="CTranslate2 quantization (int8, int8_float32, ...); default fp32")
     args = ap.parse_args(argv)
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
             kwargs = dict(data=args.data, encoder_json=args.gpt2_encoder_json, vocab_bpe=args.gpt2_vocab_bpe,
                           preset=load_preset(args.preset) if args.preset else None)
             if args.command == "to-hf":
-                out = commands.to_hf(args.checkpoint, args.out_dir, **kwargs)
+                out = commands.to_hf(args.checkpoint, args.out_dir, head=args.head, **kwargs)
             else:
                 out = commands.to_ct2(args.checkpoint, args.out_dir, args.quantization, **kwargs)
     except (ConversionError, ValueError, FileNotFoundError) as e:

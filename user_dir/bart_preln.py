@@ -45,6 +45,12 @@ class BartPrelnConfig(FairseqDataclass):
     bf16_autocast: bool = field(default=False, metadata={
         "help": "forward passes under bf16 autocast (fp32 weights, optimizer state and loss; no loss scaling): "
                 "GPUs from Ampere on, and CPUs"})
+    pooler_dropout: Optional[float] = field(default=None, metadata={
+        "help": "dropout in classification heads (--task sentence_prediction)"})
+    pooler_activation_fn: str = field(default="tanh", metadata={
+        "help": "activation of classification heads: tanh, relu, gelu or linear"})
+    load_checkpoint_heads: bool = field(default=False, metadata={
+        "help": "register the classification heads a loaded checkpoint holds (otherwise they are dropped)"})
     no_tf32: bool = field(default=False, metadata={
         "help": "keep PyTorch's TF32 setting; by default building the model turns TF32 matmuls on for the "
                 "process, as NVIDIA's recipe trains (a process-wide PyTorch setting)"})
@@ -73,7 +79,7 @@ def _preset(cfg, **values) -> None:
 
 def _regularisation(cfg) -> None:
     # BART's pretraining settings (fairseq bart_large_architecture).
-    _preset(cfg, max_positions=1024, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0)
+    _preset(cfg, max_positions=1024, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, pooler_dropout=0.0)
 
 
 @register_model_architecture("bart_preln", "bart_large_preln")

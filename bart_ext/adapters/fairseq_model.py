@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from bart_ext import model as core
 from bart_ext import switches
+from bart_ext.classify.heads import ClassificationHead, last_eos_states, roll_right
 from bart_ext.convert.fairseq_layouts import upgrade_released_bart
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
         self.bf16_autocast = bool(cfg.bf16_autocast)
         self.compiled_layers = core.compile_layers(self) if cfg.compile else []
         self._compile_pending = bool(self.compiled_layers)
+        self.classification_heads = nn.ModuleDict()
 
     @property
     def bf16_autocast(self) -> bool:
@@ -196,17 +198,53 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
     def bf16_autocast(self, on: bool) -> None:
         self.encoder.bf16_autocast = self.decoder.bf16_autocast = bool(on)
 
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
+    def forward(self, src_tokens, src_lengths=None, prev_output_tokens=None, features_only=False,
+                classification_head_name=None, **kwargs):
+        """fairseq's encoder-decoder forward; with ``classification_head_name``, that head's output
+        ``(B, num_classes)`` on the decoder state at each row's last ``</s>`` (fairseq BART's rule;
+        without ``prev_output_tokens`` the decoder reads ``src_tokens`` rolled right, as
+        ``--add-prev-output-tokens`` feeds it)."""
+        args = (src_tokens, src_lengths, prev_output_tokens, features_only, classification_head_name)
         if self._compile_pending:
-            return self._first_compiled_forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
-        return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+            return self._first_compiled_forward(*args, **kwargs)
+        return self._forward(*args, **kwargs)
+
+    def _forward(self, src_tokens, src_lengths, prev_output_tokens, features_only, classification_head_name,
+                 **kwargs):
+        if classification_head_name is None:
+            if prev_output_tokens is None:
+                raise ValueError("bart_preln's forward needs prev_output_tokens (or a classification_head_name)")
+            return super().forward(src_tokens, src_lengths, prev_output_tokens, features_only=features_only, **kwargs)
+        if classification_head_name not in self.classification_heads:
+            raise KeyError(f"no classification head {classification_head_name!r} in this model (it has: "
+                           f"{', '.join(self.classification_heads) or 'none'})")
+        pad, eos = self.encoder.dictionary.pad(), self.encoder.dictionary.eos()
+        if prev_output_tokens is None:
+            prev_output_tokens = roll_right(src_tokens, pad)
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
+        x, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=True)
+        sentence = last_eos_states(x, src_tokens, eos)
+        return self.classification_heads[classification_head_name](sentence.float()), extra
+
+    def register_classification_head(self, name: str, num_classes: int | None = None, inner_dim: int | None = None,
+                                     **kwargs) -> None:
+        """Add (or replace) head ``name``; fairseq's ``sentence_prediction`` task calls this."""
+        if name in self.classification_heads:
+            old = self.classification_heads[name]
+            if old.out_proj.out_features != num_classes or old.dense.out_features != (inner_dim or old.dense.in_features):
+                logger.warning("re-registering head %r with num_classes %s (was %d), inner_dim %s (was %d)", name,
+                               num_classes, old.out_proj.out_features, inner_dim, old.dense.out_features)
+        width = self.cfg.encoder_embed_dim
+        self.classification_heads[name] = ClassificationHead(
+            width, inner_dim or width, num_classes, getattr(self.cfg, "pooler_activation_fn", None) or "tanh",
+            getattr(self.cfg, "pooler_dropout", None) or 0.0)  # checkpoints from before heads lack both
 
     def _first_compiled_forward(self, *args, **kwargs):
         """``--compile``: the first forward compiles; say how long it took, or fall back to eager."""
         self._compile_pending = False
         t0 = time.perf_counter()
         try:
-            out = super().forward(*args, **kwargs)
+            out = self._forward(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 (only torch.compile's own failures are caught)
             if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise
@@ -214,7 +252,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             core.uncompile_layers(self.compiled_layers)
             self.compiled_layers = []
-            return super().forward(*args, **kwargs)
+            return self._forward(*args, **kwargs)
         logger.info("--compile: %d encoder and decoder layers compiled in %.1fs (first forward; the backward "
                     "compiles at the first backward)", len(self.compiled_layers), time.perf_counter() - t0)
         return out
@@ -271,7 +309,34 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
         dictionary = getattr(self.encoder, "dictionary", None)
         symbols = list(dictionary.symbols) if dictionary is not None else None
         upgrade_released_bart(state_dict, name + "." if name else "", symbols)
+        self._upgrade_heads(state_dict, name + "." if name else "")
         super().upgrade_state_dict_named(state_dict, name)
+
+    def _upgrade_heads(self, state_dict: dict[str, Tensor], prefix: str) -> None:
+        """Classification heads on load, as fairseq's BART treats them: a checkpoint's head that this
+        model lacks is registered with ``--load-checkpoint-heads`` and dropped (with a warning)
+        otherwise, or when its shape differs from this model's head of that name; a head this
+        model has and the checkpoint lacks keeps its fresh weights."""
+        root = prefix + "classification_heads."
+        in_file = {k[len(root):].split(".")[0] for k in state_dict if k.startswith(root)}
+        for head in sorted(in_file):
+            try:
+                num_classes = state_dict[f"{root}{head}.out_proj.weight"].size(0)
+                inner_dim = state_dict[f"{root}{head}.dense.weight"].size(0)
+            except KeyError as e:
+                raise ValueError(f"classification head {head!r} in the checkpoint lacks {e.args[0]}") from None
+            mine = self.classification_heads[head] if head in self.classification_heads else None
+            if mine is None and getattr(self.cfg, "load_checkpoint_heads", False):
+                self.register_classification_head(head, num_classes, inner_dim)
+            elif mine is None or (mine.out_proj.out_features, mine.dense.out_features) != (num_classes, inner_dim):
+                why = "not in this model" if mine is None else (
+                    f"{num_classes} classes x {inner_dim} inner in the checkpoint, "
+                    f"{mine.out_proj.out_features} x {mine.dense.out_features} here")
+                logger.warning("classification head %r of the checkpoint dropped (%s)", head, why)
+                for k in [k for k in state_dict if k.startswith(f"{root}{head}.")]:
+                    del state_dict[k]
+        for k, v in self.classification_heads.state_dict().items():
+            state_dict.setdefault(root + k, v)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         self.upgrade_state_dict(state_dict)

