@@ -69,6 +69,23 @@ def train_progress(total: int):
     return show
 
 
+def show_fill_mask(checkpoint: Path, papers: Path) -> None:
+    """What the pretrained model puts into masked spans of a sentence it never read (the Python API,
+    ``bart_ext.load(...).fill_mask``)."""
+    import bart_ext
+    from bart_ext.classify.roles import detokenize
+
+    model = bart_ext.load(checkpoint)
+    sentence = detokenize(papers.read_text(encoding="utf-8").splitlines()[0].split(" . ")[0]) + "."
+    words = sentence.split()
+    cut = max(1, len(words) // 2 - 1)
+    masked = " ".join(words[:cut] + ["<mask>"] + words[cut + 2:])
+    print(f"  a held-out test paper's sentence, two words masked (bart_ext.load(...).fill_mask):\n"
+          f"    original: {sentence}\n    input   : {masked}")
+    for text, score in model.fill_mask([masked], topk=3)[0]:
+        print(f"    {score:7.3f}  {text}")
+
+
 def hydra_train(config_dir: str, name: str, overrides: list[str], log: Path, total: int) -> None:
     cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(ROOT / "configs" / config_dir), "--config-name", name,
            f"common.user_dir={ROOT / 'user_dir'}", *overrides]
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"lr_scheduler.warmup_updates={max(1, args.pretrain_updates // 10)}",
         f"dataset.validate_interval_updates={max(10, args.pretrain_updates // 3)}", f"hydra.run.dir={pre / 'hydra'}",
     ], run / "pretrain.log", args.pretrain_updates)
+
+    show_fill_mask(pre / "checkpoint_last.pt", data / "aclsum_summ" / "raw" / "test.source")
 
     say(f"3/5 fine-tuning on aclsum summarization (100 papers) for {args.finetune_updates} updates")
     ft = run / "finetune"

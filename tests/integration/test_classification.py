@@ -67,6 +67,12 @@ def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_pa
     rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
     assert [r[1] for r in rows] == ["We propose a new parser.", "Our results improve the state of the art by 2 points."]
     assert {r[0] for r in rows} <= {"none", "approach", "challenge", "outcome"}
+    import bart_ext  # the Python API gives the same labels
+
+    model = bart_ext.load(classifier, data=roles / "bin")
+    logits = model.predict("sentence_classification_head", [r[1] for r in rows])
+    names = [model.task.label_dictionary[i + 4] for i in range(4)]
+    assert logits.shape == (2, 4) and [names[i] for i in logits.argmax(-1).tolist()] == [r[0] for r in rows]
     proc = __import__("subprocess").run(
         [sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(classifier), "--data", str(roles / "bin"),
          "--head", "mnli", str(text)], capture_output=True, text=True, env=cli_env, cwd=ROOT)

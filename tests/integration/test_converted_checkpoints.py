@@ -72,3 +72,22 @@ def test_converted_checkpoint_generates(converted, cli_env):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_python_api_on_a_converted_checkpoint(converted, tmp_path):
+    """bart_ext.load on from-hf's folder: encode gives transformers' tokenizer ids (with the leading
+    space our data preparation gives running text), and fill_mask runs."""
+    from transformers import AutoTokenizer
+
+    import bart_ext
+
+    ckpt, _ = converted
+    model = bart_ext.load(ckpt)
+    tok = AutoTokenizer.from_pretrained(str(ckpt.parent.parent / "hf"))
+    text = "We propose a new method for parsing long sentences."
+    assert model.encode(text).tolist() == tok(" " + text)["input_ids"]
+    assert model.decode(model.encode(text)) == text
+    masked = model.encode("We propose a <mask> for parsing.").tolist()
+    assert masked.count(tok.mask_token_id) == 1 and masked[0] == tok.bos_token_id and masked[-1] == tok.eos_token_id
+    out = model.fill_mask(["We propose a <mask> for parsing."], topk=2)
+    assert len(out) == 1 and len(out[0]) == 2 and all(isinstance(t, str) and s <= 0 for t, s in out[0])

@@ -41,6 +41,7 @@ def test_demo_pipeline(demo):
     run, out = demo
     for step in ("1/5 LDDL", "2/5 pretraining", "3/5 fine-tuning", "4/5 generating", "5/5 loss curves"):
         assert step in out
+    assert "two words masked (bart_ext.load(...).fill_mask)" in out and "    input   : " in out
     assert list((run / "lddl" / "train").glob("shard-*.parquet"))
     pretrain_log = (run / "pretrain.log").read_text()
     assert "'optimizer': {'_name': 'nvlamb'" in pretrain_log and "'_name': 'bart_denoising'" in pretrain_log
@@ -148,3 +149,25 @@ def test_blocking_and_beam_search_equal_fairseqs_and_bos_first(demo):
     for tokens in _generate_in_process(ckpt, "cnn_dm", "valid", limit=12)[0]:
         assert tokens[0] == dictionary.bos() and 55 <= len(tokens) - 1 <= 140
         assert trigram_repeats([str(t) for t in tokens]) == 0
+
+
+def test_python_api_generates_what_fairseq_generate_wrote(demo):
+    """bart_ext.load(...).generate with the XSum preset on the test sources gives fairseq-generate's
+    hypotheses; decode gives the demo's summaries; summarize takes raw text."""
+    import bart_ext
+
+    run, _ = demo
+    model = bart_ext.load(run / "finetune" / "checkpoint_best.pt", data=SUMM)
+    model.task.load_dataset("test")
+    dataset = model.task.dataset("test")
+    n = 8
+    hypos = model.generate([dataset[i]["source"] for i in range(n)], **load_preset("xsum"))
+    written = read_generate_output(run / "generate" / "generate-test.txt")
+    strip = ("<s>", "</s>")
+    for i in range(n):
+        ours = [model.dictionary[t] for t in hypos[i][0]["tokens"]]
+        assert [t for t in ours if t not in strip] == [t for t in written[i]["H"] if t not in strip], i
+    summaries = (run / "generate" / "test.hyp").read_text().splitlines()
+    assert [model.decode(h[0]["tokens"]) for h in hypos] == summaries[:n]
+    out = model.summarize(["We propose a new method for parsing. It is fast and accurate on three treebanks."])
+    assert len(out) == 1 and isinstance(out[0], str)

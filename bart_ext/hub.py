@@ -1,0 +1,154 @@
+"""A Python API for a trained model, as fairseq's BART hub interface offers it.
+
+    import bart_ext
+    model = bart_ext.load("runs/demo/finetune/checkpoint_best.pt")   # ours, or `convert.py from-hf`'s
+    model.summarize(["A paper's text ..."], preset="xsum")
+    model.fill_mask(["Neural machine <mask> is a task."], topk=3)     # [(text, score), ...] per input
+    model.encode("text"), model.decode(tokens)                         # <s> ... </s> ids and back
+    model.predict("sentence_classification_head", ["We propose ..."])  # logits of a fine-tuned head
+
+Text is GPT-2 BPE-encoded with the ``encoder.json`` / ``vocab.bpe`` of the model's data folder
+(the checkpoint's ``task.data``, or ``data=``), with the leading space that running text gives a
+sentence's first word in our data preparation. Generation runs through the checkpoint's own task
+and bart_ext's beam search, so outputs equal ``fairseq-generate``'s with the same settings.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+MASK = "<mask>"
+
+
+class BartHub:
+    """A loaded model with its task, dictionary and BPE (see the module docstring)."""
+
+    def __init__(self, model, task, cfg, data: Path):
+        from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+        self.model, self.task, self.cfg, self.data = model.eval(), task, cfg, data
+        self.dictionary = task.source_dictionary
+        for name in ("encoder.json", "vocab.bpe"):
+            if not (data / name).is_file():
+                raise FileNotFoundError(f"{data / name} not found: the GPT-2 BPE files the model's data was "
+                                        "encoded with (pass data= the folder that holds them)")
+        self.bpe = get_encoder(str(data / "encoder.json"), str(data / "vocab.bpe"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> BartHub:
+        self.model.to(device)
+        return self
+
+    def encode(self, text: str) -> Tensor:
+        """``<s>`` + the text's tokens + ``</s>``; each ``<mask>`` in the text becomes the mask token."""
+        d = self.dictionary
+        ids = [d.bos()]
+        for i, piece in enumerate(text.split(MASK)):
+            if i:
+                ids.append(d.index(MASK))
+            # The first piece starts as a sentence does in running text (a space before its first
+            # word); a space before a <mask> belongs to the masked span; one after it stays.
+            piece = (" " + piece.strip() if i == 0 else piece).rstrip()
+            if piece.strip():
+                ids += [d.index(str(t)) for t in self.bpe.encode(piece)]
+        return torch.tensor(ids + [d.eos()], dtype=torch.long)
+
+    def decode(self, tokens: Tensor) -> str:
+        """Text of ``tokens``, without ``<s>``, ``</s>`` and padding."""
+        from bart_ext.text import gpt2_detokenize
+
+        d = self.dictionary
+        drop = {d.bos(), d.eos(), d.pad()}
+        return gpt2_detokenize([d[int(t)] for t in tokens if int(t) not in drop], self.bpe.decode)
+
+    def _batch(self, rows: Sequence[Tensor]) -> dict:
+        from fairseq.data import data_utils
+
+        src = data_utils.collate_tokens(list(rows), self.dictionary.pad(), left_pad=False).to(self.device)
+        return {"id": torch.arange(len(rows)), "net_input": {"src_tokens": src, "src_lengths": src.ne(
+            self.dictionary.pad()).sum(1)}}
+
+    @torch.no_grad()
+    def generate(self, rows: Sequence[Tensor], **settings) -> list[list[dict]]:
+        """fairseq's hypotheses (``tokens``, ``score``, ...) for each row of encoded input, best first.
+
+        Args:
+            rows: encoded inputs (``encode``).
+            settings: fairseq generation options (``beam``, ``lenpen``, ``max_len_b``, ``min_len``,
+                ``no_repeat_ngram_size``, ``match_source_len``, ...); ``<s>`` is forced first.
+        """
+        from fairseq.dataclass.configs import GenerationConfig
+
+        gen = GenerationConfig()
+        for key, value in settings.items():
+            if not hasattr(gen, key):
+                raise ValueError(f"unknown generation setting {key!r}")
+            setattr(gen, key, value)
+        generator = self.task.build_generator([self.model], gen)
+        sample = self._batch(rows)
+        prefix = sample["net_input"]["src_tokens"].new_full((len(rows), 1), self.dictionary.bos())
+        return self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)
+
+    def summarize(self, texts: Sequence[str], preset: str = "xsum", **settings) -> list[str]:
+        """Summaries of ``texts`` with a decoding preset of configs/generate (``xsum``, ``cnn_dm``); the
+        sources are cut as fine-tuning cut them (``truncate_source``, ``max_source_positions``)."""
+        from bart_ext.summarization import load_preset
+
+        limit = int(getattr(self.cfg.task, "max_source_positions", 0) or self.model.max_positions()[0])
+        rows = []
+        for text in texts:
+            ids = self.encode(text)
+            if len(ids) > limit:
+                ids = torch.cat([ids[: limit - 1], ids[-1:]])
+            rows.append(ids)
+        hypos = self.generate(rows, **{**load_preset(preset), **settings})
+        return [self.decode(h[0]["tokens"]) for h in hypos]
+
+    def fill_mask(self, texts: Sequence[str], topk: int = 3, **settings) -> list[list[tuple[str, float]]]:
+        """The ``topk`` best completions of each text with ``<mask>`` spans, as (text, score): beam
+        search of ``topk`` beams, the output as long as the input (fairseq's BART ``fill_mask``)."""
+        for text in texts:
+            if MASK not in text:
+                raise ValueError(f"fill_mask: no {MASK} in {text!r}")
+        hypos = self.generate([self.encode(t) for t in texts], beam=topk, match_source_len=True, **settings)
+        return [[(self.decode(h["tokens"]), float(h["score"])) for h in hs[:topk]] for hs in hypos]
+
+    @torch.no_grad()
+    def predict(self, head: str, texts: Sequence[str]) -> Tensor:
+        """Logits ``(len(texts), num_classes)`` of classification head ``head`` (a model fine-tuned
+        with ``--task sentence_prediction``)."""
+        sample = self._batch([self.encode(t) for t in texts])
+        return self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+
+
+def load(checkpoint: str | Path, data: str | Path | None = None, device: str | None = None) -> BartHub:
+    """A checkpoint of a ``bart_*_preln`` model (any of our tasks, or ``convert.py from-hf``'s) as a
+    ``BartHub``.
+
+    Args:
+        checkpoint: the ``.pt`` file.
+        data: the folder with the model's dictionary and GPT-2 files (default: the checkpoint's
+            ``task.data``).
+        device: where to run it (default: where torch puts new tensors, the CPU).
+
+    Raises:
+        FileNotFoundError: the checkpoint or the data folder's files are missing (names them).
+    """
+    from fairseq import checkpoint_utils
+
+    import user_dir  # noqa: F401  (registers bart_ext's tasks and models)
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    overrides = {"data": str(data)} if data is not None else {}
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides)
+    folder = Path(str(cfg.task.data).split(":")[0])
+    hub = BartHub(models[0], task, cfg, folder)
+    return hub.to(device) if device else hub
