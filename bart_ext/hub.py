@@ -98,7 +98,7 @@ class BartHub:
     def summarize(self, texts: Sequence[str], preset: str = "xsum", **settings) -> list[str]:
         """Summaries of ``texts`` with a decoding preset of configs/generate (``xsum``, ``cnn_dm``); the
         sources are cut as fine-tuning cut them (``truncate_source``, ``max_source_positions``)."""
-        from bart_ext.summarization import load_preset
+        from bart_ext.summarization_data import load_preset
 
         limit = int(getattr(self.cfg.task, "max_source_positions", 0) or self.model.max_positions()[0])
         rows = []

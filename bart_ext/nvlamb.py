@@ -21,7 +21,7 @@ its count), and after a clipped step ``p.grad`` holds the clipped gradient, on a
 Three implementations of the same step, chosen per parameter group:
 
 - ``_update_cpu``: contiguous fp32 tensors on the CPU, two passes over memory per
-  tensor in a small C kernel (``cpu_kernels``, compiled once per machine);
+  tensor in a small C kernel (``nvlamb_cpu``, compiled once per machine);
 - ``_update_fused``: other fp32 groups (GPUs) run steps 2-4 in PyTorch's fused
   AdamW kernel on a buffer the size of the parameters, then multi-tensor
   (``torch._foreach_*``) operations;
@@ -37,7 +37,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from bart_ext import cpu_kernels
+from bart_ext import nvlamb_cpu
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -73,7 +73,7 @@ class NVLAMB(torch.optim.Optimizer):
         bias_correction: divide the moments by ``1 - b^t``.
         max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
         use_nvlamb: apply the trust ratio to tensors without weight decay too.
-        cpu_kernel: use the compiled CPU passes where they apply (see ``cpu_kernels``);
+        cpu_kernel: use the compiled CPU passes where they apply (see ``nvlamb_cpu``);
             False keeps to PyTorch operations.
     """
 
@@ -110,7 +110,7 @@ class NVLAMB(torch.optim.Optimizer):
                 t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
             return None
         if self._lib is None:
-            self._lib = cpu_kernels.load() or False
+            self._lib = nvlamb_cpu.load() or False
         return self._lib or None
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -4,15 +4,15 @@
 Runs ``fairseq-generate`` on the same checkpoint, inputs and settings (``<s>`` forced first in
 every run), alternating the configurations round by round, and reads fairseq's own
 "Translated N sentences ... (X sentences/s)" figure, which times generation only.
-Three things differ between configurations: the beam search loop (``BART_EXT_GENERATOR``, see
-bart_ext/adapters/beam_generator.py), the n-gram blocking (``BART_EXT_NGRAM_BLOCK``, see
+Three things differ between configurations: the generator (``BART_EXT_GENERATOR``, see
+bart_ext/adapters/beam_generator.py: fairseq's loop with fewer passes over the vocabulary per step), the n-gram blocking (``BART_EXT_NGRAM_BLOCK``, see
 bart_ext/adapters/generation.py) and whether encoder states and cross-attention keys are kept
 once per sentence under beam search (``BART_EXT_BEAM_SHARED``, see
 bart_ext/adapters/fairseq_model.py):
 
-    bart_ext          our beam search loop (fewer full-vocabulary passes per step), our blocking,
+    bart_ext          our generator (fewer full-vocabulary passes per step), our blocking,
                       states kept once per sentence
-    bart_ext_fs_loop  fairseq's SequenceGenerator loop, our blocking, states once per sentence
+    bart_ext_fs_loop  fairseq's SequenceGenerator, our blocking, states once per sentence
     bart_ext_blocking fairseq's loop, our blocking only; states repeated per hypothesis and
                       reordered every step
     fairseq_loop      fairseq's loop and fairseq's blocking loop given the generated prefix (what
@@ -46,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.summarization import preset_args, read_generate_output  # noqa: E402
+from bart_ext.summarization_data import preset_args, read_generate_output  # noqa: E402
 
 # name -> (BART_EXT_GENERATOR, BART_EXT_NGRAM_BLOCK, BART_EXT_BEAM_SHARED)
 MODES = {
@@ -110,7 +110,7 @@ def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: i
     """sentences/s of CTranslate2 with the XSum preset, and its outputs as dictionary symbols."""
     import ctranslate2
 
-    from bart_ext.summarization import load_preset
+    from bart_ext.summarization_data import load_preset
 
     vocab = json.loads((folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
     index = {tok: i for i, tok in enumerate(vocab)}

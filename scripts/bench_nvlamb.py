@@ -133,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # one cold compile, timed
         env = dict(os.environ, BART_EXT_CACHE=tmp)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from bart_ext import cpu_kernels; assert cpu_kernels.load()"],
+        subprocess.run([sys.executable, "-c", "from bart_ext import nvlamb_cpu; assert nvlamb_cpu.load()"],
                        env=env, check=True, cwd=ROOT)
         print(f"CPU kernel: cold compile and load {time.perf_counter() - t0:.2f} s (cached afterwards)")
     n = sum(math.prod(s) for s in shapes)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
         if args.command == "from-hf":
             out = commands.from_hf(args.hf_dir, args.out_dir, ROOT / "user_dir")
         else:
-            from bart_ext.summarization import load_preset
+            from bart_ext.summarization_data import load_preset
 
             kwargs = dict(data=args.data, encoder_json=args.gpt2_encoder_json, vocab_bpe=args.gpt2_vocab_bpe,
                           preset=load_preset(args.preset) if args.preset else None)

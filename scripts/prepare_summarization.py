@@ -2,7 +2,7 @@
 """Summarization data for fine-tuning: document/summary text -> BPE -> fairseq-preprocess (translation format).
 
 Input, one of:
-    --aclsum (default)   aclsum's train/val/test from the registry wheel (see bart_ext/summarization.py
+    --aclsum (default)   aclsum's train/val/test from the registry wheel (see bart_ext/summarization_data.py
                          for what a pair is), fetched by scripts/prepare_data.py
     --raw DIR            DIR/{train,valid,test}.{source,target}: one document / summary per line, aligned
 
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines  # noqa: E402
-from bart_ext.summarization import aclsum_pairs, binarize, encode_lines, read_pairs, write_pairs  # noqa: E402
+from bart_ext.summarization_data import aclsum_pairs, binarize, encode_lines, read_pairs, write_pairs  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 

@@ -1,4 +1,8 @@
-"""``--task bart_denoising``: BART's text infilling + sentence permutation, exact and seeded."""
+"""``--task bart_denoising``: BART's text infilling + sentence permutation, exact and seeded.
+
+The task's code: ``bart_ext/adapters/fairseq_denoising.py`` (``BartDenoisingTaskBase``: data, noise,
+batches); the noise itself: ``bart_ext/noising.py``.
+"""
 from dataclasses import dataclass, field
 from typing import Optional
 

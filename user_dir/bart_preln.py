@@ -9,7 +9,7 @@ from typing import Optional
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 
-from bart_ext.adapters.fairseq_model import BartPrelnModel
+from bart_ext.adapters.fairseq_model import BartEncoderDecoder
 
 
 # fairseq reads these annotations at run time: typing.Optional, no `from __future__`.
@@ -57,7 +57,7 @@ class BartPrelnConfig(FairseqDataclass):
 
 
 @register_model("bart_preln", dataclass=BartPrelnConfig)
-class BartPreln(BartPrelnModel):
+class BartPreln(BartEncoderDecoder):
     @classmethod
     def build_model(cls, cfg, task):
         # `--arch bart_preln` (fairseq registers it as a no-op architecture):

@@ -1,4 +1,8 @@
-"""``--task bart_summarization``: translation-format summarization data, with BART's ``<s>`` conventions."""
+"""``--task bart_summarization``: translation-format summarization data, with BART's ``<s>`` conventions.
+
+The task's code: ``bart_ext/adapters/fairseq_summarization.py``; its beam search:
+``bart_ext/adapters/beam_generator.py``; preparing its data: ``bart_ext/summarization_data.py``.
+"""
 from dataclasses import dataclass, field
 from typing import Optional
 

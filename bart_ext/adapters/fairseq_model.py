@@ -33,21 +33,24 @@ FINAL_LAYER_NORM_KEYS = (
 )
 
 
-# The key that marks an encoder_out holding one row per sentence under beam search.
-BEAM_SHARED = "bart_ext_beam_shared"
+# The one field of the beam-shared protocol: an encoder_out under beam search (``set_beam_size(k)``,
+# generation only) carries ``[tensor([k, expanded])]``, a CPU tensor. Its rows are sentences;
+# ``expanded`` is 0 until the generator's first reorder has spread each sentence over its ``k``
+# hypotheses (and 1 after): from then on the decoder reads one encoder row per ``k`` of its rows.
+BEAM = "bart_ext_beam"
 
 
-class PrelnEncoder(core.Encoder, FairseqEncoder):
+class BartEncoder(core.Encoder, FairseqEncoder):
     def __init__(self, cfg: core.BartConfig, embed_tokens: nn.Embedding, dictionary):
         super().__init__(cfg, embed_tokens, dictionary=dictionary)
         self.max_source_positions = cfg.max_positions
-        self.beam_size = 1  # set by BartPrelnModel.set_beam_size
-        self.bf16_autocast = False  # set by BartPrelnModel.bf16_autocast
+        self.beam_size = 1  # set by BartEncoderDecoder.set_beam_size
+        self.bf16_autocast = False  # set by BartEncoderDecoder.bf16_autocast
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None, **kwargs) -> dict[str, list[Tensor]]:
         with torch.autocast(src_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
             x, pad = self.encode(src_tokens)
-        return {
+        out = {
             "encoder_out": [x.transpose(0, 1)],  # (S, B, C): fairseq's layout
             "encoder_padding_mask": [pad],  # (B, S)
             "encoder_embedding": [],
@@ -55,31 +58,29 @@ class PrelnEncoder(core.Encoder, FairseqEncoder):
             "src_tokens": [],
             "src_lengths": [] if src_lengths is None else [src_lengths],
         }
+        if self.beam_size > 1 and not self.training:
+            out[BEAM] = [torch.tensor([self.beam_size, 0])]
+        return out
 
     def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor):
         """Rows of ``encoder_out`` in ``new_order``.
 
-        Under beam search (``set_beam_size(k)``, which fairseq's SequenceGenerator calls), the
-        states are kept once per sentence instead of once per hypothesis: the generator's first
-        call repeats each sentence ``k`` times, later ones reorder hypotheses within sentences
-        and drop finished sentences, so row ``i`` of ``new_order`` always comes from sentence
-        ``new_order[i] // k`` of the previous step. The states are then neither copied
-        ``k`` times nor moved at every step; ``BEAM_SHARED`` marks such an ``encoder_out`` for the
-        decoder.
+        Under beam search the states are kept once per sentence instead of once per hypothesis
+        (``BEAM``): the generator's first call spreads each sentence over its ``k`` hypotheses
+        (``new_order`` holds sentence numbers, ``k`` each), later ones reorder hypotheses within
+        sentences and drop finished sentences (row ``i`` of ``new_order`` comes from sentence
+        ``new_order[i] // k``). Either way each group of ``k`` rows is one sentence, so one row per
+        group is kept: the states are neither copied ``k`` times nor moved at every step.
         """
-        beam, index = self.beam_size, new_order
         out = dict(encoder_out)
-        if beam > 1 and new_order.numel() % beam == 0:
-            groups = new_order.view(-1, beam)
-            if BEAM_SHARED in encoder_out:
-                index = groups[:, 0] // beam
-            elif encoder_out["encoder_out"][0].size(1) == groups.size(0) and bool((groups == groups[:, :1]).all()):
-                # the generator's first call: as many groups as sentences, each sentence repeated
-                index = groups[:, 0]
-                out[BEAM_SHARED] = []
-        if BEAM_SHARED in encoder_out and index is new_order:
-            raise ValueError(f"a beam-shared encoder_out cannot be reordered by {new_order.numel()} rows "
-                             f"with beam size {beam}")
+        index = new_order
+        if BEAM in encoder_out:
+            k, expanded = encoder_out[BEAM][0].tolist()
+            if new_order.numel() % k != 0:
+                raise ValueError(f"a beam-shared encoder_out cannot be reordered by {new_order.numel()} rows "
+                                 f"with beam size {k}")
+            index = new_order.view(-1, k)[:, 0] // (k if expanded else 1)
+            out[BEAM] = [torch.tensor([k, 1])]
         out["encoder_out"] = [t.index_select(1, index) for t in encoder_out["encoder_out"]]
         for key in ("encoder_padding_mask", "src_lengths"):
             out[key] = [t.index_select(0, index) for t in encoder_out[key]]
@@ -89,12 +90,12 @@ class PrelnEncoder(core.Encoder, FairseqEncoder):
         return self.max_source_positions
 
 
-class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
+class BartDecoder(core.Decoder, FairseqIncrementalDecoder):
     def __init__(self, cfg: core.BartConfig, embed_tokens: nn.Embedding, dictionary):
         super().__init__(cfg, embed_tokens, dictionary=dictionary)
         self.max_target_positions = cfg.max_positions
-        self.beam_size = 1  # set by BartPrelnModel.set_beam_size
-        self.bf16_autocast = False  # set by BartPrelnModel.bf16_autocast
+        self.beam_size = 1  # set by BartEncoderDecoder.set_beam_size
+        self.bf16_autocast = False  # set by BartEncoderDecoder.bf16_autocast
 
     def _caches(self, incremental_state: IncrementalState) -> list[core.LayerCache]:
         caches = []
@@ -117,7 +118,10 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
             raise ValueError("bart_preln's decoder needs encoder_out (it has no decoder-only mode)")
         enc = encoder_out["encoder_out"][0].transpose(0, 1)  # (B, S, C)
         enc_pad = encoder_out["encoder_padding_mask"][0]
-        beam = prev_output_tokens.size(0) // enc.size(0) if BEAM_SHARED in encoder_out else 1
+        beam = 1
+        if BEAM in encoder_out:
+            k, expanded = encoder_out[BEAM][0].tolist()
+            beam = k if expanded else 1
         cache = None
         tokens = prev_output_tokens
         if incremental_state is not None:
@@ -146,7 +150,7 @@ class PrelnDecoder(core.Decoder, FairseqIncrementalDecoder):
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Hypotheses' caches in ``new_order``; beam-shared cross-attention keys (``shared_*``,
-        one row per sentence) follow their sentences, as in ``PrelnEncoder.reorder_encoder_out``."""
+        one row per sentence) follow their sentences, as in ``BartEncoder.reorder_encoder_out``."""
         rows = None
         for i in range(len(self.layers)):
             cache = self.get_incremental_state(incremental_state, f"layer{i}")
@@ -175,10 +179,10 @@ def enable_tf32() -> None:
         logger.info("bart_preln: TF32 matmuls on for this process (NVIDIA's recipe); --no-tf32 keeps PyTorch's setting")
 
 
-class BartPrelnModel(FairseqEncoderDecoderModel):
+class BartEncoderDecoder(FairseqEncoderDecoderModel):
     """fairseq model around ``bart_ext.model``; one embedding shared by encoder, decoder and output."""
 
-    def __init__(self, cfg, encoder: PrelnEncoder, decoder: PrelnDecoder):
+    def __init__(self, cfg, encoder: BartEncoder, decoder: BartDecoder):
         super().__init__(encoder, decoder)
         self.cfg = cfg
         self.bf16_autocast = bool(cfg.bf16_autocast)
@@ -288,7 +292,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
             enable_tf32()
         model_cfg = cls.core_config(cfg, src)
         embed = nn.Embedding(model_cfg.vocab_size, model_cfg.embed_dim, padding_idx=model_cfg.padding_idx)
-        model = cls(cfg, PrelnEncoder(model_cfg, embed, src), PrelnDecoder(model_cfg, embed, src))
+        model = cls(cfg, BartEncoder(model_cfg, embed, src), BartDecoder(model_cfg, embed, src))
         model.apply(core.init_bert_params)
         return model
 
@@ -297,7 +301,7 @@ class BartPrelnModel(FairseqEncoderDecoderModel):
 
     def set_beam_size(self, beam: int) -> None:
         """Called by fairseq's SequenceGenerator: keep encoder states and cross-attention keys once
-        per sentence, not once per hypothesis (see ``PrelnEncoder.reorder_encoder_out``).
+        per sentence, not once per hypothesis (see ``BartEncoder.reorder_encoder_out``).
         ``BART_EXT_BEAM_SHARED=0`` turns this off (the benchmark's baseline)."""
         if switches.BEAM_SHARED.get() == "0":
             beam = 1

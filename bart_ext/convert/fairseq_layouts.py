@@ -1,4 +1,4 @@
-"""fairseq's released BART checkpoints, as our model loads them (``BartPrelnModel.upgrade_state_dict_named``).
+"""fairseq's released BART checkpoints, as our model loads them (``BartEncoderDecoder.upgrade_state_dict_named``).
 
 What differs from a checkpoint bart_ext writes (fairseq ``examples/bart``; fairseq issues #2242, #2804):
 

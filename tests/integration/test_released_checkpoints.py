@@ -104,7 +104,7 @@ def test_released_layout_loads_with_fairseq_logits(released, name):
     from fairseq import checkpoint_utils
 
     from bart_ext import model as core
-    from bart_ext.adapters.fairseq_model import BartPrelnModel, PrelnDecoder, PrelnEncoder
+    from bart_ext.adapters.fairseq_model import BartEncoderDecoder, BartDecoder, BartEncoder
     from tests.helpers import preln_args
 
     path, theirs = build_release(name, released)
@@ -115,9 +115,9 @@ def test_released_layout_loads_with_fairseq_logits(released, name):
     args = preln_args(encoder_layers=2, decoder_layers=1, encoder_embed_dim=12, encoder_ffn_embed_dim=14,
                       encoder_attention_heads=3, max_positions=1024, post_ln=True, compile=False,
                       bf16_autocast=False, no_tf32=True, checkpoint_activations=False)
-    cfg = BartPrelnModel.core_config(args, dictionary)
+    cfg = BartEncoderDecoder.core_config(args, dictionary)
     embed = torch.nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.padding_idx)
-    ours = BartPrelnModel(args, PrelnEncoder(cfg, embed, dictionary), PrelnDecoder(cfg, embed, dictionary)).eval()
+    ours = BartEncoderDecoder(args, BartEncoder(cfg, embed, dictionary), BartDecoder(cfg, embed, dictionary)).eval()
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
     ours.load_state_dict(state["model"])
     assert isinstance(ours.encoder, core.Encoder)

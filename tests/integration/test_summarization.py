@@ -15,7 +15,7 @@ import torch
 
 from bart_ext.adapters.beam_generator import BeamSequenceGenerator
 from bart_ext.curves import read_log
-from bart_ext.summarization import load_preset, read_generate_output
+from bart_ext.summarization_data import load_preset, read_generate_output
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMM = ROOT / "data" / "aclsum_summ" / "bin"
@@ -97,7 +97,7 @@ def _generate_in_process(ckpt: Path, preset: str, subset: str, limit: int = 24):
     from fairseq import checkpoint_utils, options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from bart_ext.summarization import preset_args
+    from bart_ext.summarization_data import preset_args
 
     parser = options.get_generation_parser()
     args = options.parse_args_and_arch(parser, [str(SUMM), "--user-dir", str(ROOT / "user_dir"), "--task",

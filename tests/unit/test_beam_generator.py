@@ -151,7 +151,9 @@ def test_equals_fairseq_on_fairseqs_transformer_with_its_attention():
             assert x["attention"].numel() > 0 and torch.equal(x["attention"], y["attention"])
 
 
-def test_other_searches_run_fairseqs_loop():
+def test_other_searches_keep_fairseqs_search():
+    from bart_ext.adapters.beam_generator import FewerPassesBeamSearch
+
     d = dictionary(60)
     model = _model(d)
     sample = _sample(d, n=3)
@@ -159,18 +161,21 @@ def test_other_searches_run_fairseqs_loop():
     runs = []
     for cls in (SequenceGenerator, BeamSequenceGenerator):
         gen = cls([model], d, search_strategy=search.Sampling(d, sampling_topk=5), **settings)
-        calls = []
-        gen._beam_search = lambda *a, **k: calls.append(a)  # must not be reached
+        assert type(gen.search) is search.Sampling
         torch.manual_seed(11)
         with torch.no_grad():
             runs.append(gen.generate([model], sample))
-        assert not calls
     _assert_equal(runs[1], runs[0])
-    assert BeamSequenceGenerator([model], d, **settings).fallback_reason(sample, None) is None
-    assert BeamSequenceGenerator([model], d, search_strategy=search.Sampling(d), **settings) \
-        .fallback_reason(sample, None) == "search Sampling"
-    assert BeamSequenceGenerator([model], d, match_source_len=True, **settings) \
-        .fallback_reason(sample, None) == "match_source_len"
+    assert type(BeamSequenceGenerator([model], d, **settings).search) is FewerPassesBeamSearch
+    assert type(BeamSequenceGenerator([model], d, search_strategy=search.DiverseBeamSearch(d, 3, 0.5),
+                                      **settings).search) is search.DiverseBeamSearch
+
+
+def test_match_source_len_equals_fairseq():
+    d = dictionary(60)
+    model = _model(d)
+    theirs, ours = _both(model, d, _sample(d), beam_size=3, max_len_b=50, match_source_len=True)
+    _assert_equal(ours, theirs)
 
 
 def test_min_len_above_max_len_is_a_clear_error():

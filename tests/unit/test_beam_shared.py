@@ -11,7 +11,7 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 import bart_ext.adapters.fairseq_patches  # noqa: F401  (installs bart_ext's n-gram blocking)
-from bart_ext.adapters.fairseq_model import BEAM_SHARED
+from bart_ext.adapters.fairseq_model import BEAM
 from bart_ext.model import BartConfig, Decoder, Encoder
 from tests.helpers import dictionary, fake_task, preln_args
 from user_dir.bart_preln import BartPreln
@@ -58,7 +58,7 @@ def _generate(monkeypatch, shared: bool, beam: int = 4):
 
     def spy(encoder_out, new_order):
         out = reorder(encoder_out, new_order)
-        rows.append((out["encoder_out"][0].size(1), BEAM_SHARED in out))
+        rows.append((out["encoder_out"][0].size(1), BEAM in out and bool(out[BEAM][0][1])))
         return out
 
     monkeypatch.setattr(model.encoder, "reorder_encoder_out", spy)
@@ -79,3 +79,23 @@ def test_generation_unchanged_by_shared_encoder_states(monkeypatch):
         assert [h["tokens"].tolist() for h in a] == [h["tokens"].tolist() for h in b]
         torch.testing.assert_close(torch.stack([h["score"] for h in a]), torch.stack([h["score"] for h in b]),
                                    atol=1e-5, rtol=0)
+
+
+def test_a_model_left_in_beam_mode_scores_and_trains_per_row(monkeypatch):
+    """``set_beam_size`` marks encoder outputs for the generator's reorders only: a full forward
+    (scoring, validation, training) of a model left in beam mode reads one encoder row per row."""
+    monkeypatch.setenv("BART_EXT_BEAM_SHARED", "1")
+    d = dictionary(60)
+    torch.manual_seed(3)
+    model = BartPreln.build_model(preln_args(), fake_task(d)).eval()
+    src = torch.randint(d.nspecial, len(d), (3, 9))
+    prev = torch.randint(d.nspecial, len(d), (3, 6))
+    with torch.no_grad():
+        plain = model(src, None, prev)[0]
+        model.set_beam_size(4)
+        assert model.encoder(src)[BEAM][0].tolist() == [4, 0]
+        in_beam_mode = model(src, None, prev)[0]
+    torch.testing.assert_close(in_beam_mode, plain, atol=0, rtol=0)
+    model.train()
+    assert BEAM not in model.encoder(src)
+    model(src, None, prev)[0].sum().backward()

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bart_ext import cpu_kernels
+from bart_ext import nvlamb_cpu
 from bart_ext.nvlamb import NVLAMB, no_decay, param_groups
 
 
@@ -61,7 +61,7 @@ PATHS = {"foreach": (torch.float64, 1e-12, True), "fused": (torch.float32, 2e-5,
 @pytest.mark.parametrize("use_nvlamb", [True, False])
 def test_matches_reference_step_by_step(use_nvlamb, path):
     dtype, tol, cpu_kernel = PATHS[path]
-    if path == "cpu kernel" and cpu_kernels.load() is None:
+    if path == "cpu kernel" and nvlamb_cpu.load() is None:
         pytest.skip("no C compiler: the CPU kernel is not built")
     params = make_params(dtype)
     ref_w = [p.detach().double().clone() for p in params]
@@ -87,6 +87,38 @@ def test_matches_reference_step_by_step(use_nvlamb, path):
     assert bool(opt.scratch) == (path == "fused"), "only the fused-AdamW path keeps a scratch buffer"
     assert all(set(st) == {"step", "exp_avg", "exp_avg_sq"} for st in opt.state.values())
     assert params[2].abs().sum() > 0  # the zero tensor moved (r = 1)
+
+
+@pytest.mark.parametrize("path", ["foreach", "cpu kernel"])
+def test_without_bias_correction_every_path_matches_the_reference(path):
+    """``bias_correction=False`` (moments used as they are): the fused-AdamW path cannot do it (its
+    kernel always corrects), so fp32 groups on a GPU take the multi-tensor path instead."""
+    dtype, tol, cpu_kernel = PATHS[path]
+    if path == "cpu kernel" and nvlamb_cpu.load() is None:
+        pytest.skip("no C compiler: the CPU kernel is not built")
+    params = make_params(dtype)
+    ref_w = [p.detach().double().clone() for p in params]
+    opt = NVLAMB(param_groups(params, weight_decay=0.01), lr=0.02, max_grad_norm=1.0, bias_correction=False,
+                 cpu_kernel=cpu_kernel)
+    wds = [0.0 if no_decay(p) else 0.01 for p in params]
+    state = {"t": 0, "m": [torch.zeros_like(w) for w in ref_w], "v": [torch.zeros_like(w) for w in ref_w]}
+    for step in range(4):
+        gs = grads_for(step, params)
+        for p, g in zip(params, gs):
+            p.grad = g.to(dtype).clone()
+        opt.step()
+        reference_step(ref_w, [g.to(dtype).double() for g in gs], state, 0.02, (0.9, 0.999), 1e-6, wds, 1.0,
+                       True, bias_correction=False)
+        for p, w in zip(params, ref_w):
+            torch.testing.assert_close(p.detach().double(), w, atol=tol, rtol=tol)
+    assert set(opt.last_paths) == {{"foreach": "foreach", "cpu kernel": "cpu"}[path]}
+    # an fp32 group that would take the fused path without the CPU kernel takes the multi-tensor one
+    params32 = make_params(torch.float32)
+    opt32 = NVLAMB(param_groups(params32, 0.01), lr=0.02, bias_correction=False, cpu_kernel=False)
+    for p, g in zip(params32, grads_for(1, params32)):
+        p.grad = g.float()
+    opt32.step()
+    assert set(opt32.last_paths) == {"foreach"} and not opt32.scratch
 
 
 def test_use_nvlamb_changes_only_tensors_without_weight_decay():
@@ -240,7 +272,7 @@ def test_fused_path_on_cuda_counts_steps_per_tensor_through_skips_and_a_resume()
 
 def _count_steps_through_skips_and_a_resume(path, device):
     dtype, tol, cpu_kernel = PATHS[path]
-    if path == "cpu kernel" and cpu_kernels.load() is None:
+    if path == "cpu kernel" and nvlamb_cpu.load() is None:
         pytest.skip("no C compiler: the CPU kernel is not built")
     params = [torch.nn.Parameter(p.detach().to(device)) for p in make_params(dtype)]
     ref_w = [p.detach().double().cpu().clone() for p in params]
@@ -300,7 +332,7 @@ def test_resume_on_cuda_from_a_cpu_read_checkpoint():
 @pytest.mark.parametrize("path", list(PATHS))
 def test_after_a_clipped_step_every_path_leaves_the_clipped_gradients(path):
     dtype, _, cpu_kernel = PATHS[path]
-    if path == "cpu kernel" and cpu_kernels.load() is None:
+    if path == "cpu kernel" and nvlamb_cpu.load() is None:
         pytest.skip("no C compiler: the CPU kernel is not built")
     params = make_params(dtype)
     opt = NVLAMB(param_groups(params, 0.01), lr=0.02, max_grad_norm=1.0, cpu_kernel=cpu_kernel)

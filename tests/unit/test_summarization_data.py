@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bart_ext.summarization import ASPECTS, aclsum_pairs, binarize, load_preset, preset_args, read_pairs
+from bart_ext.summarization_data import ASPECTS, aclsum_pairs, binarize, load_preset, preset_args, read_pairs
 from bart_ext.text import aclsum_split
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,28 +5,28 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bart_ext import cpu_kernels
+from bart_ext import nvlamb_cpu
 from bart_ext.nvlamb import NVLAMB, param_groups
 
-needs_compiler = pytest.mark.skipif(cpu_kernels.load() is None, reason="no C compiler: the CPU kernel is not built")
+needs_compiler = pytest.mark.skipif(nvlamb_cpu.load() is None, reason="no C compiler: the CPU kernel is not built")
 
 
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     """An empty kernel cache and no in-process memo."""
     monkeypatch.setenv("BART_EXT_CACHE", str(tmp_path))
-    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setattr(nvlamb_cpu, "_loaded", {})
     return tmp_path
 
 
 @needs_compiler
 def test_compiled_once_then_reused_from_the_cache(fresh):
-    assert cpu_kernels.load() is not None
+    assert nvlamb_cpu.load() is not None
     built = list(fresh.glob("nvlamb_cpu-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    cpu_kernels._loaded.clear()  # as a new process would
-    assert cpu_kernels.load() is not None
+    nvlamb_cpu._loaded.clear()  # as a new process would
+    assert nvlamb_cpu.load() is not None
     assert [p.stat().st_mtime_ns for p in fresh.glob("*.so")] == [stamp], "the cached library was rebuilt"
     assert not [p for p in fresh.iterdir() if p.suffix != ".so"], "a temporary file was left behind"
 
@@ -35,7 +35,7 @@ def test_compiled_once_then_reused_from_the_cache(fresh):
 def test_without_a_compiler_nvlamb_takes_the_pytorch_path(fresh, monkeypatch, env):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert cpu_kernels.load() is None
+    assert nvlamb_cpu.load() is None
     p = torch.nn.Parameter(torch.randn(8, 6))
     opt = NVLAMB([p], lr=0.1)
     p.grad = torch.randn(8, 6)
