@@ -5,7 +5,7 @@ Runs ``fairseq-generate`` on the same checkpoint, inputs and settings (``<s>`` f
 every run), alternating the configurations round by round, and reads fairseq's own
 "Translated N sentences ... (X sentences/s)" figure, which times generation only.
 Three things differ between configurations: the generator (``BART_EXT_GENERATOR``, see
-bart_ext/adapters/beam_generator.py: fairseq's loop with fewer passes over the vocabulary per step), the n-gram blocking (``BART_EXT_NGRAM_BLOCK``, see
+bart_ext/adapters/beam_generator.py: fewer passes over the vocabulary per step), the n-gram blocking (``BART_EXT_NGRAM_BLOCK``, see
 bart_ext/adapters/generation.py) and whether encoder states and cross-attention keys are kept
 once per sentence under beam search (``BART_EXT_BEAM_SHARED``, see
 bart_ext/adapters/fairseq_model.py):

@@ -167,6 +167,11 @@ def test_other_searches_keep_fairseqs_search():
             runs.append(gen.generate([model], sample))
     _assert_equal(runs[1], runs[0])
     assert type(BeamSequenceGenerator([model], d, **settings).search) is FewerPassesBeamSearch
+    assert BeamSequenceGenerator([model], d, **settings).fallback_reason(sample, None) is None
+    assert BeamSequenceGenerator([model], d, search_strategy=search.Sampling(d), **settings) \
+        .fallback_reason(sample, None) == "search Sampling"
+    assert BeamSequenceGenerator([model], d, match_source_len=True, **settings) \
+        .fallback_reason(sample, None) == "match_source_len"
     assert type(BeamSequenceGenerator([model], d, search_strategy=search.DiverseBeamSearch(d, 3, 0.5),
                                       **settings).search) is search.DiverseBeamSearch
 
