@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -76,6 +77,7 @@ def show_fill_mask(checkpoint: Path, papers: Path) -> None:
     from bart_ext.classify.roles import detokenize
 
     model = bart_ext.load(checkpoint)
+    logging.getLogger("bart_ext.adapters.beam_generator").setLevel(logging.WARNING)  # its fallback note
     sentence = detokenize(papers.read_text(encoding="utf-8").splitlines()[0].split(" . ")[0]) + "."
     words = sentence.split()
     cut = max(1, len(words) // 2 - 1)
