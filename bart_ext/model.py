@@ -253,6 +253,36 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
 
 
+class _GeluLinear(torch.autograd.Function):
+    """``F.linear(gelu(h), weight, bias)`` that keeps ``h`` for the backward and recomputes
+    ``gelu(h)`` there (one elementwise pass) instead of keeping it: a feed-forward sublayer then
+    holds one ``(tokens x ffn)`` tensor for the backward instead of two. Outputs and gradients are
+    the plain composition's, bit for bit (tests/unit/test_model.py), under bf16/fp16 autocast too,
+    whose casts are applied here as autocast would (the matmul in the autocast dtype)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        dev = h.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        w = weight.to(dtype)
+        with torch.autocast(dev, enabled=False):
+            out = F.linear(F.gelu(h.to(dtype)), w, None if bias is None else bias.to(dtype))
+        ctx.save_for_backward(h, w)
+        ctx.weight_dtype, ctx.has_bias = weight.dtype, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, w = ctx.saved_tensors
+        hc, grad = h.to(w.dtype), grad.to(w.dtype)
+        a = F.gelu(hc)  # recomputed
+        g2, a2 = grad.reshape(-1, grad.size(-1)), a.reshape(-1, a.size(-1))
+        grad_w = (g2.t() @ a2).to(ctx.weight_dtype)
+        grad_b = g2.sum(0).to(ctx.weight_dtype) if ctx.has_bias else None
+        grad_h = torch.ops.aten.gelu_backward(grad @ w, hc).to(h.dtype)
+        return grad_h, grad_w, grad_b
+
+
 class _Layer(nn.Module):
     """What encoder and decoder layers share: the residual rule and the feed-forward sublayer."""
 
@@ -270,8 +300,10 @@ class _Layer(nn.Module):
         return norm(x + F.dropout(sublayer(x), self.dropout, self.training))
 
     def ffn(self, x: Tensor) -> Tensor:
-        x = F.dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training)
-        return self.fc2(x)
+        h = self.fc1(x)
+        if torch.is_grad_enabled() and not (self.training and self.activation_dropout):
+            return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)  # gelu(h) not kept for the backward
+        return self.fc2(F.dropout(F.gelu(h), self.activation_dropout, self.training))
 
 
 class EncoderLayer(_Layer):
