@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bart_ext.model import BartConfig, BartModel
+from bart_ext.nvlamb import NVLAMB
 
 PAD, BOS, EOS, FIRST = 1, 0, 2, 4  # fairseq's special indices; random tokens start at FIRST
 
@@ -32,7 +33,9 @@ class CopySetup:
         layers: encoder and decoder layers.
         heads: attention heads.
         post_ln: Post-LN layout instead of Pre-LN.
-        lr: Adam's peak learning rate (linear warm-up, then linear decay to 0 at ``steps``).
+        init_std: the models' ``init_std`` (BART's 0.02; ``dim ** -0.5`` is what narrow models need).
+        optimizer: ``adam`` (torch's) or ``nvlamb`` (bart_ext's, weight decay 0.01).
+        lr: peak learning rate (linear warm-up, then linear decay to 0 at ``steps``).
         warmup: warm-up updates.
         batch: sequences per update.
         steps: updates.
@@ -49,6 +52,8 @@ class CopySetup:
     layers: int = 3
     heads: int = 4
     post_ln: bool = False
+    init_std: float = 0.02
+    optimizer: str = "adam"
     lr: float = 2e-3
     warmup: int = 30
     batch: int = 32
@@ -103,9 +108,15 @@ def run_copy_task(setup: CopySetup, eval_every: int = 25, log=None) -> CopyResul
     torch.manual_seed(setup.seed)
     cfg = BartConfig(vocab_size=setup.vocab + FIRST, embed_dim=setup.dim, ffn_dim=4 * setup.dim,
                      encoder_layers=setup.layers, decoder_layers=setup.layers, attention_heads=setup.heads,
-                     max_positions=max(64, setup.max_len + 4), dropout=0.0, normalize_before=not setup.post_ln)
+                     max_positions=max(64, setup.max_len + 4), dropout=0.0, normalize_before=not setup.post_ln,
+                     init_std=setup.init_std)
     model = BartModel(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=setup.lr, betas=(0.9, 0.98))
+    if setup.optimizer == "nvlamb":
+        opt = NVLAMB(model.parameters(), lr=setup.lr, weight_decay=0.01)
+    elif setup.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=setup.lr, betas=(0.9, 0.98))
+    else:
+        raise ValueError(f"optimizer must be adam or nvlamb (got {setup.optimizer!r})")
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / setup.warmup) * max(0.0, 1 - s / setup.steps))
     gen = torch.Generator().manual_seed(setup.seed + 1)

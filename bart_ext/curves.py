@@ -64,11 +64,14 @@ def read_log(path: Path) -> Curves:
     return curves
 
 
-def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str = "") -> Path:
+def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str = "",
+         bars: tuple[str, dict[str, dict[str, tuple[float, float, float]]]] | None = None) -> Path:
     """One subplot per ``(title, {label: curves})`` panel: train solid, validation dashed, same colour.
 
     Non-finite losses are left out of the lines and marked with an x at the top of the panel.
-    What was drawn is listed next to the image (``OUT.json``: panel -> label -> points).
+    ``bars`` adds a last panel ``(title, {system: {metric: (mean, low, high)}})``: grouped bars
+    per metric with the intervals as error bars. What was drawn is listed next to the image
+    (``OUT.json``: panel -> label -> points or bars).
     """
     import logging
 
@@ -80,7 +83,8 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    count = len(panels) + (bars is not None)
+    fig, axes = plt.subplots(1, count, figsize=(6.2 * count, 4.4), squeeze=False)
     drawn: dict[str, dict[str, int]] = {}
     for ax, (title, runs) in zip(axes[0], panels):
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -100,6 +104,22 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
         ax.set_xlabel("update")
         ax.set_ylabel("loss (base 2)")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if bars is not None:
+        title, systems = bars
+        ax = axes[0][-1]
+        metrics = list(next(iter(systems.values()), {}))
+        width = 0.8 / max(1, len(systems))
+        for i, (system, scores) in enumerate(systems.items()):
+            xs = [m + (i - (len(systems) - 1) / 2) * width for m in range(len(metrics))]
+            means = [scores[m][0] for m in metrics]
+            errs = [[scores[m][0] - scores[m][1] for m in metrics], [scores[m][2] - scores[m][0] for m in metrics]]
+            ax.bar(xs, means, width, yerr=errs, capsize=3, label=system)
+            drawn.setdefault(title, {})[system] = len(metrics)
+        ax.set_xticks(range(len(metrics)), metrics)
+        ax.set_ylabel("F1 x 100 (95% bootstrap interval)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)

@@ -21,6 +21,7 @@ can combine them with fairseq's base classes by cooperative inheritance
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,10 @@ class BartConfig:
         checkpoint_activations: in training, keep only each layer's input and recompute the layer
             in the backward (per-layer activation checkpointing, as fairseq's transformer offers
             it): less activation memory for one more forward.
+        init_std: standard deviation of the normal initialisation of every Linear and Embedding
+            weight. BERT/BART's 0.02 is sized for 768-1024 wide models; at 128 wide it leaves the
+            attention value/output paths so small that a model takes hundreds of updates to start
+            copying (``scripts/diagnose_copy.py``), and ``embed_dim ** -0.5`` removes that plateau.
     """
 
     vocab_size: int
@@ -71,24 +76,27 @@ class BartConfig:
     activation_dropout: float = 0.0
     normalize_before: bool = True
     checkpoint_activations: bool = False
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.attention_heads != 0:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be divisible by attention_heads ({self.attention_heads})"
             )
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be positive (got {self.init_std})")
         if self.vocab_size <= self.padding_idx:
             raise ValueError(f"vocab_size ({self.vocab_size}) must exceed padding_idx ({self.padding_idx})")
 
 
-def init_bert_params(module: nn.Module) -> None:
-    """BERT/BART initialisation: N(0, 0.02) weights, zero biases, zero padding row."""
+def init_bert_params(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/BART initialisation: N(0, std) weights (0.02 in BERT and BART), zero biases, zero padding row."""
     if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        nn.init.normal_(module.weight, mean=0.0, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        nn.init.normal_(module.weight, mean=0.0, std=std)
         if module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
@@ -486,7 +494,7 @@ class BartModel(nn.Module):
         embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.padding_idx)
         self.encoder = Encoder(cfg, embed)
         self.decoder = Decoder(cfg, embed)
-        self.apply(init_bert_params)
+        self.apply(functools.partial(init_bert_params, std=cfg.init_std))
 
     def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor) -> Tensor:
         enc, pad = self.encoder.encode(src_tokens)

@@ -80,6 +80,7 @@ class Noised:
     spans: np.ndarray  # span lengths in words, summing to the budget; zeros are insertions
     num_random: int  # masks replaced by random tokens
     order: np.ndarray  # sentence order in the source
+    masked: np.ndarray | None = None  # per target token: True where a span covered it in the source
 
 
 def random_tokens(rng: np.random.Generator, n: int, sp: Specials) -> np.ndarray:
@@ -180,6 +181,7 @@ def noise(
     num_words = len(positions)
     spans = span_lengths(num_words, cfg, rng) if cfg.mask > 0 else np.zeros(0, dtype=np.int64)
     num_random = 0
+    covered = np.zeros(len(source), dtype=bool)  # over the permuted tokens, before any is dropped
     nonzero = spans[spans > 0]
     if len(nonzero):
         m = len(nonzero)
@@ -189,8 +191,8 @@ def noise(
         start = positions[first_word]
         end = bounds[np.minimum(first_word + nonzero, num_words)]  # exclusive, a word boundary
         n = len(source)
+        covered = _ranges_cover(start, end, n)
         if cfg.replace_length == -1:
-            covered = _ranges_cover(start, end, n)
             covered_random = _ranges_cover(start[is_random], end[is_random], n)
             source[covered] = sp.mask
             num_random = int(covered_random.sum())
@@ -207,6 +209,8 @@ def noise(
                 source[rand_at] = random_tokens(rng, len(rand_at), sp)
                 num_random = int(keep[rand_at].sum())
             source = source[keep]
+    masked = np.zeros(len(target), dtype=bool)
+    masked[1 + idx] = covered[1:-1]  # permuted position 1 + j holds clean token idx[j]
     inserts = int((spans == 0).sum())
     source, extra_random = insert_noise(source, inserts, cfg, sp, rng)
     num_random += extra_random
@@ -216,4 +220,4 @@ def noise(
     if cfg.rotate > 0 and len(source) > 3 and rng.random() < cfg.rotate:
         offset = int(rng.integers(1, len(source) - 1))
         source = np.concatenate([source[:1], source[offset:-1], source[1:offset], source[-1:]])
-    return Noised(source, target, num_words, spans, num_random, order)
+    return Noised(source, target, num_words, spans, num_random, order, masked)

@@ -48,6 +48,7 @@ from user_dir.bart_preln import BartPreln  # noqa: E402
 
 SIZES = {  # layers, width, heads, ffn
     "tiny": (2, 36, 3, 76),
+    "3x256": (3, 256, 4, 1024),
     "mid": (6, 512, 8, 2048),
 }
 CONFIGS = ("stock", "fp32", "fused", "bf16", "bf16+fused", "bf16+fused+compile")

@@ -15,7 +15,8 @@ from fairseq.data import Dictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bart_ext.model import count_parameters  # noqa: E402
-from user_dir.bart_preln import BartPreln, bart_base_preln, bart_large_preln, bart_tiny_preln  # noqa: E402
+from user_dir.bart_preln import (  # noqa: E402
+    BartPreln, bart_base_preln, bart_large_preln, bart_small_preln, bart_tiny_preln)
 
 
 def main() -> None:
@@ -27,7 +28,8 @@ def main() -> None:
         d.add_symbol(f"w{i}")
     task = types.SimpleNamespace(source_dictionary=d, target_dictionary=d)
     print(f"{'architecture':<18} {'layers':>7} {'width':>6} {'heads':>6} {'ffn':>6} {'parameters':>14}")
-    for name, arch in [("bart_tiny_preln", bart_tiny_preln), ("bart_base_preln", bart_base_preln),
+    for name, arch in [("bart_tiny_preln", bart_tiny_preln), ("bart_small_preln", bart_small_preln),
+                       ("bart_base_preln", bart_base_preln),
                        ("bart_large_preln", bart_large_preln)]:
         cfg = argparse.Namespace(post_ln=False, init_missing_final_layer_norm=False)
         arch(cfg)

@@ -2,20 +2,27 @@
 """The main job end to end on the embedded default data (aclsum), on a CPU:
 
     1. LDDL preprocessing of the pretraining text (scripts/lddl_preprocess.py)
-    2. bart_tiny_preln pretraining: --task bart_denoising, --optimizer nvlamb (configs/pretrain/tiny.yaml)
-    3. fine-tuning on aclsum summarization from that checkpoint (configs/finetune/aclsum.yaml)
-    4. fairseq-generate on the test papers with the XSum preset (scripts/generate.py --preset xsum)
-    5. ROUGE-1/2/L/Lsum with bootstrap intervals, and the loss curves as a PNG
+    2. bart_small_preln pretraining: --task bart_denoising, --optimizer nvlamb (configs/pretrain/small.yaml)
+    3. reconstruction of noised text from the held-out test papers (bart_ext/reconstruction.py):
+       teacher-forced accuracy on masked and unmasked tokens, beside a copy-the-input baseline
+    4. fine-tuning on aclsum summarization from that checkpoint, and the same model from random
+       initialisation with the same budget (configs/finetune/aclsum.yaml)
+    5. fairseq-generate on the 100 test papers with the XSum preset (scripts/generate.py --preset
+       xsum) for both; ROUGE-1/2/L with 95% bootstrap intervals beside lead-1 and lead-3
+    6. a table, runs/demo/summary.json, and one PNG with the loss curves and the ROUGE bars
 
-The test papers are held out of the pretraining text (scripts/prepare_data.py). A
-model this small, trained for minutes, writes poor summaries: the demo shows the
-pipeline working, not a result. Everything goes under --run-dir (default runs/demo).
+The test papers are held out of the pretraining text (scripts/prepare_data.py). A model this
+small, trained for minutes on 0.9M tokens, is not bart.large: what the demo shows is whether
+pretraining taught it to copy and infill, and what that buys a summarizer fine-tuned on 100
+papers. Everything goes under --run-dir (default runs/demo).
 
-Usage: python scripts/demo.py [--pretrain-updates 300] [--finetune-updates 300] [--run-dir runs/demo] [--small]
+Usage: python scripts/demo.py [--pretrain-updates N] [--finetune-updates N] [--run-dir runs/demo] [--small]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -26,9 +33,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.curves import parse_record, plot, read_log  # noqa: E402
+
+STEPS = 6
+SAMPLE_TOKENS = 64  # pretraining sample length (configs/pretrain/small.yaml)
+PRETRAIN_UPDATES = 300
+FINETUNE_UPDATES = 150
 
 STARTED = time.time()
 
@@ -101,17 +115,74 @@ def hydra_train(config_dir: str, name: str, overrides: list[str], log: Path, tot
               f"({'falling' if l1 < l0 else 'NOT falling'})")
 
 
+def reconstruction(checkpoint: Path, papers: Path, examples: int, out: Path) -> dict:
+    """Step 3: noise the first sentences of each held-out test paper as pretraining does, and score
+    the pretrained model and the copy baseline teacher-forced; print a few generated reconstructions."""
+    import numpy as np
+
+    import bart_ext
+    from bart_ext.classify.roles import detokenize
+    from bart_ext.reconstruction import copy_predictions, model_predictions, samples_from_sentences, score
+
+    for name in ("bart_ext", "absl"):  # the generator's and the n-gram patch's notes, rouge-score's
+        logging.getLogger(name).setLevel(logging.WARNING)
+    hub = bart_ext.load(checkpoint)
+    task, d = hub.task, hub.dictionary
+    documents = []
+    for line in papers.read_text(encoding="utf-8").splitlines():
+        sentences = [detokenize(s) + ("" if s.rstrip().endswith(".") else " .") for s in line.split(" . ") if s.strip()]
+        documents.append([np.array([d.index(str(t)) for t in hub.bpe.encode(" " + s)]) for s in sentences])
+    samples = samples_from_sentences(documents, task.word_start(), task.noise, task.specials(),
+                                     max_tokens=int(hub.cfg.task.tokens_per_sample), seed=1)
+    model = score([model_predictions(hub.model, s, d.eos()) for s in samples], samples)
+    copy = score([copy_predictions(s) for s in samples], samples)
+    print(f"  {len(samples)} samples of the held-out test papers ({model.masked_tokens} masked and "
+          f"{model.unmasked_tokens} unmasked target tokens), teacher-forced token accuracy:")
+    print(f"    {'':<22} {'masked':>8} {'unmasked':>9}")
+    print(f"    {'pretrained model':<22} {100 * model.masked_accuracy:7.1f}% {100 * model.unmasked_accuracy:8.1f}%")
+    print(f"    {'copy-the-input':<22} {100 * copy.masked_accuracy:7.1f}% {100 * copy.unmasked_accuracy:8.1f}%")
+    shown = []
+    for s in samples[:examples]:
+        hyp = hub.generate([torch.as_tensor(s.source)], beam=4, max_len_a=0, max_len_b=len(s.target) + 8)[0][0]
+        triple = {"noised": hub.decode(torch.as_tensor(s.source)),
+                  "reconstruction": hub.decode(hyp["tokens"]), "original": hub.decode(torch.as_tensor(s.target))}
+        shown.append(triple)
+        print("\n".join(f"    {k:<15}: {v[:300]}" for k, v in triple.items()) + "\n")
+    result = {"masked_token_accuracy": model.masked_accuracy, "unmasked_token_accuracy": model.unmasked_accuracy,
+              "copy_masked_token_accuracy": copy.masked_accuracy,
+              "copy_unmasked_token_accuracy": copy.unmasked_accuracy, "masked_tokens": model.masked_tokens,
+              "unmasked_tokens": model.unmasked_tokens, "examples": shown}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def lead(papers: Path, refs: Path, k: int, out: Path) -> dict:
+    """ROUGE of the first ``k`` sentences of each paper (the lead-k baseline)."""
+    from scripts.rouge import main as rouge_main
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [" . ".join(line.split(" . ")[:k]).rstrip(" .") + " ." for line in papers.read_text(encoding="utf-8").splitlines()]
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return rouge_main([str(out), str(refs), "--json", str(out.with_suffix(".rouge.json"))])
+
+
+def percent(table: dict) -> dict:
+    """scripts/rouge.py's table as summary.json holds it: {metric: {mean, low, high}} in percent."""
+    return {m: {"mean": v["f1"], "low": v["low"], "high": v["high"]} for m, v in table.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-updates", type=int, default=300)
-    ap.add_argument("--finetune-updates", type=int, default=300)
+    ap.add_argument("--pretrain-updates", type=int, default=PRETRAIN_UPDATES)
+    ap.add_argument("--finetune-updates", type=int, default=FINETUNE_UPDATES)
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "demo")
     ap.add_argument("--data", type=Path, default=ROOT / "data", help="prepared by `make data`")
-    ap.add_argument("--small", action="store_true", help="CI: 20 pretraining and 40 fine-tuning updates")
-    ap.add_argument("--examples", type=int, default=2, help="summaries to print")
+    ap.add_argument("--small", action="store_true", help="CI: every step, with 20 pretraining and 30 fine-tuning updates")
+    ap.add_argument("--examples", type=int, default=2, help="summaries and reconstructions to print")
     args = ap.parse_args(argv)
     if args.small:
-        args.pretrain_updates, args.finetune_updates = 20, 40
+        args.pretrain_updates, args.finetune_updates = 20, 30
 
     run = args.run_dir.resolve()
     if run.exists():
@@ -122,61 +193,97 @@ def main(argv: list[str] | None = None) -> dict:
     for need in (pretrain_dict, data / "aclsum" / "raw" / "train.txt", summ / "dict.source.txt"):
         if not need.exists():
             sys.exit(f"{need} is missing: run `make data` first")
+    test_papers = data / "aclsum_summ" / "raw" / "test.source"
 
-    say("1/5 LDDL preprocessing: aclsum paper text -> balanced parquet shards of <= 256 BPE tokens")
+    say(f"1/{STEPS} LDDL preprocessing: aclsum paper text -> balanced parquet shards of <= {SAMPLE_TOKENS} BPE tokens")
     lddl = run / "lddl"
-    # The corpus' own 18.6k BPE types as the vocabulary (not all 50k GPT-2 ids): a 36-wide model's
+    # The corpus' own 18.6k BPE types as the vocabulary (not all 50k GPT-2 ids): a narrow model's
     # output softmax is most of its cost on a CPU.
     rc = stream([sys.executable, "scripts/lddl_preprocess.py", "--aclsum", "--out", str(lddl),
-                 "--target-seq-length", "256", "--num-shards", "4", "--workers", "2", "--dict", str(pretrain_dict)],
+                 "--target-seq-length", str(SAMPLE_TOKENS), "--num-shards", "4", "--workers", "2",
+                 "--dict", str(pretrain_dict)],
                 run / "lddl.log", lambda line: "  " + line.rstrip() if re.match(r"(train|valid):", line) else None)
     if rc != 0:
         sys.exit(f"LDDL preprocessing failed (exit {rc}); log: {run / 'lddl.log'}")
 
-    say(f"2/5 pretraining bart_tiny_preln (bart_denoising, nvlamb) for {args.pretrain_updates} updates")
+    say(f"2/{STEPS} pretraining bart_small_preln (bart_denoising, nvlamb) for {args.pretrain_updates} updates")
     pre = run / "pretrain"
-    hydra_train("pretrain", "tiny", [
-        f"task.data={lddl}", "task.tokens_per_sample=256", "dataset.batch_size=8", "dataset.max_tokens=null",
-        f"checkpoint.save_dir={pre}", f"optimization.max_update={args.pretrain_updates}",
+    hydra_train("pretrain", "small", [
+        f"task.data={lddl}", f"checkpoint.save_dir={pre}", f"optimization.max_update={args.pretrain_updates}",
         f"lr_scheduler.total_num_update={args.pretrain_updates}",
         f"lr_scheduler.warmup_updates={max(1, args.pretrain_updates // 10)}",
-        f"dataset.validate_interval_updates={max(10, args.pretrain_updates // 3)}", f"hydra.run.dir={pre / 'hydra'}",
+        f"dataset.validate_interval_updates={max(10, args.pretrain_updates // 4)}", f"hydra.run.dir={pre / 'hydra'}",
     ], run / "pretrain.log", args.pretrain_updates)
 
-    show_fill_mask(pre / "checkpoint_last.pt", data / "aclsum_summ" / "raw" / "test.source")
+    say(f"3/{STEPS} what pretraining learned: reconstructing noised text of the held-out test papers")
+    recon = reconstruction(pre / "checkpoint_last.pt", test_papers, args.examples, run / "reconstruction.json")
+    show_fill_mask(pre / "checkpoint_last.pt", test_papers)
 
-    say(f"3/5 fine-tuning on aclsum summarization (100 papers) for {args.finetune_updates} updates")
-    ft = run / "finetune"
-    hydra_train("finetune", "aclsum", [
-        f"task.data={summ}", f"checkpoint.save_dir={ft}", f"checkpoint.restore_file={pre / 'checkpoint_last.pt'}",
-        f"optimization.max_update={args.finetune_updates}", f"lr_scheduler.total_num_update={args.finetune_updates}",
-        f"lr_scheduler.warmup_updates={max(1, args.finetune_updates // 10)}",
-        f"dataset.validate_interval_updates={max(10, args.finetune_updates // 6)}", f"hydra.run.dir={ft / 'hydra'}",
-    ], run / "finetune.log", args.finetune_updates)
+    finetuned = {}
+    for label, restore in (("pretrained", pre / "checkpoint_last.pt"), ("from scratch", None)):
+        ft = run / ("finetune" if restore else "finetune_scratch")
+        say(f"4/{STEPS} fine-tuning on aclsum summarization (100 papers), {label}, for {args.finetune_updates} updates")
+        hydra_train("finetune", "aclsum", [
+            f"task.data={summ}", "model._name=bart_small_preln", f"checkpoint.save_dir={ft}",
+            # fairseq starts from random weights when the restore file does not exist
+            f"checkpoint.restore_file={restore or ft / 'no_checkpoint.pt'}",
+            f"optimization.max_update={args.finetune_updates}", f"lr_scheduler.total_num_update={args.finetune_updates}",
+            f"lr_scheduler.warmup_updates={max(1, args.finetune_updates // 10)}",
+            f"dataset.validate_interval_updates={max(10, args.finetune_updates // 6)}", f"hydra.run.dir={ft / 'hydra'}",
+        ], run / f"{ft.name}.log", args.finetune_updates)
+        finetuned[label] = ft
 
-    say("4/5 generating summaries of the 100 test papers: XSum preset (beam 6, no repeated trigrams), <s> forced")
+    say(f"5/{STEPS} summarizing the 100 test papers: XSum preset (beam 6, no repeated trigrams), <s> forced")
     from scripts.generate import main as generate
 
-    gen = generate([str(summ), "--preset", "xsum", "--path", str(ft / "checkpoint_best.pt"), "--gen-subset", "test",
-                    "--results-path", str(run / "generate"), "--quiet", "--rouge", "--", "--cpu"])
-    for hyp, ref in list(zip(gen["hyps"], gen["refs"]))[: args.examples]:
+    gens = {}
+    for label, ft in finetuned.items():
+        out = run / ("generate" if label == "pretrained" else "generate_scratch")
+        with contextlib.redirect_stdout(io.StringIO()):
+            gens[label] = generate([str(summ), "--preset", "xsum", "--path", str(ft / "checkpoint_best.pt"),
+                                    "--gen-subset", "test", "--results-path", str(out), "--quiet", "--rouge", "--",
+                                    "--cpu"])
+    refs = run / "generate" / "test.ref"
+    baselines = {f"lead-{k}": lead(test_papers, refs, k, run / "baselines" / f"lead{k}.txt") for k in (1, 3)}
+    for hyp, ref in list(zip(gens["pretrained"]["hyps"], gens["pretrained"]["refs"]))[: args.examples]:
         print(f"  reference: {ref[:200]}\n  model    : {hyp[:200]}\n")
 
-    say("5/5 loss curves")
-    png = plot([("pretraining: bart_denoising + nvlamb", {"bart_tiny_preln": read_log(run / "pretrain.log")}),
-                ("fine-tuning: aclsum summarization", {"bart_tiny_preln": read_log(run / "finetune.log")})],
-               run / "loss_curves.png", "bart_ext demo (aclsum, CPU)")
+    say(f"6/{STEPS} results")
+    distinct = {label: len(set(g["hyps"])) for label, g in gens.items()}
+    rows = [*baselines.items(), ("from scratch", gens["from scratch"]["rouge"]), ("pretrained", gens["pretrained"]["rouge"])]
+    print(f"  ROUGE F1 x 100 on the 100 test papers, [95% bootstrap interval]; distinct summaries of 100")
+    print(f"  {'':<14}" + "".join(f"{m:>22}" for m in ("ROUGE-1", "ROUGE-2", "ROUGE-L")) + f"{'distinct':>10}")
+    for label, table in rows:
+        cells = "".join(f"{table[m]['f1']:7.2f} [{table[m]['low']:5.2f},{table[m]['high']:6.2f}]"
+                        for m in ("rouge1", "rouge2", "rougeL"))
+        print(f"  {label:<14}{cells}{distinct.get(label, 100):>10}")
+    print(f"  reconstruction (teacher-forced): masked tokens {100 * recon['masked_token_accuracy']:.1f}% "
+          f"(copy baseline {100 * recon['copy_masked_token_accuracy']:.1f}%), unmasked tokens "
+          f"{100 * recon['unmasked_token_accuracy']:.1f}% (copy baseline {100 * recon['copy_unmasked_token_accuracy']:.1f}%)")
+    png = plot([("pretraining: bart_denoising + nvlamb", {"bart_small_preln": read_log(run / "pretrain.log")}),
+                ("fine-tuning: aclsum summarization", {label: read_log(run / f"{ft.name}.log")
+                                                       for label, ft in finetuned.items()})],
+               run / "demo.png", "bart_ext demo (aclsum, CPU)",
+               bars=("ROUGE on the 100 test papers", {label: {m: (t[m]["f1"], t[m]["low"], t[m]["high"])
+                                                              for m in ("rouge1", "rouge2", "rougeL")}
+                                                      for label, t in rows}))
     print(f"  {png}")
 
     say("where everything went")
-    rows = [("run directory", run), ("LDDL shards", lddl), ("pretrained checkpoint", pre / "checkpoint_last.pt"),
-            ("fine-tuned checkpoint", ft / "checkpoint_best.pt"), ("logs", run / "{pretrain,finetune}.log"),
-            ("summaries (text)", run / "generate" / "test.hyp"), ("references", run / "generate" / "test.ref"),
-            ("ROUGE (json)", run / "generate" / "test.rouge.json"), ("loss curves", png)]
-    for what, path in rows:
-        print(f"  {what:<22} {path}")
-    print(f"  total time {time.time() - STARTED:.0f}s")
-    summary = {"rouge": gen["rouge"], "seconds": time.time() - STARTED}
+    places = [("run directory", run), ("LDDL shards", lddl), ("pretrained checkpoint", pre / "checkpoint_last.pt"),
+              ("fine-tuned checkpoints", run / "{finetune,finetune_scratch}" / "checkpoint_best.pt"),
+              ("logs", run / "{pretrain,finetune,finetune_scratch}.log"),
+              ("summaries (text)", run / "{generate,generate_scratch}" / "test.hyp"), ("references", refs),
+              ("reconstruction", run / "reconstruction.json"), ("summary", run / "summary.json"), ("picture", png)]
+    for what, path in places:
+        print(f"  {what:<24} {path}")
+    seconds = time.time() - STARTED
+    print(f"  total time {seconds:.0f}s")
+    summary = {"rouge": percent(gens["pretrained"]["rouge"]), "rouge_scratch": percent(gens["from scratch"]["rouge"]),
+               "rouge_lead1": percent(baselines["lead-1"]), "rouge_lead3": percent(baselines["lead-3"]),
+               "distinct_summaries": distinct["pretrained"], "distinct_summaries_scratch": distinct["from scratch"],
+               **{k: v for k, v in recon.items() if k != "examples"},
+               "pretrain_updates": args.pretrain_updates, "finetune_updates": args.finetune_updates, "seconds": seconds}
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

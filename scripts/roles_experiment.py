@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """What pretraining buys for comprehension: aclsum's sentence roles, pretrained vs random initialisation.
 
-Fine-tunes the demo-size model (bart_tiny_preln, configs/finetune/roles.yaml) on aclsum's sentence
-roles (challenge / approach / outcome / none; scripts/prepare_roles.py) twice with the same
-settings and seed: from the demo's pretrained checkpoint, and from random initialisation. Scores
-the best validation checkpoint of each on the 100 test papers (sentences the demo's pretraining
-never read), beside the majority class, with 95% bootstrap intervals over papers and paired
-intervals for the differences. Writes RUN/results.json.
+Fine-tunes the pretrained checkpoint's architecture (the demo's bart_small_preln;
+configs/finetune/roles.yaml) on aclsum's sentence roles (challenge / approach / outcome / none;
+scripts/prepare_roles.py) twice with the same settings and seed: from the demo's pretrained
+checkpoint, and from random initialisation. Scores the best validation checkpoint of each on the
+100 test papers (sentences the demo's pretraining never read), beside the majority class, with 95%
+bootstrap intervals over papers and paired intervals for the differences. Writes RUN/results.json.
 
 Usage: python scripts/roles_experiment.py [--pretrained runs/demo/pretrain/checkpoint_last.pt]
            [--updates 600] [--run-dir runs/roles] [--small]   (`make demo` writes the checkpoint)
@@ -31,6 +31,16 @@ from scripts.demo import hydra_train, say  # noqa: E402
 from scripts.prepare_roles import main as prepare_roles  # noqa: E402
 
 
+def checkpoint_arch(path: Path) -> str:
+    """The ``--arch`` a fairseq checkpoint was trained with."""
+    from fairseq import checkpoint_utils
+
+    import user_dir  # noqa: F401  (bart_ext's patches: fairseq's own checkpoints load under torch >= 2.6)
+
+    cfg = checkpoint_utils.load_checkpoint_to_cpu(str(path))["cfg"]
+    return cfg["model"]._name if "_name" in cfg["model"] else cfg["model"].arch
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrained", type=Path, default=ROOT / "runs" / "demo" / "pretrain" / "checkpoint_last.pt")
@@ -50,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     say("1/4 aclsum sentence roles: raw text, GPT-2 BPE, binarized in the pretrained dictionary")
     data = prepare_roles(["--out", str(data_root), *(["--max-papers", "4"] if args.small else [])])
 
+    arch = checkpoint_arch(args.pretrained)  # both runs: the pretrained model's architecture
     run = args.run_dir.resolve()
     results = {}
     for i, init in enumerate(("pretrained", "random"), start=2):
@@ -60,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         out.mkdir(parents=True)
         restore = args.pretrained.resolve() if init == "pretrained" else out / "no-checkpoint.pt"
         hydra_train("finetune", "roles", [
-            f"task.data={data}", f"checkpoint.save_dir={out}", f"checkpoint.restore_file={restore}",
+            f"task.data={data}", f"model._name={arch}", f"checkpoint.save_dir={out}", f"checkpoint.restore_file={restore}",
             f"common.seed={args.seed}", f"optimization.max_update={args.updates}",
             f"lr_scheduler.total_num_update={args.updates}", f"lr_scheduler.warmup_updates={max(1, args.updates * 6 // 100)}",
             f"dataset.validate_interval_updates={max(10, args.updates // 6)}", f"hydra.run.dir={out / 'hydra'}",

@@ -1,4 +1,4 @@
-"""``--arch bart_{tiny,base,large}_preln``: Pre-LN BART (NVIDIA's recipe) for fairseq.
+"""``--arch bart_{tiny,small,base,large}_preln``: Pre-LN BART (NVIDIA's recipe) for fairseq.
 
 The model's code: ``bart_ext/adapters/fairseq_model.py`` (fairseq interfaces) around ``bart_ext/model.py``.
 """
@@ -27,6 +27,9 @@ class BartPrelnConfig(FairseqDataclass):
     dropout: Optional[float] = field(default=None, metadata={"help": "dropout on embeddings and sublayer outputs"})
     attention_dropout: Optional[float] = field(default=None, metadata={"help": "dropout on attention weights"})
     activation_dropout: Optional[float] = field(default=None, metadata={"help": "dropout after GeLU"})
+    init_std: Optional[float] = field(default=None, metadata={
+        "help": "std of the normal initialisation of Linear and Embedding weights (BART: 0.02; "
+                "bart_small_preln: width ** -0.5, with which narrow models start copying far sooner)"})
     post_ln: bool = field(
         default=False, metadata={"help": "Post-LN layout (fairseq's `bart`), for ablations; default Pre-LN"}
     )
@@ -78,8 +81,8 @@ def _preset(cfg, **values) -> None:
 
 
 def _regularisation(cfg) -> None:
-    # BART's pretraining settings (fairseq bart_large_architecture).
-    _preset(cfg, max_positions=1024, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, pooler_dropout=0.0)
+    # BART's pretraining settings (fairseq bart_large_architecture) and initialisation (init_bert_params).
+    _preset(cfg, init_std=0.02, max_positions=1024, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, pooler_dropout=0.0)
 
 
 @register_model_architecture("bart_preln", "bart_large_preln")
@@ -103,3 +106,14 @@ def bart_tiny_preln(cfg) -> None:
             encoder_attention_heads=3, max_positions=512)
     _regularisation(cfg)
 
+
+
+@register_model_architecture("bart_preln", "bart_small_preln")
+def bart_small_preln(cfg) -> None:
+    # The demo's model: a BART sized so that a 2-core CPU pretrains it in minutes, initialised at
+    # width ** -0.5 instead of BART's 0.02, which at this width leaves a model hundreds of updates
+    # on a plateau before it starts to copy (scripts/diagnose_copy.py; README, "The demo").
+    _preset(cfg, encoder_layers=3, decoder_layers=3, encoder_embed_dim=128, encoder_ffn_embed_dim=512,
+            encoder_attention_heads=4, max_positions=512)
+    _preset(cfg, init_std=cfg.encoder_embed_dim ** -0.5)
+    _regularisation(cfg)

@@ -7,6 +7,7 @@ state dicts stay fairseq BART's.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -277,6 +278,7 @@ class BartEncoderDecoder(FairseqEncoderDecoderModel):
             activation_dropout=cfg.activation_dropout,
             normalize_before=not cfg.post_ln,
             checkpoint_activations=cfg.checkpoint_activations,
+            init_std=getattr(cfg, "init_std", None) or 0.02,  # checkpoints from before the option lack it
         )
 
     @classmethod
@@ -293,7 +295,7 @@ class BartEncoderDecoder(FairseqEncoderDecoderModel):
         model_cfg = cls.core_config(cfg, src)
         embed = nn.Embedding(model_cfg.vocab_size, model_cfg.embed_dim, padding_idx=model_cfg.padding_idx)
         model = cls(cfg, BartEncoder(model_cfg, embed, src), BartDecoder(model_cfg, embed, src))
-        model.apply(core.init_bert_params)
+        model.apply(functools.partial(core.init_bert_params, std=model_cfg.init_std))
         return model
 
     def max_positions(self):

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from bart_ext import switches
+from bart_ext import hardware, switches
 from bart_ext.ngram_block import block_repeated_ngrams
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,11 @@ def check_precision(cfg) -> None:
         raise ValueError(
             f"--bf16-autocast (model.bf16_autocast) cannot be combined with {' and '.join(clash)}: pick one "
             "precision (--bf16-autocast on Ampere and later GPUs and on CPUs; --amp or --fp16 on V100/T4)")
+    if not uses_cuda(cfg) and hardware.cpu_bf16_matmul() is False:
+        logger.warning(
+            "--bf16-autocast on a CPU without bf16 matrix instructions (%s): PyTorch emulates bf16 "
+            "matmuls here and a step runs many times slower than in fp32; train in fp32 on this machine",
+            " / ".join(hardware.BF16_FLAGS))
 
 
 def torchrun_call_main(call_main):

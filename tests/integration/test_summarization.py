@@ -39,26 +39,50 @@ def trigram_repeats(tokens: list[str]) -> int:
 
 def test_demo_pipeline(demo):
     run, out = demo
-    for step in ("1/5 LDDL", "2/5 pretraining", "3/5 fine-tuning", "4/5 generating", "5/5 loss curves"):
+    for step in ("1/6 LDDL", "2/6 pretraining", "3/6 what pretraining learned", "4/6 fine-tuning",
+                 "5/6 summarizing", "6/6 results"):
         assert step in out
     assert "two words masked (bart_ext.load(...).fill_mask)" in out and "    input   : " in out
     assert list((run / "lddl" / "train").glob("shard-*.parquet"))
     pretrain_log = (run / "pretrain.log").read_text()
     assert "'optimizer': {'_name': 'nvlamb'" in pretrain_log and "'_name': 'bart_denoising'" in pretrain_log
-    # Fine-tuning started from the pretrained checkpoint, and its validation loss fell.
+    assert "'_name': 'bart_small_preln'" in pretrain_log
+    # One fine-tuning started from the pretrained checkpoint, the other from random weights; both
+    # validation losses fell.
     assert f"Loaded checkpoint {run / 'pretrain' / 'checkpoint_last.pt'}" in (run / "finetune.log").read_text()
-    valid = read_log(run / "finetune.log").valid
-    assert len(valid) >= 2 and valid[-1][1] < valid[0][1] - 0.1, valid
+    scratch_log = (run / "finetune_scratch.log").read_text()
+    assert "Loaded checkpoint" not in scratch_log and "No existing checkpoint found" in scratch_log
+    for log in ("finetune.log", "finetune_scratch.log"):
+        valid = read_log(run / log).valid
+        assert len(valid) >= 2 and valid[-1][1] < valid[0][1] - 0.1, (log, valid)
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("rouge", "rouge_scratch", "rouge_lead1", "rouge_lead3"):
+        assert set(summary[key]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}, key
+        assert all(math.isfinite(v["mean"]) and v["low"] <= v["mean"] <= v["high"] for v in summary[key].values())
+    assert 20 < summary["rouge_lead3"]["rouge1"]["mean"] < 60  # lead-3 is scored on real text
+    assert 1 <= summary["distinct_summaries"] <= 100 and summary["seconds"] > 0
+    # The copy baseline copies: it is right on most unmasked tokens and on (almost) no masked ones.
+    assert summary["copy_unmasked_token_accuracy"] > 0.6 and summary["copy_masked_token_accuracy"] < 0.1
+    assert 0 <= summary["masked_token_accuracy"] <= 1 and summary["masked_tokens"] > 100
+    recon = json.loads((run / "reconstruction.json").read_text())
+    assert len(recon["examples"]) == 2 and all(set(e) == {"noised", "reconstruction", "original"}
+                                                for e in recon["examples"])
+    assert all("<mask>" in e["noised"] and "<mask>" not in e["original"] for e in recon["examples"])
     rouge = json.loads((run / "generate" / "test.rouge.json").read_text())
     assert set(rouge) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert all(math.isfinite(v["f1"]) and v["low"] <= v["f1"] <= v["high"] for v in rouge.values())
+    assert rouge["rouge1"]["f1"] == summary["rouge"]["rouge1"]["mean"]
     hyps = (run / "generate" / "test.hyp").read_text().splitlines()
     refs = (run / "generate" / "test.ref").read_text().splitlines()
     assert len(hyps) == len(refs) == 100 and all(h.strip() for h in hyps)
+    assert len((run / "generate_scratch" / "test.hyp").read_text().splitlines()) == 100
     import matplotlib.image
 
-    img = matplotlib.image.imread(run / "loss_curves.png")
-    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600 and img[..., :3].std() > 0.05
+    img = matplotlib.image.imread(run / "demo.png")  # loss curves and the ROUGE bars: three panels
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 1500 and img[..., :3].std() > 0.05
+    drawn = json.loads((run / "demo.json").read_text())
+    assert drawn["ROUGE on the 100 test papers"] == {"lead-1": 3, "lead-3": 3, "from scratch": 3, "pretrained": 3}
+    assert set(drawn["fine-tuning: aclsum summarization"]) >= {"pretrained (valid)", "from scratch (valid)"}
 
 
 def generate_cli(run: Path, preset: str, subset: str, out: Path, mode: str = "bart_ext") -> dict:

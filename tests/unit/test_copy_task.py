@@ -1,6 +1,7 @@
 """The copy task learns where copying is easy, and does not where it is not (the demo's diagnostic)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bart_ext.copy_task import CopySetup, copy_batch, run_copy_task, shift_right
@@ -29,3 +30,33 @@ def test_length_curriculum_grows_to_the_longest_length():
     gen = torch.Generator().manual_seed(0)
     short = copy_batch(setup, gen, setup.longest(1))
     assert short.ne(1).sum(1).max() <= 6 + 2  # <s> and </s> around at most 6 tokens
+
+
+def test_width_scaled_init_learns_to_copy_where_bart_init_plateaus():
+    # The demo's finding (README, "The demo"): at 128 wide, BART's N(0, 0.02) leaves the model on
+    # the unigram plateau (specials right, ~14%), while N(0, width ** -0.5) copies within 120 updates.
+    scaled = run_copy_task(CopySetup(vocab=2000, dim=128, layers=2, steps=120, init_std=128 ** -0.5))
+    assert scaled.steps_to_95 is not None, scaled.curve
+    bart = run_copy_task(CopySetup(vocab=2000, dim=128, layers=2, steps=120))
+    assert bart.steps_to_95 is None and bart.curve[-1][2] < 0.3, bart.curve
+
+
+def test_copy_task_optimizers():
+    res = run_copy_task(CopySetup(vocab=30, layers=1, dim=32, heads=2, steps=2, optimizer="nvlamb", lr=3e-3),
+                        eval_every=1)
+    assert [u for u, _, _ in res.curve] == [1, 2]
+    with pytest.raises(ValueError, match="adam or nvlamb"):
+        run_copy_task(CopySetup(vocab=30, layers=1, dim=32, heads=2, steps=1, optimizer="sgd"))
+
+
+def test_init_std_sets_every_weight_and_is_checked():
+    from bart_ext.model import BartConfig, BartModel
+
+    model = BartModel(BartConfig(vocab_size=500, embed_dim=64, ffn_dim=128, encoder_layers=1, decoder_layers=1,
+                                 attention_heads=2, init_std=0.125))
+    assert abs(float(model.decoder.layers[0].fc1.weight.std()) - 0.125) < 0.01
+    assert abs(float(model.encoder.embed_tokens.weight[2:].std()) - 0.125) < 0.01
+    assert abs(float(model.decoder.embed_positions.weight[2:].std()) - 0.125) < 0.01
+    assert model.decoder.embed_positions.weight[1].abs().sum() == 0  # the padding position stays zero
+    with pytest.raises(ValueError, match="init_std"):
+        BartConfig(vocab_size=500, init_std=0.0)

@@ -354,6 +354,34 @@ def test_bf16_autocast_beside_fairseqs_precisions_is_refused(data_dir, flags, cl
     assert not ran  # refused before anything ran
 
 
+@pytest.mark.parametrize("flags_line,native", [("flags\t\t: fpu avx2 avx512f avx512_bf16", True),
+                                              ("flags\t\t: fpu avx2 amx_bf16", True),
+                                              ("flags\t\t: fpu avx avx2 fma", False)])
+def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path, flags_line, native):
+    from bart_ext import hardware
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: X\n{flags_line}\n")
+    assert hardware.cpu_bf16_matmul(cpuinfo) is native
+    assert hardware.cpu_bf16_matmul(tmp_path / "absent") is None  # not Linux: unknown, no warning
+
+
+@pytest.mark.parametrize("native", [True, False, None])
+def test_bf16_autocast_on_a_cpu_without_bf16_instructions_warns(data_dir, monkeypatch, caplog, native):
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.distributed import utils as dist_utils
+
+    from bart_ext import hardware
+
+    monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: native)
+    argv = [str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln", "--bf16-autocast", "--cpu"]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    ran = []
+    with caplog.at_level("WARNING"):
+        dist_utils.call_main(cfg, lambda cfg, **kw: ran.append(cfg))
+    assert ran and ("without bf16 matrix instructions" in caplog.text) == (native is False)
+
+
 def test_checkpoints_from_before_new_model_options_still_load(data_dir, tmp_path):
     """A checkpoint whose model config predates --compile and --checkpoint-activations loads with
     both off (fairseq fills missing fields from the dataclass)."""

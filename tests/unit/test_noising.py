@@ -276,3 +276,21 @@ def test_word_start_tables(data_dir, tmp_path):
     assert table[g.nspecial:].tolist() == [False, True, False]
     with pytest.raises(FileNotFoundError, match="encoder.json"):
         word_start_table(g, "gpt2", tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("permute", [0.0, 1.0])
+def test_masked_flags_name_the_target_tokens_the_spans_covered(train, permute):
+    task, samples = train
+    cfg = NoiseConfig(permute_sentences=permute, mask_random=0.0, replace_length=-1)
+    for o in draws(samples, cfg, n=100):
+        assert o.masked.shape == o.target.shape and not o.masked[0] and not o.masked[-1]
+        # one <mask> per covered token (plus the inserted ones): as many masks as flagged target
+        # tokens, and every source token that is not a mask is a target token that is not flagged
+        assert int(o.masked.sum()) + int((o.spans == 0).sum()) == int((o.source == task.mask_idx).sum())
+        assert sorted(o.source[o.source != task.mask_idx].tolist()) == sorted(o.target[~o.masked].tolist())
+    cfg = NoiseConfig(permute_sentences=0.0, mask_random=0.0, replace_length=1)
+    for o in draws(samples, cfg, n=100):  # spans collapse: each run of flagged tokens keeps at least
+        runs = int((o.masked[1:] & ~o.masked[:-1]).sum())  # its first span's <mask>, at most one per span
+        span_masks = int((o.source == task.mask_idx).sum()) - int((o.spans == 0).sum())
+        assert 1 <= runs <= span_masks <= int((o.spans > 0).sum())
+        assert o.source[o.source != task.mask_idx].tolist() == o.target[~o.masked].tolist()
