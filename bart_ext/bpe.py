@@ -138,3 +138,42 @@ def gpt2_decoder(encoder_json: Path | str, vocab_bpe: Path | str):
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
     return get_encoder(str(encoder_json), str(vocab_bpe)).decode
+
+
+def write_truncated_gpt2(gpt2_dir: Path | str, merges: int, out_dir: Path | str) -> Path:
+    """GPT-2's byte-level BPE with only its first ``merges`` merges: ``out_dir/{encoder.json,vocab.bpe}``.
+
+    GPT-2 gives merge ``r`` (0-based, in priority order) the id ``256 + r`` after its 256 byte
+    tokens, so applying the first ``merges`` merges yields exactly the ids below ``256 + merges``,
+    and their strings are GPT-2's. The result is still lossless (any text encodes, through bytes
+    where needed) and decodes with the same code; it only splits rare words into more pieces. A
+    narrow model's output layer is ``256 + merges`` rows instead of 50,257: on a CPU the softmax is
+    most of a small BART's step. ``<|endoftext|>`` is left out (BART's specials are fairseq's own).
+
+    Raises:
+        FileNotFoundError: ``gpt2_dir`` lacks ``encoder.json`` or ``vocab.bpe``.
+        ValueError: ``merges`` is not between 0 and the number of merges, or the files are not
+            GPT-2's layout (a merge's token without the id ``256 + rank``).
+    """
+    gpt2_dir, out_dir = Path(gpt2_dir), Path(out_dir)
+    for name in ("encoder.json", "vocab.bpe"):
+        if not (gpt2_dir / name).is_file():
+            raise FileNotFoundError(f"{gpt2_dir / name} not found: GPT-2's encoder.json and vocab.bpe are needed")
+    encoder = json.loads((gpt2_dir / "encoder.json").read_text(encoding="utf-8"))
+    lines = (gpt2_dir / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    header, rules = (lines[:1], lines[1:]) if lines and lines[0].startswith("#version") else ([], lines)
+    rules = [r for r in rules if r.strip()]
+    if not 0 <= merges <= len(rules):
+        raise ValueError(f"merges must be between 0 and {len(rules)} ({gpt2_dir / 'vocab.bpe'}), got {merges}")
+    for rank, rule in enumerate(rules[:merges]):
+        a, b = rule.split(" ")
+        if encoder.get(a + b) != 256 + rank:
+            raise ValueError(f"{gpt2_dir / 'vocab.bpe'} line {rank + 2}: merge {rule!r} is not id {256 + rank} in "
+                             f"{gpt2_dir / 'encoder.json'} (not GPT-2's layout)")
+    kept = {tok: i for tok, i in encoder.items() if i < 256 + merges}
+    if len(kept) != 256 + merges:
+        raise ValueError(f"{gpt2_dir / 'encoder.json'}: ids 0-255 are not GPT-2's byte tokens")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "encoder.json").write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "vocab.bpe").write_text("\n".join(header + rules[:merges]) + "\n", encoding="utf-8")
+    return out_dir

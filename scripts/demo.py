@@ -41,10 +41,46 @@ from bart_ext.curves import parse_record, plot, read_log  # noqa: E402
 
 STEPS = 6
 SAMPLE_TOKENS = 64  # pretraining sample length (configs/pretrain/small.yaml)
-PRETRAIN_UPDATES = 300
-FINETUNE_UPDATES = 150
+PRETRAIN_UPDATES = 600
+FINETUNE_UPDATES = 200
+BPE_MERGES = 4000  # GPT-2 BPE cut to 4,000 merges: 3.5x the pretraining tokens/s of the corpus' 18.6k types
+SMALL_UPDATES = (10, 12)  # --small (CI): enough for the validation losses to fall, not to learn
 
 STARTED = time.time()
+
+
+def small_vocabulary(data: Path, merges: int) -> tuple[Path, Path, int]:
+    """GPT-2's BPE cut to ``merges`` merges and aclsum's summarization data encoded with it, made
+    once under ``data/`` (``*_mN``). Returns the BPE folder, the binarized summarization data, and
+    the XSum preset's length limit (60 GPT-2 tokens) counted in the new tokens, so that the
+    summaries may be as long in text as with GPT-2's full BPE."""
+    from bart_ext.bpe import GPT2Encoder, write_truncated_gpt2
+
+    gpt2 = data / "aclsum" / f"gpt2_m{merges}"
+    if not (gpt2 / "vocab.bpe").exists():
+        write_truncated_gpt2(data / "aclsum" / "gpt2", merges, gpt2)
+    out = data / f"aclsum_summ_m{merges}"
+    if not (out / "bin" / "dict.source.txt").exists():
+        print(f"  aclsum summarization data with {256 + merges} BPE entries -> {out} (once)", flush=True)
+        proc = subprocess.run([sys.executable, "scripts/prepare_summarization.py", "--out", str(out),
+                               "--gpt2", str(gpt2), "--downloads", str(data / "downloads")],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"preparing {out} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    targets = [" " + t for t in (data / "aclsum_summ" / "raw" / "train.target").read_text(encoding="utf-8").splitlines()]
+    full = GPT2Encoder(data / "aclsum" / "gpt2" / "encoder.json", data / "aclsum" / "gpt2" / "vocab.bpe")
+    cut = GPT2Encoder(gpt2 / "encoder.json", gpt2 / "vocab.bpe")
+    ratio = sum(map(len, cut.encode_batch(targets))) / sum(map(len, full.encode_batch(targets)))
+    max_len_b = round(60 * ratio)
+    print(f"  vocabulary: GPT-2 BPE with {merges} merges ({256 + merges} entries); summaries are {ratio:.2f}x as "
+          f"many tokens, so the XSum preset's max_len_b 60 becomes {max_len_b}", flush=True)
+    return gpt2, out / "bin", max_len_b
+
+
+def validate_every(updates: int, times: int) -> int:
+    """Validate about ``times`` times in a run, never more often than every 10 updates, and at
+    least twice in a short (--small) run, so that a falling validation loss can be seen."""
+    return max(10, updates // times) if updates >= 20 else max(1, updates // 2)
 
 
 def say(msg: str) -> None:
@@ -178,11 +214,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--finetune-updates", type=int, default=FINETUNE_UPDATES)
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "demo")
     ap.add_argument("--data", type=Path, default=ROOT / "data", help="prepared by `make data`")
-    ap.add_argument("--small", action="store_true", help="CI: every step, with 20 pretraining and 30 fine-tuning updates")
+    ap.add_argument("--small", action="store_true",
+                    help=f"CI: every step, with {SMALL_UPDATES[0]} pretraining and {SMALL_UPDATES[1]} fine-tuning updates")
     ap.add_argument("--examples", type=int, default=2, help="summaries and reconstructions to print")
+    ap.add_argument("--bpe-merges", type=int, default=BPE_MERGES,
+                    help="GPT-2 BPE cut to its first N merges (bart_ext.bpe.write_truncated_gpt2), a dictionary of "
+                         "256 + N entries; 0: GPT-2's full BPE with the corpus' own 18.6k types")
     args = ap.parse_args(argv)
     if args.small:
-        args.pretrain_updates, args.finetune_updates = 20, 30
+        args.pretrain_updates, args.finetune_updates = SMALL_UPDATES
 
     run = args.run_dir.resolve()
     if run.exists():
@@ -197,11 +237,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     say(f"1/{STEPS} LDDL preprocessing: aclsum paper text -> balanced parquet shards of <= {SAMPLE_TOKENS} BPE tokens")
     lddl = run / "lddl"
-    # The corpus' own 18.6k BPE types as the vocabulary (not all 50k GPT-2 ids): a narrow model's
-    # output softmax is most of its cost on a CPU.
+    # A narrow model's output softmax is most of its cost on a CPU, so the vocabulary is sized to
+    # the corpus: GPT-2's BPE with fewer merges (every id of it), or the corpus' own 18.6k GPT-2 types.
+    if args.bpe_merges:
+        gpt2, summ, max_len_b = small_vocabulary(data, args.bpe_merges)
+        vocab_args = ["--gpt2", str(gpt2)]
+    else:
+        vocab_args, max_len_b = ["--dict", str(pretrain_dict)], None
     rc = stream([sys.executable, "scripts/lddl_preprocess.py", "--aclsum", "--out", str(lddl),
-                 "--target-seq-length", str(SAMPLE_TOKENS), "--num-shards", "4", "--workers", "2",
-                 "--dict", str(pretrain_dict)],
+                 "--target-seq-length", str(SAMPLE_TOKENS), "--num-shards", "4", "--workers", "2", *vocab_args],
                 run / "lddl.log", lambda line: "  " + line.rstrip() if re.match(r"(train|valid):", line) else None)
     if rc != 0:
         sys.exit(f"LDDL preprocessing failed (exit {rc}); log: {run / 'lddl.log'}")
@@ -212,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"task.data={lddl}", f"checkpoint.save_dir={pre}", f"optimization.max_update={args.pretrain_updates}",
         f"lr_scheduler.total_num_update={args.pretrain_updates}",
         f"lr_scheduler.warmup_updates={max(1, args.pretrain_updates // 10)}",
-        f"dataset.validate_interval_updates={max(10, args.pretrain_updates // 4)}", f"hydra.run.dir={pre / 'hydra'}",
+        f"dataset.validate_interval_updates={validate_every(args.pretrain_updates, 4)}", f"hydra.run.dir={pre / 'hydra'}",
     ], run / "pretrain.log", args.pretrain_updates)
 
     say(f"3/{STEPS} what pretraining learned: reconstructing noised text of the held-out test papers")
@@ -229,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"checkpoint.restore_file={restore or ft / 'no_checkpoint.pt'}",
             f"optimization.max_update={args.finetune_updates}", f"lr_scheduler.total_num_update={args.finetune_updates}",
             f"lr_scheduler.warmup_updates={max(1, args.finetune_updates // 10)}",
-            f"dataset.validate_interval_updates={max(10, args.finetune_updates // 6)}", f"hydra.run.dir={ft / 'hydra'}",
+            f"dataset.validate_interval_updates={validate_every(args.finetune_updates, 6)}", f"hydra.run.dir={ft / 'hydra'}",
         ], run / f"{ft.name}.log", args.finetune_updates)
         finetuned[label] = ft
 
@@ -242,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):
             gens[label] = generate([str(summ), "--preset", "xsum", "--path", str(ft / "checkpoint_best.pt"),
                                     "--gen-subset", "test", "--results-path", str(out), "--quiet", "--rouge", "--",
-                                    "--cpu"])
+                                    "--cpu", *(["--max-len-b", str(max_len_b)] if max_len_b else [])])
     refs = run / "generate" / "test.ref"
     baselines = {f"lead-{k}": lead(test_papers, refs, k, run / "baselines" / f"lead{k}.txt") for k in (1, 3)}
     for hyp, ref in list(zip(gens["pretrained"]["hyps"], gens["pretrained"]["refs"]))[: args.examples]:

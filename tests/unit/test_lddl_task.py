@@ -23,6 +23,39 @@ def test_tiktoken_and_fairseq_gpt2_give_the_same_ids(data_dir, sentences):
     assert fast == ref
 
 
+@pytest.mark.parametrize("backend", ["tiktoken", "fairseq"])
+def test_truncated_gpt2_is_gpt2_with_fewer_merges_and_lossless(data_dir, sentences, tmp_path, backend):
+    from bart_ext.bpe import gpt2_decoder, write_truncated_gpt2
+
+    gpt2 = data_dir / "gpt2"
+    small = write_truncated_gpt2(gpt2, 4000, tmp_path / "gpt2_4k")
+    texts = [" " + s for s in sentences[:200]] + ["don't they'll 123,456.7 ünïcödé 中文"]
+    full = GPT2Encoder(gpt2 / "encoder.json", gpt2 / "vocab.bpe", backend=backend).encode_batch(texts)
+    ids = GPT2Encoder(small / "encoder.json", small / "vocab.bpe", backend=backend).encode_batch(texts)
+    assert all(0 <= i < 256 + 4000 for row in ids for i in row)
+    # Same strings for the same ids (the tokens are GPT-2's), rare words in more pieces, nothing lost.
+    decode, decode_full = gpt2_decoder(small / "encoder.json", small / "vocab.bpe"), gpt2_decoder(gpt2 / "encoder.json",
+                                                                                               gpt2 / "vocab.bpe")
+    assert [decode(row) for row in ids] == [decode_full(row) for row in full] == texts
+    assert 1.1 < sum(map(len, ids)) / sum(map(len, full)) < 1.6
+    assert sum(a == b for a, b in zip(ids, full)) > 0  # common words keep their GPT-2 ids
+
+
+def test_truncated_gpt2_refuses_bad_input(data_dir, tmp_path):
+    from bart_ext.bpe import write_truncated_gpt2
+
+    with pytest.raises(ValueError, match="merges must be between 0 and 50000"):
+        write_truncated_gpt2(data_dir / "gpt2", 60000, tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="encoder.json"):
+        write_truncated_gpt2(tmp_path, 100, tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "encoder.json").write_text('{"a": 0, "b": 1, "ab": 7}', encoding="utf-8")
+    (tmp_path / "c" / "vocab.bpe").write_text("#version: 0.2\na b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2: merge 'a b' is not id 256"):
+        write_truncated_gpt2(tmp_path / "c", 1, tmp_path / "d")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
 def task_on(folder, **kw):
     import user_dir  # noqa: F401  (registers bart_denoising)
     from user_dir.bart_denoising import BartDenoisingTask
