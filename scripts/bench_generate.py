@@ -135,7 +135,8 @@ def torch_threads() -> int:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", type=Path, default=ROOT / "runs" / "demo" / "finetune" / "checkpoint_best.pt")
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "aclsum_summ" / "bin")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="binarized summarization data (default: the checkpoint's own task.data, whose dictionary it has)")
     ap.add_argument("--subset", default="test")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
@@ -146,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--small", "--run-dir", str(run)],
                        check=True, stdout=subprocess.DEVNULL)
         args.path = run / "finetune" / "checkpoint_best.pt"
+    if args.data is None:
+        import user_dir  # noqa: F401  (fairseq's checkpoint loader, patched for torch >= 2.6)
+        from bart_ext.convert.commands import load_fairseq_checkpoint
+
+        args.data = Path(str(load_fairseq_checkpoint(args.path)[1].task.data).split(":")[0])
 
     speed: dict[str, list[float]] = {m: [] for m in MODES}
     outputs: dict[str, dict] = {}

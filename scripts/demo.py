@@ -38,6 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.curves import parse_record, plot, read_log  # noqa: E402
+from bart_ext.summarization_data import load_preset  # noqa: E402
 
 STEPS = 6
 SAMPLE_TOKENS = 64  # pretraining sample length (configs/pretrain/small.yaml)
@@ -327,7 +328,10 @@ def main(argv: list[str] | None = None) -> dict:
                "rouge_lead1": percent(baselines["lead-1"]), "rouge_lead3": percent(baselines["lead-3"]),
                "distinct_summaries": distinct["pretrained"], "distinct_summaries_scratch": distinct["from scratch"],
                **{k: v for k, v in recon.items() if k != "examples"},
-               "pretrain_updates": args.pretrain_updates, "finetune_updates": args.finetune_updates, "seconds": seconds}
+               "pretrain_updates": args.pretrain_updates, "finetune_updates": args.finetune_updates, "seconds": seconds,
+               # what generating with the fine-tuned checkpoints again needs: its data and the XSum length limit
+               # (relative to the repository when inside it, so that the run folder may travel with it)
+               "summarization_data": str(summ.relative_to(ROOT) if summ.is_relative_to(ROOT) else summ), "xsum_max_len_b": max_len_b or load_preset("xsum")["max_len_b"]}
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -6,8 +6,8 @@
 #                                       there; wheels of what the GPU image lacks, for Python 3.11
 #                                       and 3.12) and prints what to carry
 #   bash scripts/gpu_check.sh run       there, in the repo root, with gpu_carry/, data/aclsum/bin,
-#                                       data/aclsum_summ/bin and runs/demo/finetune/checkpoint_best.pt
-#                                       carried: installs into a fresh venv (no network), runs the
+#                                       runs/demo (its summary.json names the summarization data,
+#                                       data/aclsum_summ_m4000/bin by default) and that data carried: installs into a fresh venv (no network), runs the
 #                                       CUDA tests, bench_gpu_mfu.py (base and large, 128 and 512,
 #                                       bf16, fused loss, compiled), one fairseq-generate latency at
 #                                       beam 6, and prints a short report (gpu_report.txt, in $OUT
@@ -18,6 +18,12 @@
 # no internet. On a machine without CUDA, `run` does everything it can: the install, the CUDA tests
 # skipping, the benchmark and the latency on the CPU at toy sizes (GPU_CHECK_SMOKE=1 forces this).
 set -euo pipefail
+
+# The summarization data the demo's checkpoints were fine-tuned on (their dictionary is its), as
+# runs/demo/summary.json records it relative to the repository.
+demo_data() {
+  ${PYTHON:-python3} -c 'import json; print(json.load(open("runs/demo/summary.json"))["summarization_data"])'
+}
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CARRY=${GPU_CHECK_CARRY:-$ROOT/gpu_carry}
@@ -45,7 +51,8 @@ prepare() {
       "${COMPILED[@]}" -d "$CARRY.tmp/wheels"
   done
   rm -rf "$CARRY" && mv "$CARRY.tmp" "$CARRY"
-  local need=(data/aclsum/bin data/aclsum_summ/bin runs/demo/finetune/checkpoint_best.pt)
+  [ -e runs/demo/summary.json ] || { echo "[gpu_check] runs/demo/summary.json is missing: run 'make demo' first" >&2; exit 1; }
+  local need=(data/aclsum/bin "$(demo_data)" runs/demo/finetune/checkpoint_best.pt runs/demo/summary.json)
   for p in "${need[@]}"; do
     [ -e "$p" ] || { echo "[gpu_check] $p is missing: run 'make demo' first" >&2; exit 1; }
   done
@@ -138,7 +145,7 @@ run() {
 
   echo "[gpu_check] generation latency (fairseq-generate, beam 6, batch 1)"
   echo -e "\n## Generation latency: fairseq-generate, XSum preset (beam 6), batch 1, the 100 test documents" >> "$report"
-  local gen=(data/aclsum_summ/bin --user-dir user_dir --task bart_summarization
+  local gen=("$(demo_data)" --user-dir user_dir --task bart_summarization
              --path runs/demo/finetune/checkpoint_best.pt --gen-subset test --batch-size 1
              --beam 6 --lenpen 1.0 --max-len-b 60 --min-len 10
              --no-repeat-ngram-size 3 --results-path /tmp/gpu_check_generate)

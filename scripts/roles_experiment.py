@@ -31,20 +31,25 @@ from scripts.demo import hydra_train, say  # noqa: E402
 from scripts.prepare_roles import main as prepare_roles  # noqa: E402
 
 
-def checkpoint_arch(path: Path) -> str:
-    """The ``--arch`` a fairseq checkpoint was trained with."""
+def checkpoint_arch_and_data(path: Path) -> tuple[str, Path]:
+    """The ``--arch`` a fairseq checkpoint was trained with and the data folder it trained on (its
+    ``task.data``; an LDDL folder holds the ``dict.txt`` and the GPT-2 BPE files of the model)."""
     from fairseq import checkpoint_utils
 
     import user_dir  # noqa: F401  (bart_ext's patches: fairseq's own checkpoints load under torch >= 2.6)
 
     cfg = checkpoint_utils.load_checkpoint_to_cpu(str(path))["cfg"]
-    return cfg["model"]._name if "_name" in cfg["model"] else cfg["model"].arch
+    arch = cfg["model"]._name if "_name" in cfg["model"] else cfg["model"].arch
+    return arch, Path(str(cfg["task"].data).split(":")[0])
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrained", type=Path, default=ROOT / "runs" / "demo" / "pretrain" / "checkpoint_last.pt")
     ap.add_argument("--data", type=Path, default=None, help="default data/aclsum_roles (prepared if missing)")
+    ap.add_argument("--dict", type=Path, default=None, help="the pretrained model's dict.txt (default: its task.data's)")
+    ap.add_argument("--gpt2", type=Path, default=None,
+                    help="folder with the pretrained model's encoder.json and vocab.bpe (default: its task.data)")
     ap.add_argument("--updates", type=int, default=600)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples")
@@ -57,10 +62,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.small:
         args.updates, args.rounds = 20, 200
     data_root = args.data or (args.run_dir / "data" if args.small else ROOT / "data" / "aclsum_roles")
-    say("1/4 aclsum sentence roles: raw text, GPT-2 BPE, binarized in the pretrained dictionary")
-    data = prepare_roles(["--out", str(data_root), *(["--max-papers", "4"] if args.small else [])])
-
-    arch = checkpoint_arch(args.pretrained)  # both runs: the pretrained model's architecture
+    arch, trained_on = checkpoint_arch_and_data(args.pretrained)  # both runs: the pretrained model's architecture
+    vocab_dict, gpt2 = args.dict or trained_on / "dict.txt", args.gpt2 or trained_on
+    for need in (vocab_dict, gpt2 / "encoder.json", gpt2 / "vocab.bpe"):
+        if not need.is_file():
+            sys.exit(f"roles_experiment.py: {need} not found: the role data is encoded in the pretrained model's "
+                     f"dictionary and BPE, by default those of the data it trained on ({trained_on}, the "
+                     "checkpoint's task.data); pass --dict and --gpt2")
+    say(f"1/4 aclsum sentence roles: raw text, the pretrained model's BPE ({gpt2}) and dictionary ({vocab_dict})")
+    data = prepare_roles(["--out", str(data_root), "--dict", str(vocab_dict), "--gpt2", str(gpt2),
+                          *(["--max-papers", "4"] if args.small else [])])
     run = args.run_dir.resolve()
     results = {}
     for i, init in enumerate(("pretrained", "random"), start=2):

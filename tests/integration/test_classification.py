@@ -49,6 +49,34 @@ def test_role_experiment_in_small(roles, pretrained, cli_env, tmp_path):
             assert 0.0 <= lo <= value <= hi <= 1.0, (metric, system)
 
 
+def test_role_data_follows_the_pretrained_vocabulary(roles, data_dir, cli_env, tmp_path):
+    """Another BPE and dictionary (GPT-2 cut to 500 merges) redo the encoding and binarization of the
+    same prepared sentences; the same ones again are skipped."""
+    import shutil
+
+    from fairseq.data import Dictionary, data_utils
+
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    from bart_ext.bpe import gpt2_dictionary_lines, write_truncated_gpt2
+
+    out = tmp_path / "roles"
+    shutil.copytree(roles, out)
+    small = write_truncated_gpt2(data_dir / "gpt2", 500, tmp_path / "gpt2_500")
+    (small / "dict.txt").write_text("\n".join(gpt2_dictionary_lines(small / "encoder.json")) + "\n")
+    prepare = [sys.executable, str(ROOT / "scripts" / "prepare_roles.py"), "--out", str(out), "--max-papers", "3"]
+    log = run([*prepare, "--dict", str(small / "dict.txt"), "--gpt2", str(small)], cli_env)
+    assert "binarizing the sentences in" in log
+    d = Dictionary.load(str(out / "bin" / "input0" / "dict.txt"))
+    assert len(d) == len(Dictionary.load(str(small / "dict.txt"))) < 1000
+    first = (out / "raw" / "train.input0").read_text(encoding="utf-8").splitlines()[0]
+    ids = data_utils.load_indexed_dataset(str(out / "bin" / "input0" / "train"), d)[0].tolist()
+    encoder = get_encoder(str(small / "encoder.json"), str(small / "vocab.bpe"))
+    assert ids[:-1] == [d.index(str(t)) for t in encoder.encode(" " + first.strip())] and d.unk() not in ids
+    assert (out / "bin" / "vocab.bpe").read_bytes() == (small / "vocab.bpe").read_bytes()
+    assert "binarizing" not in run([*prepare, "--dict", str(small / "dict.txt"), "--gpt2", str(small)], cli_env)
+
+
 @pytest.fixture(scope="module")
 def classifier(roles, cli_env, tmp_path_factory) -> Path:
     save = tmp_path_factory.mktemp("classifier")

@@ -18,7 +18,7 @@ from bart_ext.curves import read_log
 from bart_ext.summarization_data import load_preset, read_generate_output
 
 ROOT = Path(__file__).resolve().parents[2]
-SUMM = ROOT / "data" / "aclsum_summ" / "bin"
+SUMM = ROOT / "data" / "aclsum_summ" / "bin"  # `make data`'s; the demo makes its own vocabulary's copy
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,13 @@ def demo(tmp_path_factory):
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run, proc.stdout
+
+
+def demo_data(run: Path) -> tuple[Path, int]:
+    """The binarized summarization data the demo fine-tuned on (its dictionary is the checkpoints')
+    and the XSum length limit it generated with, as its summary.json records them."""
+    summary = json.loads((run / "summary.json").read_text())
+    return ROOT / summary["summarization_data"], summary["xsum_max_len_b"]
 
 
 def trigram_repeats(tokens: list[str]) -> int:
@@ -61,6 +68,10 @@ def test_demo_pipeline(demo):
         assert all(math.isfinite(v["mean"]) and v["low"] <= v["mean"] <= v["high"] for v in summary[key].values())
     assert 20 < summary["rouge_lead3"]["rouge1"]["mean"] < 60  # lead-3 is scored on real text
     assert 1 <= summary["distinct_summaries"] <= 100 and summary["seconds"] > 0
+    data, max_len_b = demo_data(run)  # the checkpoint's dictionary is the data's
+    assert len(torch.load(run / "finetune" / "checkpoint_best.pt", weights_only=False)["model"][
+        "encoder.embed_tokens.weight"]) == len((data / "dict.source.txt").read_text().splitlines()) + 5
+    assert max_len_b >= 60
     # The copy baseline copies: it is right on most unmasked tokens and on (almost) no masked ones.
     assert summary["copy_unmasked_token_accuracy"] > 0.6 and summary["copy_masked_token_accuracy"] < 0.1
     assert 0 <= summary["masked_token_accuracy"] <= 1 and summary["masked_tokens"] > 100
@@ -88,7 +99,7 @@ def test_demo_pipeline(demo):
 def generate_cli(run: Path, preset: str, subset: str, out: Path, mode: str = "bart_ext") -> dict:
     env = dict(os.environ, BART_EXT_NGRAM_BLOCK=mode)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "generate.py"), str(SUMM), "--preset", preset, "--path",
+        [sys.executable, str(ROOT / "scripts" / "generate.py"), str(demo_data(run)[0]), "--preset", preset, "--path",
          str(run / "finetune" / "checkpoint_best.pt"), "--gen-subset", subset, "--results-path", str(out),
          "--quiet", "--", "--cpu"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -103,6 +114,8 @@ def test_presets_through_fairseq_generate(demo, preset, tmp_path):
     else:
         rows = generate_cli(run, preset, "valid", tmp_path)
     settings = load_preset(preset)
+    if preset == "xsum":
+        settings["max_len_b"] = demo_data(run)[1]
     assert len(rows) == (100 if preset == "xsum" else 50)
     for idx, row in rows.items():
         hyp, scores = row["H"], row["P"]
@@ -115,7 +128,7 @@ def test_presets_through_fairseq_generate(demo, preset, tmp_path):
             assert trigram_repeats(hyp) == 0, (idx, hyp)
 
 
-def _generate_in_process(ckpt: Path, preset: str, subset: str, limit: int = 24):
+def _generate_in_process(ckpt: Path, data: Path, preset: str, subset: str, limit: int = 24):
     """fairseq-generate's own steps (options, task, model, generator, inference_step) on `limit` documents:
     (best hypothesis' tokens per document, the dictionary, the generator the task built)."""
     from fairseq import checkpoint_utils, options, tasks, utils
@@ -124,7 +137,7 @@ def _generate_in_process(ckpt: Path, preset: str, subset: str, limit: int = 24):
     from bart_ext.summarization_data import preset_args
 
     parser = options.get_generation_parser()
-    args = options.parse_args_and_arch(parser, [str(SUMM), "--user-dir", str(ROOT / "user_dir"), "--task",
+    args = options.parse_args_and_arch(parser, [str(data), "--user-dir", str(ROOT / "user_dir"), "--task",
                                                 "bart_summarization", "--path", str(ckpt), "--cpu",
                                                 *preset_args(preset)])
     cfg = convert_namespace_to_omegaconf(args)
@@ -148,12 +161,12 @@ def test_blocking_and_beam_search_equal_fairseqs_and_bos_first(demo):
     from bart_ext.switches import NGRAM_BLOCK
 
     run, _ = demo
-    ckpt = run / "finetune" / "checkpoint_best.pt"
+    ckpt, data = run / "finetune" / "checkpoint_best.pt", demo_data(run)[0]
     results, generators = {}, {}
     try:
         for mode in NGRAM_BLOCK.choices:
             fairseq_patches.install_ngram_block(mode)
-            results[mode], dictionary, generators[mode] = _generate_in_process(ckpt, "xsum", "valid")
+            results[mode], dictionary, generators[mode] = _generate_in_process(ckpt, data, "xsum", "valid")
     finally:
         fairseq_patches.install_ngram_block("bart_ext")
     assert results["bart_ext"] == results["fairseq_loop"]
@@ -161,7 +174,7 @@ def test_blocking_and_beam_search_equal_fairseqs_and_bos_first(demo):
     assert isinstance(generators["bart_ext"], BeamSequenceGenerator)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BART_EXT_GENERATOR", "fairseq")
-        fairseq_tokens, _, fairseq_generator = _generate_in_process(ckpt, "xsum", "valid")
+        fairseq_tokens, _, fairseq_generator = _generate_in_process(ckpt, data, "xsum", "valid")
     assert type(fairseq_generator).__name__ == "SequenceGenerator"
     assert fairseq_tokens == results["bart_ext"]
     for tokens in results["bart_ext"]:
@@ -170,7 +183,7 @@ def test_blocking_and_beam_search_equal_fairseqs_and_bos_first(demo):
     # fairseq as shipped blocks nothing on a CPU (issue #5206): this model then repeats itself.
     assert sum(trigram_repeats([str(t) for t in tokens]) for tokens in results["fairseq_stock"]) > 0
     # The CNN-DM preset's long outputs (55 to 140 tokens), on the token ids themselves.
-    for tokens in _generate_in_process(ckpt, "cnn_dm", "valid", limit=12)[0]:
+    for tokens in _generate_in_process(ckpt, data, "cnn_dm", "valid", limit=12)[0]:
         assert tokens[0] == dictionary.bos() and 55 <= len(tokens) - 1 <= 140
         assert trigram_repeats([str(t) for t in tokens]) == 0
 
@@ -181,11 +194,13 @@ def test_python_api_generates_what_fairseq_generate_wrote(demo):
     import bart_ext
 
     run, _ = demo
-    model = bart_ext.load(run / "finetune" / "checkpoint_best.pt", data=SUMM)
+    data, max_len_b = demo_data(run)
+    model = bart_ext.load(run / "finetune" / "checkpoint_best.pt")  # the checkpoint's own task.data
+    assert Path(model.cfg.task.data).resolve() == data.resolve()
     model.task.load_dataset("test")
     dataset = model.task.dataset("test")
     n = 8
-    hypos = model.generate([dataset[i]["source"] for i in range(n)], **load_preset("xsum"))
+    hypos = model.generate([dataset[i]["source"] for i in range(n)], **{**load_preset("xsum"), "max_len_b": max_len_b})
     written = read_generate_output(run / "generate" / "generate-test.txt")
     strip = ("<s>", "</s>")
     for i in range(n):
