@@ -67,6 +67,10 @@ install() {
   if [ ! -x "$VENV/bin/python" ]; then
     ${PYTHON:-python3} -m venv --system-site-packages "$VENV"
   fi
+  # A venv made by an interpreter that is itself a venv's (the image's torch lives in
+  # /opt/torch/.venv) sees only the base interpreter's packages: a .pth adds the creator's.
+  "${PYTHON:-python3}" -c 'import site; print("\n".join(site.getsitepackages()))' \
+    > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_bart_ext_creator_site.pth"
   P=$VENV/bin/python
   local pip=("$P" -m pip install -q --disable-pip-version-check --no-index --find-links "$CARRY/wheels")
   if ! "$P" -c "import hydra, omegaconf, bitarray, yaml, regex, sacrebleu, pytest, setuptools" 2>/dev/null; then
@@ -98,7 +102,9 @@ for name, text in files.items():
     (site / name).write_text(text)
 PYEOF
   fi
-  "$P" -m pip install -q --disable-pip-version-check --no-index --no-build-isolation --no-deps -e "$ROOT" >/dev/null
+  # The repository on the venv's path (bart_ext, user_dir): a .pth, not `pip install -e`, whose
+  # setup.py develop re-invokes pip with build isolation and so needs the network.
+  echo "$ROOT" > "$("$P" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_bart_ext_repo.pth"
   "$P" -c "import torch, fairseq, user_dir; print('[gpu_check] ok: torch', torch.__version__, 'CUDA', torch.version.cuda, 'fairseq', fairseq.__version__)"
 }
 
