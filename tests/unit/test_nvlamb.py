@@ -158,7 +158,7 @@ def test_overflow_step_is_skipped_and_touches_nothing(dtype):
 def train(params, opt, steps):
     for step in steps:
         for p, g in zip(params, grads_for(step, params)):
-            p.grad = g.to(p.dtype).clone()
+            p.grad = g.to(device=p.device, dtype=p.dtype).clone()  # the grads are made on the CPU
         opt.step()
 
 
