@@ -27,6 +27,10 @@ bart_ext/adapters/fairseq_model.py):
                       bart_summarization shapes them and the target prefix ``<s>``; timed around
                       ``translate_batch`` (generation only, like fairseq's figure), with the share of
                       documents whose output is identical to bart_ext's
+    ct2_fp32_fs, ct2_int8_fs
+                      the same folders through ``bart_ext.convert.ct2.translate_like_fairseq``:
+                      fairseq's forced ``</s>`` at the length limit and its final choice by plain
+                      log-probabilities (one ``score_batch`` pass over the finished hypotheses)
 
 Usage: python scripts/bench_generate.py [--path runs/demo/finetune/checkpoint_best.pt] [--rounds 3]
 (`make demo` writes the default checkpoint; without it, this runs the demo's small pipeline first.)
@@ -95,6 +99,7 @@ def ct2_setup(ckpt: Path, data: Path, subset: str, tmp: Path) -> tuple[dict, lis
     folders = {}
     for name, quantization in (("ct2_fp32", None), ("ct2_int8", "int8")):
         folders[name] = to_ct2(ckpt, tmp / name, quantization, data=data)
+        folders[name + "_fs"] = folders[name]  # the same folder through translate_like_fairseq
     sources = []
     ds = MMapIndexedDataset(str(next(data.glob(f"{subset}.*-*.source.idx")))[: -len(".idx")])
     for i in range(len(ds)):
@@ -106,10 +111,13 @@ def ct2_setup(ckpt: Path, data: Path, subset: str, tmp: Path) -> tuple[dict, lis
 
 
 def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: int,
-            unconstrained: bool = False) -> tuple[float, dict]:
-    """sentences/s of CTranslate2 with the XSum preset, and its outputs as dictionary symbols."""
+            unconstrained: bool = False, like_fairseq: bool = False) -> tuple[float, dict]:
+    """sentences/s of CTranslate2 with the XSum preset, and its outputs as dictionary symbols:
+    ``translate_batch`` as a user calls it, or with ``like_fairseq`` through
+    ``bart_ext.convert.ct2.translate_like_fairseq`` (fairseq's length limit and final scores)."""
     import ctranslate2
 
+    from bart_ext.convert.ct2 import translate_like_fairseq
     from bart_ext.summarization_data import load_preset
 
     vocab = json.loads((folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
@@ -118,12 +126,17 @@ def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: i
     translator = ctranslate2.Translator(str(folder), device="cpu", intra_threads=torch_threads())
     tokens = [[vocab[t] for t in src] for src in sources]
     t0 = time.perf_counter()
-    results = translator.translate_batch(
-        tokens, target_prefix=[["<s>"]] * len(tokens), max_batch_size=batch, beam_size=p["beam"],
-        length_penalty=p["lenpen"], max_decoding_length=p["max_len_b"], min_decoding_length=p["min_len"],
-        no_repeat_ngram_size=p["no_repeat_ngram_size"])
+    if like_fairseq:
+        hyps = translate_like_fairseq(translator, tokens, beam=p["beam"], max_len=p["max_len_b"], lenpen=p["lenpen"],
+                                      min_len=p["min_len"], no_repeat_ngram_size=p["no_repeat_ngram_size"],
+                                      max_batch_size=batch)
+    else:
+        hyps = [r.hypotheses[0] for r in translator.translate_batch(
+            tokens, target_prefix=[["<s>"]] * len(tokens), max_batch_size=batch, beam_size=p["beam"],
+            length_penalty=p["lenpen"], max_decoding_length=p["max_len_b"], min_decoding_length=p["min_len"],
+            no_repeat_ngram_size=p["no_repeat_ngram_size"])]
     seconds = time.perf_counter() - t0
-    return len(tokens) / seconds, {i: [symbols[index[t]] for t in r.hypotheses[0]] for i, r in enumerate(results)}
+    return len(tokens) / seconds, {i: [symbols[index[t]] for t in h] for i, h in enumerate(hyps)}
 
 
 def torch_threads() -> int:
@@ -170,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(args.rounds):
             for mode in [*MODES, *ct2]:
                 if mode in ct2:
-                    s, hyps = run_ct2(ct2[mode], sources, symbols, args.batch_size)
+                    s, hyps = run_ct2(ct2[mode], sources, symbols, args.batch_size, like_fairseq=mode.endswith("_fs"))
                 else:
                     s, hyps = run_once(mode, args.data, args.path, args.subset, args.batch_size, Path(tmp) / mode)
                 hyps = {i: [t for t in h if t not in ("<s>", "</s>")] for i, h in hyps.items()}
@@ -182,7 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
         if ct2:  # one untimed pass each: how much of the difference the two constraints explain
             _, unconstrained["bart_ext"] = run_once("bart_ext", args.data, args.path, args.subset, args.batch_size,
                                                     Path(tmp) / "unconstrained", unconstrained=True)
-            _, unconstrained["ct2_fp32"] = run_ct2(ct2["ct2_fp32"], sources, symbols, args.batch_size, True)
+            for mode in ("ct2_fp32", "ct2_fp32_fs"):
+                _, unconstrained[mode] = run_ct2(ct2[mode], sources, symbols, args.batch_size, True,
+                                                 like_fairseq=mode.endswith("_fs"))
             unconstrained = {m: {i: [t for t in h if t not in ("<s>", "</s>")] for i, h in o.items()}
                              for m, o in unconstrained.items()}
     med = {m: statistics.median(v) for m, v in speed.items()}
@@ -203,9 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
         ident = sum(outputs[mode].get(i) == h for i, h in outputs["bart_ext"].items())
         print(f"  {mode + ' / bart_ext':<33} = {med[mode] / med['bart_ext']:.2f}x   "
               f"outputs identical to bart_ext's on {ident}/{n} documents ({100 * ident / n:.0f}%)")
-    if unconstrained:
-        ident = sum(unconstrained["ct2_fp32"].get(i) == h for i, h in unconstrained["bart_ext"].items())
-        print(f"  without n-gram blocking and minimum length (no_repeat_ngram_size 0, min_len 1), ct2_fp32 is "
+    for mode in ("ct2_fp32", "ct2_fp32_fs") if unconstrained else ():
+        ident = sum(unconstrained[mode].get(i) == h for i, h in unconstrained["bart_ext"].items())
+        print(f"  without n-gram blocking and minimum length (no_repeat_ngram_size 0, min_len 1), {mode} is "
               f"identical to bart_ext on {ident}/{n} documents ({100 * ident / n:.0f}%)")
     if not all(same.values()):
         raise SystemExit("outputs differ from fairseq_loop's: " + ", ".join(m for m, ok in same.items() if not ok))

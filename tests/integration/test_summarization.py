@@ -34,9 +34,16 @@ def demo(tmp_path_factory):
 
 def demo_data(run: Path) -> tuple[Path, int]:
     """The binarized summarization data the demo fine-tuned on (its dictionary is the checkpoints')
-    and the XSum length limit it generated with, as its summary.json records them."""
+    and the XSum preset's length limit in its vocabulary, as its summary.json records them."""
     summary = json.loads((run / "summary.json").read_text())
     return ROOT / summary["summarization_data"], summary["xsum_max_len_b"]
+
+
+def demo_generation(run: Path) -> dict:
+    """The decoding settings the demo generated its test summaries with: its preset's, with the
+    overrides its summary.json records."""
+    generation = json.loads((run / "summary.json").read_text())["generation"]
+    return {**load_preset(generation["preset"]), **generation}
 
 
 def trigram_repeats(tokens: list[str]) -> int:
@@ -72,6 +79,8 @@ def test_demo_pipeline(demo):
     assert len(torch.load(run / "finetune" / "checkpoint_best.pt", weights_only=False)["model"][
         "encoder.embed_tokens.weight"]) == len((data / "dict.source.txt").read_text().splitlines()) + 5
     assert max_len_b >= 60
+    generation = demo_generation(run)
+    assert generation["preset"] in ("xsum", "cnn_dm") and generation["min_len"] <= generation["max_len_b"]
     # The copy baseline copies: it is right on most unmasked tokens and on (almost) no masked ones.
     assert summary["copy_unmasked_token_accuracy"] > 0.6 and summary["copy_masked_token_accuracy"] < 0.1
     assert 0 <= summary["masked_token_accuracy"] <= 1 and summary["masked_tokens"] > 100
@@ -109,14 +118,14 @@ def generate_cli(run: Path, preset: str, subset: str, out: Path, mode: str = "ba
 @pytest.mark.parametrize("preset", ["xsum", "cnn_dm"])
 def test_presets_through_fairseq_generate(demo, preset, tmp_path):
     run, _ = demo
-    if preset == "xsum":  # the demo generated the test split with it already
+    demo_preset = preset == demo_generation(run)["preset"]
+    if demo_preset:  # the demo generated the test split with it already, with its own lengths
         rows = read_generate_output(run / "generate" / "generate-test.txt")
+        settings = demo_generation(run)
     else:
         rows = generate_cli(run, preset, "valid", tmp_path)
-    settings = load_preset(preset)
-    if preset == "xsum":
-        settings["max_len_b"] = demo_data(run)[1]
-    assert len(rows) == (100 if preset == "xsum" else 50)
+        settings = load_preset(preset)
+    assert len(rows) == (100 if demo_preset else 50)
     for idx, row in rows.items():
         hyp, scores = row["H"], row["P"]
         # fairseq scores every token of <s> ... </s> but prints H without <s> and </s> (wherever they
@@ -189,18 +198,19 @@ def test_blocking_and_beam_search_equal_fairseqs_and_bos_first(demo):
 
 
 def test_python_api_generates_what_fairseq_generate_wrote(demo):
-    """bart_ext.load(...).generate with the XSum preset on the test sources gives fairseq-generate's
-    hypotheses; decode gives the demo's summaries; summarize takes raw text."""
+    """bart_ext.load(...).generate with the demo's decoding settings on the test sources gives
+    fairseq-generate's hypotheses; decode gives the demo's summaries; summarize takes raw text."""
     import bart_ext
 
     run, _ = demo
-    data, max_len_b = demo_data(run)
+    data, _ = demo_data(run)
     model = bart_ext.load(run / "finetune" / "checkpoint_best.pt")  # the checkpoint's own task.data
     assert Path(model.cfg.task.data).resolve() == data.resolve()
     model.task.load_dataset("test")
     dataset = model.task.dataset("test")
     n = 8
-    hypos = model.generate([dataset[i]["source"] for i in range(n)], **{**load_preset("xsum"), "max_len_b": max_len_b})
+    settings = {k: v for k, v in demo_generation(run).items() if k != "preset"}
+    hypos = model.generate([dataset[i]["source"] for i in range(n)], **settings)
     written = read_generate_output(run / "generate" / "generate-test.txt")
     strip = ("<s>", "</s>")
     for i in range(n):

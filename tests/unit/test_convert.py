@@ -242,6 +242,28 @@ def test_ctranslate2_greedy_equals_fairseq(tmp_path, trained):
     assert [[index[t] for t in r.hypotheses[0]] for r in results] == expected
 
 
+
+@pytest.mark.parametrize("beam,lenpen,max_len_b", [(4, 1.0, 12), (4, 1.0, 21), (6, 2.0, 21), (6, 1.0, 30)])
+def test_ctranslate2_beam_like_fairseq_at_the_length_limit(tmp_path, trained, beam, lenpen, max_len_b):
+    """Beam search without n-gram blocking or minimum length: translate_like_fairseq gives fairseq's
+    output, also where beams reach max_len_b (the model copies 20-token summaries)."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from bart_ext.convert.ct2 import translate_like_fairseq
+
+    ckpt, data, src = trained
+    model, task = load_ours(ckpt, data)
+    preset = {"beam": beam, "lenpen": lenpen, "max_len_b": max_len_b, "min_len": 1}
+    expected = fairseq_generate(model, task, src, preset)
+    at_limit = sum(len(e) == max_len_b + 1 for e in expected)  # ended by fairseq's forced </s>
+    assert at_limit > 0 if max_len_b < 30 else at_limit == 0, at_limit  # 30: all end on their own
+    convert(["to-ct2", str(ckpt), str(tmp_path / "ct2")])
+    vocab = json.loads((tmp_path / "ct2" / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    index = {tok: i for i, tok in enumerate(vocab)}
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    sources = [[vocab[t] for t in row if t != 1] for row in src.tolist()]
+    got = translate_like_fairseq(translator, sources, beam=beam, max_len=max_len_b, lenpen=lenpen)
+    assert [[index[t] for t in h] for h in got] == expected
+
 def test_generation_config_follows_fairseq(tmp_path, trained):
     ckpt, _, _ = trained
     convert(["to-hf", str(ckpt), str(tmp_path / "hf"), "--preset", "xsum"])
