@@ -8,13 +8,17 @@ backward and the optimizer step. Configurations:
     stock      fairseq `bart` with the Pre-LN flags, fp32, fairseq's `cross_entropy`
     fp32       bart_preln, fp32, fairseq's `cross_entropy` (full logits)
     fused      bart_preln, fp32, `bart_cross_entropy` (chunked projection + loss)
+    fused+compile  the same with --compile (fp32)
     bf16       bart_preln --bf16-autocast, fairseq's `cross_entropy`
     bf16+fused bart_preln --bf16-autocast, `bart_cross_entropy`
     bf16+fused+compile  the same with --compile (compiled during the warm-up step)
     (memory only) fused+ckpt: fused with --checkpoint-activations
 
 Rounds rotate through the configurations so drift in the machine hits all; the figure is the
-median words/s (target tokens) over rounds. `best` is the fastest bart_preln configuration.
+median words/s (target tokens) over rounds. `best` is the fastest bart_preln configuration, `fp32_best`
+the fastest one without bf16. On a CPU without bf16 matrix instructions (no AVX512-BF16/AMX; PyTorch
+emulates bf16 there, about 0.04x fp32's speed) the bf16 configurations are left out unless named in
+--configs.
 
 Memory (--memory): the peak a step's forward, loss and backward add above parameters, gradients
 and optimizer state, measured in a fresh process per configuration as the rise of the peak
@@ -22,12 +26,13 @@ resident set (VmHWM, reset through /proc/self/clear_refs) with glibc returning e
 64 KiB or more to the system at once (MALLOC_MMAP_THRESHOLD_), so resident memory follows live
 tensors. Measured at mid size with the dictionary padded to GPT-2's 50,265 entries.
 
-Usage: python scripts/bench_train.py [--rounds 5] [--steps 2] [--sizes tiny,mid] [--memory] [--json]
+Usage: python scripts/bench_train.py [--rounds 5] [--steps 2] [--sizes tiny,mid] [--configs C1,C2,...] [--memory] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -42,6 +47,7 @@ from fairseq.models.bart.model import bart_base_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.hardware import cpu_bf16_matmul  # noqa: E402
 from user_dir.bart_cross_entropy import BartCrossEntropy  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 from user_dir.bart_preln import BartPreln  # noqa: E402
@@ -51,7 +57,7 @@ SIZES = {  # layers, width, heads, ffn
     "3x256": (3, 256, 4, 1024),
     "mid": (6, 512, 8, 2048),
 }
-CONFIGS = ("stock", "fp32", "fused", "bf16", "bf16+fused", "bf16+fused+compile")
+CONFIGS = ("stock", "fp32", "fused", "fused+compile", "bf16", "bf16+fused", "bf16+fused+compile")
 GPT2_ENTRIES = 50265
 log = print
 
@@ -136,6 +142,21 @@ def peak_mib(config: str, size: str, args) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+def chosen_configs(names: str | None) -> tuple[str, ...]:
+    """The configurations to run, in CONFIGS' order; ``stock`` and ``fp32`` always (the ratios' bases)."""
+    if names:
+        unknown = set(names.split(",")) - set(CONFIGS)
+        if unknown:
+            raise SystemExit(f"--configs: unknown {', '.join(sorted(unknown))} (known: {', '.join(CONFIGS)})")
+        want = {"stock", "fp32", *names.split(",")}
+        return tuple(c for c in CONFIGS if c in want)
+    if torch.cuda.is_available() or cpu_bf16_matmul() is not False:
+        return CONFIGS
+    log("  bf16 configurations left out: this CPU has no bf16 matrix instructions (AVX512-BF16/AMX), where PyTorch "
+        "emulates bf16 matmuls (name them in --configs to run them anyway)")
+    return tuple(c for c in CONFIGS if "bf16" not in c)
+
+
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
@@ -162,6 +183,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="training steps per configuration per round")
     ap.add_argument("--sizes", default="tiny,mid")
     ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--configs", help="configurations to run (stock and fp32 always run); default: all, less the "
+                                      "bf16 ones on a CPU without bf16 matrix instructions")
     ap.add_argument("--memory", action="store_true", help="also measure each configuration's added peak memory")
     ap.add_argument("--json", action="store_true", help="one JSON object per size on stdout")
     ap.add_argument("--_peak", default=None, help=argparse.SUPPRESS)
@@ -169,6 +192,7 @@ def main() -> None:
     if args._peak:
         return peak_child(args._peak, args.sizes, args.data, args.max_tokens)
     global log
+    logging.getLogger("filelock").setLevel(logging.WARNING)  # torch.compile's cache locks, one DEBUG line each
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     torch.manual_seed(0)
     task, batches = load(args.data, args.steps, args.max_tokens)
@@ -177,35 +201,39 @@ def main() -> None:
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} batches of "
         f"~{words // len(batches)} target tokens; {args.rounds} rounds x {args.steps} steps per configuration; "
         f"matmul peak bf16 {peaks['bf16']:.0f} / fp32 {peaks['fp32']:.0f} GFLOP/s")
+    configs = chosen_configs(args.configs)
     for size in args.sizes.split(","):
-        models = {c: build(c, size, task).train() for c in CONFIGS}
-        crits = {c: criterion(c, task) for c in CONFIGS}
+        models = {c: build(c, size, task).train() for c in configs}
+        crits = {c: criterion(c, task) for c in configs}
         opts = {c: torch.optim.Adam(m.parameters(), lr=1e-4) for c, m in models.items()}
-        wps: dict[str, list[float]] = {c: [] for c in CONFIGS}
-        for c in CONFIGS:  # warm-up (and --compile's compilation) on every batch shape
+        wps: dict[str, list[float]] = {c: [] for c in configs}
+        for c in configs:  # warm-up (and --compile's compilation) on every batch shape
             t0 = time.perf_counter()
             for b in batches:
                 step(models[c], crits[c], opts[c], b)
             if "compile" in c:
                 log(f"  {c}: warm-up with compilation {time.perf_counter() - t0:.0f}s")
         for r in range(args.rounds):
-            for c in CONFIGS[r % len(CONFIGS):] + CONFIGS[: r % len(CONFIGS)]:
+            for c in configs[r % len(configs):] + configs[: r % len(configs)]:
                 t0 = time.perf_counter()
                 for b in batches:
                     step(models[c], crits[c], opts[c], b)
                 wps[c].append(words / (time.perf_counter() - t0))
         med = {c: statistics.median(v) for c, v in wps.items()}
-        best = max(CONFIGS[1:], key=med.get)
+        best = max(configs[1:], key=med.get)
+        fp32_best = max((c for c in configs[1:] if "bf16" not in c), key=med.get)
         gflop = model_gflop_per_word(models["fp32"])
         layers, dim, heads, ffn = SIZES[size]
         log(f"\n{size}: {layers}+{layers} x{dim} h{heads} ffn{ffn}, {len(task.dictionary):,} entries")
         log(f"  {'configuration':<20} {'words/s':>9} {'vs stock':>9} {'MFU bf16':>9} {'MFU fp32':>9}")
-        for c in CONFIGS:
+        for c in configs:
             log(f"  {c:<20} {med[c]:>9,.0f} {med[c] / med['stock']:>8.2f}x {100 * med[c] * gflop / peaks['bf16']:>8.1f}% "
                 f"{100 * med[c] * gflop / peaks['fp32']:>8.1f}%", flush=True)
-        log(f"  best: {best} ({med[best] / med['stock']:.2f}x stock)")
+        log(f"  best: {best} ({med[best] / med['stock']:.2f}x stock); without bf16: {fp32_best} "
+            f"({med[fp32_best] / med['stock']:.2f}x)")
         result = {"size": size, "stock_wps": med["stock"], "fp32_wps": med["fp32"], "best_wps": med[best],
                   "best_config": best, "best_ratio": med[best] / med["stock"], "fp32_ratio": med["fp32"] / med["stock"],
+                  "fp32_best_config": fp32_best, "fp32_best_ratio": med[fp32_best] / med["stock"],
                   "wps": med, "matmul_peak_gflops": peaks, "model_gflop_per_word": gflop}
         if args.memory and size == "mid":
             mem = {c: peak_mib(c, size, args) for c in ("stock", "fp32", "fused", "fused+ckpt", "bf16+fused")}
