@@ -61,9 +61,14 @@ def test_demo_pipeline(demo):
     pretrain_log = (run / "pretrain.log").read_text()
     assert "'optimizer': {'_name': 'nvlamb'" in pretrain_log and "'_name': 'bart_denoising'" in pretrain_log
     assert "'_name': 'bart_small_preln'" in pretrain_log
-    # One fine-tuning started from the pretrained checkpoint, the other from random weights; both
-    # validation losses fell.
-    assert f"Loaded checkpoint {run / 'pretrain' / 'checkpoint_last.pt'}" in (run / "finetune.log").read_text()
+    # One fine-tuning started from the pretrained checkpoint (its position rows beyond the 64 pretrained
+    # ones filled: bart_ext/positions.py), the other from random weights; both validation losses fell.
+    assert f"Loaded checkpoint {run / 'pretrain' / 'checkpoint_filled.pt'}" in (run / "finetune.log").read_text()
+    filled = torch.load(run / "pretrain" / "checkpoint_filled.pt", weights_only=False)["model"]
+    last = torch.load(run / "pretrain" / "checkpoint_last.pt", weights_only=False)["model"]
+    for key in ("encoder.embed_positions.weight", "decoder.embed_positions.weight"):
+        assert torch.equal(filled[key][:66], last[key][:66])  # padding row + the 64 pretrained positions
+        assert torch.allclose(filled[key][66:], last[key][34:66].mean(0).expand_as(filled[key][66:]))
     scratch_log = (run / "finetune_scratch.log").read_text()
     assert "Loaded checkpoint" not in scratch_log and "No existing checkpoint found" in scratch_log
     for log in ("finetune.log", "finetune_scratch.log"):
@@ -75,6 +80,7 @@ def test_demo_pipeline(demo):
         assert all(math.isfinite(v["mean"]) and v["low"] <= v["mean"] <= v["high"] for v in summary[key].values())
     assert 20 < summary["rouge_lead3"]["rouge1"]["mean"] < 60  # lead-3 is scored on real text
     assert 1 <= summary["distinct_summaries"] <= 100 and summary["seconds"] > 0
+    assert summary["position_fill"] == "tail-mean"
     data, max_len_b = demo_data(run)  # the checkpoint's dictionary is the data's
     assert len(torch.load(run / "finetune" / "checkpoint_best.pt", weights_only=False)["model"][
         "encoder.embed_tokens.weight"]) == len((data / "dict.source.txt").read_text().splitlines()) + 5
