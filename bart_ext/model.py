@@ -373,19 +373,28 @@ def run_layer(layer: nn.Module, checkpointed: bool, *args) -> Tensor:
     return layer(*args)
 
 
-class Encoder(nn.Module):
-    """BART encoder: token + learned position embeddings, LayerNorm, N layers, (Pre-LN) final LayerNorm."""
+class _Stack(nn.Module):
+    """What the encoder and the decoder share: token + learned position embeddings, their
+    LayerNorm, ``layers``, and (Pre-LN) a final LayerNorm. ``kwargs`` go on up the MRO (the fairseq
+    adapters mix in ``FairseqEncoder`` / ``FairseqIncrementalDecoder``)."""
 
-    def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, **kwargs):
+    def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, layers, **kwargs):
         super().__init__(**kwargs)
         self.padding_idx = cfg.padding_idx
         self.dropout = cfg.dropout
         self.embed_tokens = embed_tokens
         self.embed_positions = LearnedPositionalEmbedding(cfg.max_positions, cfg.embed_dim, cfg.padding_idx)
         self.layernorm_embedding = nn.LayerNorm(cfg.embed_dim)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layers = nn.ModuleList(layers)
         self.layer_norm = nn.LayerNorm(cfg.embed_dim) if cfg.normalize_before else None
         self.checkpoint_activations = cfg.checkpoint_activations
+
+
+class Encoder(_Stack):
+    """BART encoder: token + learned position embeddings, LayerNorm, N layers, (Pre-LN) final LayerNorm."""
+
+    def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, **kwargs):
+        super().__init__(cfg, embed_tokens, (EncoderLayer(cfg) for _ in range(cfg.encoder_layers)), **kwargs)
 
     def encode(self, src_tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Encode ``src_tokens`` (B, S); returns the states (B, S, C) and the padding mask (B, S)."""
@@ -408,21 +417,13 @@ class Encoder(nn.Module):
         return x, pad
 
 
-class Decoder(nn.Module):
+class Decoder(_Stack):
     """BART decoder with tied input/output embeddings and an optional incremental cache."""
 
     def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, **kwargs):
-        super().__init__(**kwargs)
-        self.padding_idx = cfg.padding_idx
-        self.dropout = cfg.dropout
-        self.embed_tokens = embed_tokens
-        self.embed_positions = LearnedPositionalEmbedding(cfg.max_positions, cfg.embed_dim, cfg.padding_idx)
-        self.layernorm_embedding = nn.LayerNorm(cfg.embed_dim)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
-        self.layer_norm = nn.LayerNorm(cfg.embed_dim) if cfg.normalize_before else None
+        super().__init__(cfg, embed_tokens, (DecoderLayer(cfg) for _ in range(cfg.decoder_layers)), **kwargs)
         self.output_projection = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
         self.output_projection.weight = embed_tokens.weight
-        self.checkpoint_activations = cfg.checkpoint_activations
 
     def decode(
         self,
