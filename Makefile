@@ -22,7 +22,7 @@ demo: data
 # each (tests/conftest.py): 11 minutes here instead of 17. `make test TEST_WORKERS=0`: one process.
 TEST_WORKERS ?= 2
 test: data
-	@$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
+	@$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -p no:benchmark --durations=25 tests
 
 # fairseq's own test suite without and with the plugin; fails on any test that fails only with it
 peer-test: install

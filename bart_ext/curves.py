@@ -46,7 +46,11 @@ def _number(value) -> float:
 
 
 def read_log(path: Path) -> Curves:
-    """Train and validation loss by update from a fairseq log file."""
+    """Train and validation loss by update from a fairseq log file.
+
+    A log that a resumed run appended to holds the updates after the last checkpoint twice (as
+    the interrupted run logged them and as the resumed one did): the later record of an update wins,
+    and the points come in update order."""
     curves = Curves()
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} not found (a fairseq training log)")
@@ -61,6 +65,8 @@ def read_log(path: Path) -> Curves:
             curves.valid.append((int(r["valid_num_updates"]), _number(r["valid_loss"])))
         elif tag == "train":
             curves.last_train = r
+    curves.train = sorted(dict(curves.train).items())
+    curves.valid = sorted(dict(curves.valid).items())
     return curves
 
 

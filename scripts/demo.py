@@ -19,8 +19,13 @@ small, trained for minutes on 0.9M tokens, is not bart.large: what the demo show
 pretraining taught it to copy and infill, and what that buys a summarizer fine-tuned on 100
 papers. Everything goes under --run-dir (default runs/demo).
 
+An interrupted demo (Ctrl-C, a crash, a closed terminal) continues where it stopped when it is run
+again with the same settings: the steps it finished are not redone, and pretraining resumes from its
+last checkpoint (saved every 100 updates) exactly as it would have gone on. A finished demo, or one
+with other settings or another commit, starts anew; so does --fresh.
+
 Usage: python scripts/demo.py [--pretrain-updates N] [--finetune-updates N] [--finetune-lr LR]
-           [--position-fill tail-mean|mean|tile|none] [--bpe-merges N] [--run-dir runs/demo] [--small]
+           [--position-fill tail-mean|mean|tile|none] [--bpe-merges N] [--run-dir runs/demo] [--small] [--fresh]
 """
 from __future__ import annotations
 
@@ -107,17 +112,26 @@ def say(msg: str) -> None:
     print(f"\n=== {msg}  [{time.time() - STARTED:.0f}s]", flush=True)
 
 
-def stream(cmd: list[str], log: Path, show) -> int:
-    """Run ``cmd``; every output line goes to ``log``, and ``show(line)`` decides what is printed."""
-    with open(log, "w") as f:
+def stream(cmd: list[str], log: Path, show, append: bool = False) -> int:
+    """Run ``cmd``; every output line goes to ``log`` (after what it holds when ``append``), and
+    ``show(line)`` decides what is printed."""
+    with open(log, "a" if append else "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
         assert proc.stdout is not None
-        for line in proc.stdout:
-            f.write(line)
-            shown = show(line)
-            if shown:
-                print(shown, flush=True)
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                shown = show(line)
+                if shown:
+                    print(shown, flush=True)
+        finally:  # interrupted: no child may go on writing into the run folder
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         return proc.wait()
 
 
@@ -127,6 +141,8 @@ def train_progress(total: int):
     def show(line: str) -> str | None:
         rec = parse_record(line)
         if rec is None:
+            if "Loaded checkpoint" in line:  # fairseq's "Loaded checkpoint PATH (epoch E @ N updates)"
+                return "  " + line[line.index("Loaded checkpoint"):].rstrip()
             return line.rstrip() if re.search(r"Error|error:|Traceback", line) else None
         tag, r = rec
         if tag == "valid":
@@ -158,10 +174,15 @@ def show_fill_mask(checkpoint: Path, papers: Path) -> None:
         print(f"    {score:7.3f}  {text}")
 
 
-def hydra_train(config_dir: str, name: str, overrides: list[str], log: Path, total: int) -> None:
+def hydra_train(config_dir: str, name: str, overrides: list[str], log: Path, total: int, resume: bool = False) -> None:
+    """fairseq-hydra-train with ``overrides``; ``resume``: the save_dir holds an interrupted run's
+    checkpoint_last.pt, which fairseq continues from, and the log is appended to."""
     cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(ROOT / "configs" / config_dir), "--config-name", name,
            f"common.user_dir={ROOT / 'user_dir'}", *overrides]
-    rc = stream(cmd, log, train_progress(total))
+    if resume:
+        with open(log, "a") as f:
+            f.write(f"\n# bart_ext demo: resumed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    rc = stream(cmd, log, train_progress(total), append=resume)
     if rc != 0:
         sys.exit(f"training failed (exit {rc}); full log: {log}")
     curves = read_log(log)
@@ -228,6 +249,65 @@ def percent(table: dict) -> dict:
     return {m: {"mean": v["f1"], "low": v["low"], "high": v["high"]} for m, v in table.items()}
 
 
+PROGRESS = "progress.json"  # in the run folder while a demo is unfinished
+
+
+def code_version() -> str:
+    """The commit the demo runs from ("" outside a git checkout)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+class Progress:
+    """What an unfinished demo has done, in ``RUN/progress.json``: its settings, the steps it
+    finished, and the seconds it has run. ``Progress.open`` continues an interrupted demo with the
+    same settings; any other folder there (a finished demo, other settings, ``fresh``) is removed."""
+
+    def __init__(self, run: Path, settings: dict, done: list[str], seconds: float):
+        self.run, self.settings, self.done, self.seconds = run, settings, done, seconds
+        self.started = time.time()
+
+    @classmethod
+    def open(cls, run: Path, settings: dict, fresh: bool) -> "Progress":
+        saved = None
+        if not fresh and (run / PROGRESS).exists() and not (run / "summary.json").exists():
+            try:
+                saved = json.loads((run / PROGRESS).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                saved = None
+        if saved is not None and saved.get("settings") == settings:
+            progress = cls(run, settings, list(saved.get("done", [])), float(saved.get("seconds", 0.0)))
+            print(f"continuing the interrupted demo in {run} (done: {', '.join(progress.done) or 'nothing yet'}; "
+                  f"{progress.seconds:.0f}s so far); --fresh starts anew", flush=True)
+            return progress
+        if saved is not None:
+            changed = sorted(k for k in set(settings) | set(saved.get("settings", {}))
+                             if settings.get(k) != saved.get("settings", {}).get(k))
+            print(f"an interrupted demo in {run} ran with other settings ({', '.join(changed)}): starting anew", flush=True)
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        progress = cls(run, settings, [], 0.0)
+        progress.save()
+        return progress
+
+    def elapsed(self) -> float:
+        return self.seconds + time.time() - self.started
+
+    def save(self) -> None:
+        tmp = self.run / (PROGRESS + ".tmp")
+        tmp.write_text(json.dumps({"settings": self.settings, "done": self.done, "seconds": self.elapsed()}, indent=1))
+        os.replace(tmp, self.run / PROGRESS)
+
+    def finish(self, step: str) -> None:
+        self.done.append(step)
+        self.save()
+
+    def close(self) -> None:
+        """The demo finished: its summary.json now says so."""
+        (self.run / PROGRESS).unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrain-updates", type=int, default=PRETRAIN_UPDATES)
@@ -241,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--small", action="store_true",
                     help=f"CI: every step, with {SMALL_UPDATES[0]} pretraining and {SMALL_UPDATES[1]} fine-tuning updates")
     ap.add_argument("--examples", type=int, default=2, help="summaries and reconstructions to print")
+    ap.add_argument("--fresh", action="store_true",
+                    help="start anew even where an interrupted demo with the same settings could be continued")
     ap.add_argument("--bpe-merges", type=int, default=BPE_MERGES,
                     help="GPT-2 BPE cut to its first N merges (bart_ext.bpe.write_truncated_gpt2), a dictionary of "
                          "256 + N entries; 0: GPT-2's full BPE with the corpus' own 18.6k types")
@@ -250,14 +332,28 @@ def main(argv: list[str] | None = None) -> dict:
         args.finetune_lr = SMALL_FINETUNE_LR
 
     run = args.run_dir.resolve()
-    if run.exists():
-        shutil.rmtree(run)  # a demo starts from scratch; real runs resume instead
-    run.mkdir(parents=True)
     data = args.data.resolve()
     pretrain_dict, summ = data / "aclsum" / "bin" / "dict.txt", data / "aclsum_summ" / "bin"
     for need in (pretrain_dict, data / "aclsum" / "raw" / "train.txt", summ / "dict.source.txt"):
         if not need.exists():
             sys.exit(f"{need} is missing: run `make data` first")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("run_dir", "examples", "fresh")}
+    progress = Progress.open(run, {**settings, "commit": code_version()}, args.fresh)
+    try:
+        summary = run_steps(args, run, data, pretrain_dict, summ, progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {progress.elapsed():.0f}s (done: {', '.join(progress.done) or 'nothing yet'}); "
+              f"the same command continues where this stopped", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+    finally:
+        if progress.run.exists() and (run / PROGRESS).exists():
+            progress.save()  # the seconds spent, for a continued run's total
+    progress.close()
+    return summary
+
+
+def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, progress: Progress) -> dict:
     test_papers = data / "aclsum_summ" / "raw" / "test.source"
 
     say(f"1/{STEPS} LDDL preprocessing: aclsum paper text -> balanced parquet shards of <= {SAMPLE_TOKENS} BPE tokens")
@@ -271,20 +367,31 @@ def main(argv: list[str] | None = None) -> dict:
         vocab_args, ratio = ["--dict", str(pretrain_dict)], 1.0
     generation = {"preset": GENERATION_PRESET, "min_len": GENERATION_MIN_LEN,
                   "max_len_b": round(load_preset(GENERATION_PRESET)["max_len_b"] * ratio)}
-    rc = stream([sys.executable, "scripts/lddl_preprocess.py", "--aclsum", "--out", str(lddl),
-                 "--target-seq-length", str(SAMPLE_TOKENS), "--num-shards", "4", "--workers", "2", *vocab_args],
-                run / "lddl.log", lambda line: "  " + line.rstrip() if re.match(r"(train|valid):", line) else None)
-    if rc != 0:
-        sys.exit(f"LDDL preprocessing failed (exit {rc}); log: {run / 'lddl.log'}")
+    if "lddl" in progress.done:
+        print(f"  done in the interrupted run: {lddl}")
+    else:
+        if lddl.exists():
+            shutil.rmtree(lddl)
+        rc = stream([sys.executable, "scripts/lddl_preprocess.py", "--aclsum", "--out", str(lddl),
+                     "--target-seq-length", str(SAMPLE_TOKENS), "--num-shards", "4", "--workers", "2", *vocab_args],
+                    run / "lddl.log", lambda line: "  " + line.rstrip() if re.match(r"(train|valid):", line) else None)
+        if rc != 0:
+            sys.exit(f"LDDL preprocessing failed (exit {rc}); log: {run / 'lddl.log'}")
+        progress.finish("lddl")
 
     say(f"2/{STEPS} pretraining bart_small_preln (bart_denoising, nvlamb) for {args.pretrain_updates} updates")
     pre = run / "pretrain"
-    hydra_train("pretrain", "small", [
-        f"task.data={lddl}", f"checkpoint.save_dir={pre}", f"optimization.max_update={args.pretrain_updates}",
-        f"lr_scheduler.total_num_update={args.pretrain_updates}",
-        f"lr_scheduler.warmup_updates={max(1, args.pretrain_updates // 10)}",
-        f"dataset.validate_interval_updates={validate_every(args.pretrain_updates, 4)}", f"hydra.run.dir={pre / 'hydra'}",
-    ], run / "pretrain.log", args.pretrain_updates)
+    if "pretrain" in progress.done:
+        print(f"  done in the interrupted run: {pre / 'checkpoint_last.pt'}")
+    else:
+        # fairseq continues from an interrupted run's checkpoint_last.pt in the save_dir
+        hydra_train("pretrain", "small", [
+            f"task.data={lddl}", f"checkpoint.save_dir={pre}", f"optimization.max_update={args.pretrain_updates}",
+            f"lr_scheduler.total_num_update={args.pretrain_updates}",
+            f"lr_scheduler.warmup_updates={max(1, args.pretrain_updates // 10)}",
+            f"dataset.validate_interval_updates={validate_every(args.pretrain_updates, 4)}", f"hydra.run.dir={pre / 'hydra'}",
+        ], run / "pretrain.log", args.pretrain_updates, resume=(pre / "checkpoint_last.pt").exists())
+        progress.finish("pretrain")
 
     say(f"3/{STEPS} what pretraining learned: reconstructing noised text of the held-out test papers")
     recon = reconstruction(pre / "checkpoint_last.pt", test_papers, args.examples, run / "reconstruction.json")
@@ -300,7 +407,13 @@ def main(argv: list[str] | None = None) -> dict:
     finetuned = {}
     for label, restore in (("pretrained", start), ("from scratch", None)):
         ft = run / ("finetune" if restore else "finetune_scratch")
+        finetuned[label] = ft
         say(f"4/{STEPS} fine-tuning on aclsum summarization (100 papers), {label}, for {args.finetune_updates} updates")
+        if ft.name in progress.done:
+            print(f"  done in the interrupted run: {ft / 'checkpoint_best.pt'}")
+            continue
+        if ft.exists():  # an interrupted fine-tuning (about a minute) starts again from its start
+            shutil.rmtree(ft)
         hydra_train("finetune", "aclsum", [
             f"task.data={summ}", "model._name=bart_small_preln", f"checkpoint.save_dir={ft}",
             # fairseq starts from random weights when the restore file does not exist
@@ -310,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"lr_scheduler.warmup_updates={max(1, args.finetune_updates // 10)}",
             f"dataset.validate_interval_updates={validate_every(args.finetune_updates, 6)}", f"hydra.run.dir={ft / 'hydra'}",
         ], run / f"{ft.name}.log", args.finetune_updates)
-        finetuned[label] = ft
+        progress.finish(ft.name)
 
     p = {**load_preset(generation["preset"]), **generation}
     say(f"5/{STEPS} summarizing the 100 test papers: {generation['preset']} preset (beam {p['beam']}, lenpen "
@@ -359,14 +472,15 @@ def main(argv: list[str] | None = None) -> dict:
               ("reconstruction", run / "reconstruction.json"), ("summary", run / "summary.json"), ("picture", png)]
     for what, path in places:
         print(f"  {what:<24} {path}")
-    seconds = time.time() - STARTED
-    print(f"  total time {seconds:.0f}s")
+    seconds = progress.elapsed()
+    print(f"  total time {seconds:.0f}s" + (f" (this run {time.time() - progress.started:.0f}s, continuing an "
+                                            f"interrupted one)" if progress.seconds else ""))
     summary = {"rouge": percent(gens["pretrained"]["rouge"]), "rouge_scratch": percent(gens["from scratch"]["rouge"]),
                "rouge_lead1": percent(baselines["lead-1"]), "rouge_lead3": percent(baselines["lead-3"]),
                "distinct_summaries": distinct["pretrained"], "distinct_summaries_scratch": distinct["from scratch"],
                **{k: v for k, v in recon.items() if k != "examples"},
                "pretrain_updates": args.pretrain_updates, "finetune_updates": args.finetune_updates,
-               "position_fill": args.position_fill, "seconds": seconds,
+               "position_fill": args.position_fill, "seconds": seconds, "continued": progress.seconds > 0,
                # what generating with the fine-tuned checkpoints again needs: its data (relative to the
                # repository when inside it, so that the run folder may travel with it), the settings
                # the demo generated with, and the XSum preset's length limit in this vocabulary

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ def test_demo_pipeline(demo):
     assert 20 < summary["rouge_lead3"]["rouge1"]["mean"] < 60  # lead-3 is scored on real text
     assert 1 <= summary["distinct_summaries"] <= 100 and summary["seconds"] > 0
     assert summary["position_fill"] == "tail-mean"
+    assert summary["continued"] is False and not (run / "progress.json").exists()  # finished: nothing to continue
     data, max_len_b = demo_data(run)  # the checkpoint's dictionary is the data's
     assert len(torch.load(run / "finetune" / "checkpoint_best.pt", weights_only=False)["model"][
         "encoder.embed_tokens.weight"]) == len((data / "dict.source.txt").read_text().splitlines()) + 5
@@ -109,6 +111,41 @@ def test_demo_pipeline(demo):
     drawn = json.loads((run / "demo.json").read_text())
     assert drawn["ROUGE on the 100 test papers"] == {"lead-1": 3, "lead-3": 3, "from scratch": 3, "pretrained": 3}
     assert set(drawn["fine-tuning: aclsum summarization"]) >= {"pretrained (valid)", "from scratch (valid)"}
+
+
+def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
+    """Ctrl-C during the second fine-tuning, then the same command again: the steps that finished
+    are not redone, the interrupted one is, and every figure equals the uninterrupted demo's."""
+    run, _ = demo
+    again = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--small", "--run-dir", str(again)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    first = ""
+    for line in proc.stdout:
+        first += line
+        if "fine-tuning on aclsum summarization (100 papers), from scratch" in line:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+            break
+    first += proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, first[-3000:]
+    assert "the same command continues where this stopped" in first
+    saved = json.loads((again / "progress.json").read_text())
+    assert saved["done"] == ["lddl", "pretrain", "finetune"] and saved["seconds"] > 0
+    proc2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
+    second = proc2.stdout
+    assert "continuing the interrupted demo" in second and second.count("done in the interrupted run") == 3
+    assert "from scratch, for" in second and "No existing checkpoint found" in (again / "finetune_scratch.log").read_text()
+    assert not (again / "progress.json").exists()
+    expected, got = (json.loads((r / "summary.json").read_text()) for r in (run, again))
+    for key in ("rouge", "rouge_scratch", "rouge_lead1", "rouge_lead3", "distinct_summaries",
+                "masked_token_accuracy", "unmasked_token_accuracy"):
+        assert got[key] == expected[key], key
+    assert got["continued"] is True and got["seconds"] > saved["seconds"]
+    for out in ("generate", "generate_scratch"):
+        assert (again / out / "test.hyp").read_text() == (run / out / "test.hyp").read_text()
 
 
 def generate_cli(run: Path, preset: str, subset: str, out: Path, mode: str = "bart_ext") -> dict:

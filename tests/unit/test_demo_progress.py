@@ -1,0 +1,77 @@
+"""The demo's run folder: an interrupted demo with the same settings is continued, anything else
+starts anew (scripts/demo.py, Progress); a resumed run's appended log reads as one run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bart_ext.curves import read_log
+from scripts.demo import PROGRESS, Progress
+
+SETTINGS = {"pretrain_updates": 1400, "finetune_updates": 100, "small": False, "commit": "abc"}
+
+
+def interrupted(run: Path, settings: dict = SETTINGS, done=("lddl",), seconds: float = 42.0) -> Path:
+    run.mkdir(parents=True)
+    (run / "lddl").mkdir()
+    (run / "lddl" / "shard-0.parquet").write_bytes(b"shard")
+    (run / PROGRESS).write_text(json.dumps({"settings": settings, "done": list(done), "seconds": seconds}))
+    return run
+
+
+def test_a_new_folder_records_its_settings(tmp_path):
+    run = tmp_path / "a" / "run"
+    progress = Progress.open(run, SETTINGS, fresh=False)
+    assert progress.done == [] and progress.seconds == 0
+    saved = json.loads((run / PROGRESS).read_text())
+    assert saved["settings"] == SETTINGS and saved["done"] == [] and saved["seconds"] >= 0
+    progress.finish("lddl")
+    assert json.loads((run / PROGRESS).read_text())["done"] == ["lddl"]
+    progress.close()
+    assert not (run / PROGRESS).exists()
+
+
+def test_an_interrupted_demo_with_the_same_settings_is_continued(tmp_path, capsys):
+    run = interrupted(tmp_path / "run", done=("lddl", "pretrain"))
+    progress = Progress.open(run, dict(SETTINGS), fresh=False)
+    assert progress.done == ["lddl", "pretrain"] and progress.seconds == 42.0
+    assert (run / "lddl" / "shard-0.parquet").read_bytes() == b"shard"  # nothing removed
+    assert progress.elapsed() >= 42.0
+    assert "continuing the interrupted demo" in capsys.readouterr().out
+
+
+def test_other_settings_a_finished_demo_fresh_or_an_unreadable_record_start_anew(tmp_path, capsys):
+    cases = {
+        "other settings": (lambda run: None, {**SETTINGS, "finetune_updates": 50}, False),
+        "another commit": (lambda run: None, {**SETTINGS, "commit": "def"}, False),
+        "finished": (lambda run: (run / "summary.json").write_text("{}"), SETTINGS, False),
+        "fresh": (lambda run: None, SETTINGS, True),
+        "unreadable": (lambda run: (run / PROGRESS).write_text("{not json"), SETTINGS, False),
+        "no record (an older demo)": (lambda run: (run / PROGRESS).unlink(), SETTINGS, False),
+    }
+    for name, (change, settings, fresh) in cases.items():
+        run = interrupted(tmp_path / name.replace(" ", "_"))
+        change(run)
+        progress = Progress.open(run, settings, fresh=fresh)
+        assert progress.done == [] and progress.seconds == 0, name
+        assert not (run / "lddl").exists() and not (run / "summary.json").exists(), name
+        assert json.loads((run / PROGRESS).read_text())["settings"] == settings, name
+    out = capsys.readouterr().out
+    assert "other settings (finetune_updates)" in out and "other settings (commit)" in out
+
+
+def record(tag: str, **fields) -> str:
+    return f"[2026-12-04 21:09:20,439][{tag}][INFO] - {json.dumps({k: str(v) for k, v in fields.items()})}\n"
+
+
+def test_read_log_of_a_resumed_run_keeps_the_later_records(tmp_path):
+    # interrupted at update 30 after a checkpoint at 20; the resumed run logs 30 and 40 again
+    log = tmp_path / "pretrain.log"
+    log.write_text(record("train_inner", num_updates=10, loss=9.0) + record("train_inner", num_updates=20, loss=8.0)
+                   + record("valid", valid_num_updates=20, valid_loss=8.5) + record("train_inner", num_updates=30, loss=7.9)
+                   + "\n# bart_ext demo: resumed at 2026-12-04 21:10:00\n"
+                   + record("train_inner", num_updates=30, loss=7.0) + record("train_inner", num_updates=40, loss=6.0)
+                   + record("valid", valid_num_updates=40, valid_loss=6.5))
+    curves = read_log(log)
+    assert curves.train == [(10, 9.0), (20, 8.0), (30, 7.0), (40, 6.0)]
+    assert curves.valid == [(20, 8.5), (40, 6.5)]
