@@ -69,6 +69,9 @@ GENERATION_MIN_LEN = 55
 POSITION_FILL = "tail-mean"
 BPE_MERGES = 4000  # GPT-2 BPE cut to 4,000 merges: 3.5x the pretraining tokens/s of the corpus' 18.6k types
 SMALL_UPDATES = (10, 12)  # --small (CI): enough for the validation losses to fall, not to learn
+# --small: its barely trained models never end a summary early, so each runs to max_len_b; shorter
+# limits (min_len, max_len_b) keep CI's generations short
+SMALL_GENERATION_LENGTHS = (10, 40)
 SMALL_FINETUNE_LR = 1e-3  # --small: at 1e-4 (3e-4) the validation loss falls by 0.05 (0.10) in 12 updates
 
 STARTED = time.time()
@@ -367,6 +370,8 @@ def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, prog
         vocab_args, ratio = ["--dict", str(pretrain_dict)], 1.0
     generation = {"preset": GENERATION_PRESET, "min_len": GENERATION_MIN_LEN,
                   "max_len_b": round(load_preset(GENERATION_PRESET)["max_len_b"] * ratio)}
+    if args.small:
+        generation["min_len"], generation["max_len_b"] = SMALL_GENERATION_LENGTHS
     if "lddl" in progress.done:
         print(f"  done in the interrupted run: {lddl}")
     else:
