@@ -32,6 +32,7 @@ bench: data
 	@$(PY) scripts/bench_train.py
 	@$(PY) scripts/bench_noise.py
 	@$(PY) scripts/bench_nvlamb.py
+	@$(PY) scripts/bench_dropout.py
 	@$(PY) scripts/bench_lddl.py
 	@$(PY) scripts/bench_ddp.py
 	@$(PY) scripts/bench_generate.py

@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bart_ext.dropout import dropout as _dropout
 from bart_ext.switches import ATTENTION
 
 # Decoder cache for one layer: "self_k"/"self_v" grow by one step per call,
@@ -303,15 +304,15 @@ class _Layer(nn.Module):
     def residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.normalize_before:
             # Pre-LN: x + f(LN(x)). The residual stream itself is never normalised.
-            return x + F.dropout(sublayer(norm(x)), self.dropout, self.training)
+            return x + _dropout(sublayer(norm(x)), self.dropout, self.training)
         # Post-LN: LN(x + f(x)), the original BART and fairseq's `bart`.
-        return norm(x + F.dropout(sublayer(x), self.dropout, self.training))
+        return norm(x + _dropout(sublayer(x), self.dropout, self.training))
 
     def ffn(self, x: Tensor) -> Tensor:
         h = self.fc1(x)
         if torch.is_grad_enabled() and not (self.training and self.activation_dropout):
             return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)  # gelu(h) not kept for the backward
-        return self.fc2(F.dropout(F.gelu(h), self.activation_dropout, self.training))
+        return self.fc2(_dropout(F.gelu(h), self.activation_dropout, self.training))
 
 
 class EncoderLayer(_Layer):
@@ -401,7 +402,7 @@ class Encoder(_Stack):
         pad = src_tokens.eq(self.padding_idx)
         # BART uses no embedding scale (fairseq bart: no_scale_embedding=True).
         x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)
-        x = F.dropout(self.layernorm_embedding(x), self.dropout, self.training)
+        x = _dropout(self.layernorm_embedding(x), self.dropout, self.training)
         mask: Tensor | PackedMask | None = None
         if pad.any():
             x = x * (~pad).unsqueeze(-1).type_as(x)
@@ -453,7 +454,7 @@ class Decoder(_Stack):
         if cache is not None:
             start = cache[0]["self_k"].size(2) if "self_k" in cache[0] else 0
         x = self.embed_tokens(tokens) + self.embed_positions(tokens, start)
-        x = F.dropout(self.layernorm_embedding(x), self.dropout, self.training)
+        x = _dropout(self.layernorm_embedding(x), self.dropout, self.training)
 
         enc_mask: Tensor | PackedMask | None = None
         self_mask, causal = None, cache is None

@@ -48,13 +48,18 @@ BEAM_SHARED = Switch(
     "1: bart_preln keeps encoder states and cross-attention keys once per sentence under beam search; 0: per hypothesis")
 CACHE = Switch(
     "BART_EXT_CACHE", "", None,
-    "where the compiled NVLAMB CPU kernel is cached (default $XDG_CACHE_HOME/bart_ext or ~/.cache/bart_ext)")
+    "where the compiled CPU kernels (NVLAMB, dropout) are cached (default $XDG_CACHE_HOME/bart_ext or ~/.cache/bart_ext)")
 NO_CPU_KERNEL = Switch(
     "BART_EXT_NO_CPU_KERNEL", "0", ("0", "1"),
-    "1: NVLAMB uses its PyTorch path on the CPU instead of the compiled kernel")
+    "1: NVLAMB and dropout use their PyTorch paths on the CPU instead of the compiled kernels")
 ATTENTION = Switch(
     "BART_EXT_ATTENTION", "auto", ("auto", "mask", "packed"),
     "attention on padded batches in training and scoring: packed (variable-length nested tensors, which keep "
     "FlashAttention on GPUs), mask (a boolean mask), auto (packed on CUDA, mask elsewhere)")
 
-ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL, ATTENTION)
+DROPOUT = Switch(
+    "BART_EXT_DROPOUT", "auto", ("auto", "torch"),
+    "auto: bart_preln's dropout on fp32 and bf16 CPU tensors draws its mask with the compiled counter-based kernel "
+    "(bart_ext/dropout.py; 4-5x torch's bernoulli_); torch: torch's dropout everywhere")
+
+ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL, ATTENTION, DROPOUT)

@@ -48,7 +48,7 @@ class _Fused:
     chunk_tokens = 0
     _warned = False
 
-    def fused_loss(self, model, sample, eps: float, ignore_prefix: int = 0):
+    def fused_loss(self, model, sample, eps: float, ignore_prefix: int = 0, count_correct: bool = False):
         """``(loss, nll_loss, n_correct, total)`` or ``None`` when this model needs fairseq's path."""
         weight = output_weight(model)
         if weight is None:
@@ -64,7 +64,7 @@ class _Fused:
         with _autocast_of(model, features.device.type):
             loss, nll, n_correct = fused_linear_cross_entropy(
                 features, weight, target, ignore_index=self.padding_idx, label_smoothing=eps,
-                chunk_tokens=self.chunk_tokens)
+                chunk_tokens=self.chunk_tokens, count_correct=count_correct)
         return loss, nll, n_correct, target.ne(self.padding_idx).sum()
 
 
@@ -90,7 +90,7 @@ class FusedLabelSmoothedCrossEntropy(_Fused, LabelSmoothedCrossEntropyCriterion)
         self.chunk_tokens = chunk_tokens
 
     def forward(self, model, sample, reduce=True):
-        fused = self.fused_loss(model, sample, self.eps, self.ignore_prefix_size) if reduce else None
+        fused = self.fused_loss(model, sample, self.eps, self.ignore_prefix_size, self.report_accuracy) if reduce else None
         if fused is None:
             return super().forward(model, sample, reduce=reduce)
         loss, nll, n_correct, total = fused

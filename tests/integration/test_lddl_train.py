@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -98,3 +99,16 @@ def test_gpu_mfu_benchmark_runs_real_lddl_batches_through_the_training_step(shar
     assert len(rows) == 1 and rows[0]["length"] == LENGTH and rows[0]["batch"] == 8
     assert 0 < rows[0]["target_padding"] < 0.5  # bins keep padding low, but real batches have some
     assert rows[0]["sequences_per_s"] > 0 and rows[0]["tflops"] > 0
+
+
+def test_dropout_benchmark_runs_on_real_lddl_batches(shards):
+    """scripts/bench_dropout.py's smoke test: both settings through the demo model's real training step."""
+    from bart_ext import dropout as counter_dropout
+    from scripts.bench_dropout import main
+
+    if counter_dropout.load() is None:
+        pytest.skip("no C compiler: the dropout kernel is not built")
+    out = main(["--data", str(shards), "--rounds", "2", "--steps", "1", "--reps", "2"])
+    assert len(out["call_speedup"]) == 2 and all(r > 0 for r in out["call_speedup"].values())
+    assert out["step_speedup"] > 0
+    assert "BART_EXT_DROPOUT" not in os.environ  # the switch is left as it was

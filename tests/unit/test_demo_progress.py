@@ -75,3 +75,31 @@ def test_read_log_of_a_resumed_run_keeps_the_later_records(tmp_path):
     curves = read_log(log)
     assert curves.train == [(10, 9.0), (20, 8.0), (30, 7.0), (40, 6.0)]
     assert curves.valid == [(20, 8.5), (40, 6.5)]
+
+
+def test_the_recorded_code_version_changes_with_uncommitted_work(tmp_path, monkeypatch):
+    """A demo interrupted, then the code edited (not committed): the version differs, so it starts anew."""
+    import subprocess
+
+    import scripts.demo as demo
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    git("add", "model.py")
+    git("commit", "-q", "-m", "one")
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    clean = demo.code_version()
+    assert len(clean) == 40 and "+" not in clean
+    (tmp_path / "model.py").write_text("a = 2\n")
+    edited = demo.code_version()
+    assert edited.startswith(clean + "+dirty-")
+    (tmp_path / "model.py").write_text("a = 3\n")
+    assert demo.code_version() not in (clean, edited)
+    (tmp_path / "model.py").write_text("a = 1\n")
+    assert demo.code_version() == clean
+    (tmp_path / "new_kernel.c").write_text("int x;\n")  # a new file counts too
+    assert demo.code_version().startswith(clean + "+dirty-")

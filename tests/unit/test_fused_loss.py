@@ -44,6 +44,12 @@ def test_equals_the_unfused_loss_and_gradients_in_fp64(eps, chunk):
     keep = target.ne(PAD)
     assert int(n_correct) == int(((hidden @ weight.t()).argmax(-1).eq(target) & keep).sum())
     assert grads[0][~keep].abs().max() == 0  # padding contributes nothing
+    # without the count (criteria that do not report accuracy): the same loss and gradients, count 0
+    loss2, nll2, none = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=eps,
+                                                   chunk_tokens=chunk, count_correct=False)
+    assert torch.equal(loss2, loss) and torch.equal(nll2, nll) and int(none) == 0 < int(n_correct)
+    for got, want in zip(torch.autograd.grad(3.0 * loss2, (hidden, weight)), grads):
+        assert torch.equal(got, want)
 
 
 def test_gradcheck():
