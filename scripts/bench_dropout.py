@@ -6,9 +6,10 @@ flipped between them:
 
 1. one dropout call, forward and backward (p 0.1), on activations of the demo model's and the mid
    size's shapes: milliseconds, median of ``--reps``;
-2. the demo's pretraining step (bart_small_preln, 32 samples of 64 tokens from the demo's LDDL
-   shards, or from data/aclsum/bin with its 18.6k dictionary before `make demo` has run; BART's
-   noise, bart_cross_entropy, NVLAMB as configs/pretrain/small.yaml sets it):
+2. a training step of the demo's model with BART's dropout 0.1 (bart_small_preln's preset, as the
+   demo fine-tunes it; the demo pretrains it without dropout): 32 samples of 64 tokens from the
+   demo's LDDL shards, or from data/aclsum/bin with its 18.6k dictionary before `make demo` has
+   run; BART's noise, bart_cross_entropy, NVLAMB as configs/pretrain/small.yaml sets it:
    seconds per step over ``--steps`` batches, the two settings alternating over ``--rounds``;
    the figure is the median.
 
@@ -101,7 +102,7 @@ def step_times(data: Path, rounds: int, steps: int) -> float:
             per_step[s].append((time.perf_counter() - t0) / len(batches))
     med = {s: statistics.median(v) for s, v in per_step.items()}
     tokens = sum(b["ntokens"] for b in batches) / len(batches)
-    print(f"\nthe demo's pretraining step (bart_small_preln, {len(task.dictionary):,} entries, ~{tokens:.0f} target "
+    print(f"\nthe demo model's step at dropout 0.1 (bart_small_preln, {len(task.dictionary):,} entries, ~{tokens:.0f} target "
           f"tokens, NVLAMB), {rounds} rounds x {steps} steps:")
     for s in SETTINGS:
         print(f"  {LABEL[s]:<20} {med[s]:.3f} s/step   ({', '.join(f'{v:.3f}' for v in per_step[s])})")
