@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from bart_ext import model as core
 from bart_ext import switches
+from bart_ext.adapters.fairseq_patches import check_one_job
 from bart_ext.classify.heads import ClassificationHead, last_eos_states, roll_right
 from bart_ext.convert.fairseq_layouts import upgrade_released_bart
 
@@ -283,6 +284,7 @@ class BartEncoderDecoder(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg, task):
+        check_one_job()
         src, tgt = task.source_dictionary, task.target_dictionary
         if tgt is not None and src is not tgt and src.symbols != tgt.symbols:
             raise ValueError(

@@ -22,6 +22,9 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    such a launch becomes one job (``env://``, rank and world from the environment). A world size
    given on the command line and pipeline-parallel set-ups keep fairseq's own path. With
    ``--cpu`` (or no CUDA) the backend is gloo, since NCCL cannot all-reduce CPU tensors.
+   ``fairseq-hydra-train`` imports the plugin after ``call_main`` has run: scripts/hydra_train.py
+   installs this module first, and ``check_one_job`` makes our models refuse to train as one of
+   the independent copies that a stock launch leaves.
    Before that, our model's ``--bf16-autocast`` beside ``--fp16``/``--amp``/``--bf16`` is
    refused with a clear error (``check_precision``; other models are not looked at).
 4. ``models.distributed_fairseq_model.DistributedDataParallel``: fairseq passes
@@ -207,6 +210,27 @@ def prepare_torchrun(cfg, argv: list[str] | None = None) -> None:
             dt.distributed_no_spawn = True
     if dt.distributed_world_size > 1 and not uses_cuda(cfg) and dt.distributed_backend == "nccl":
         dt.distributed_backend = "gloo"  # NCCL cannot all-reduce CPU tensors
+
+
+def check_one_job() -> None:
+    """Refuse training as one of N independent copies of a ``torchrun`` job.
+
+    That is what stock fairseq does under ``torchrun`` when its world size stays 1 and patch 3
+    was not installed before its ``call_main`` ran: ``fairseq-hydra-train`` imports the plugin
+    only inside its training function, too late. The copies would train on the same data and
+    race to write the same checkpoints. Called where a training job builds our model; torch
+    distributed is initialised by then in a job that fairseq set up as one.
+    """
+    if torchrun_world() <= 1 or "fairseq_cli.train" not in sys.modules or world_size_given():
+        return  # not under torchrun, not training (fairseq-generate, the hub), or the world size asked for
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    raise RuntimeError(
+        f"this process is rank {os.environ['RANK']} of a torchrun job of WORLD_SIZE {os.environ['WORLD_SIZE']}, "
+        "but fairseq set it up as a job of its own (distributed_training.distributed_world_size 1): the ranks "
+        "would train independent copies into one save_dir. fairseq-hydra-train loads --user-dir too late for the "
+        "plugin to fix that; launch `torchrun ... scripts/hydra_train.py` (the same arguments) instead, or set "
+        "distributed_training.distributed_world_size to WORLD_SIZE where fairseq's own launcher works (GPUs)")
 
 
 def check_precision(cfg) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.integration.fairseq_run import run, train_args, train_losses
+from tests.integration.fairseq_run import USER_DIR, run, train_args, train_losses
 
 EXACT = str(ROOT / "tests" / "integration" / "fairseq_train_exact.py")
 UPDATES = 4
@@ -65,3 +65,35 @@ def test_two_nodes_on_loopback_form_one_job(data_dir, cli_env, tmp_path, referen
     assert [p.returncode for p in nodes] == [0, 0], outs
     assert sum("train_inner" in o for o in outs) == 1, "only the node that got rank 0 logs training"
     check_against(reference, "\n".join(outs), tmp_path / "weights")
+
+
+def hydra_tiny(launcher: list[str], data_dir, save_dir) -> list[str]:
+    return [*launcher, "--config-dir", str(ROOT / "configs" / "pretrain"), "--config-name", "tiny",
+            f"task.data={data_dir / 'bin'}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={save_dir}",
+            "optimization.max_update=3", "dataset.max_tokens=512", f"hydra.run.dir={save_dir / 'hydra'}",
+            "common.log_interval=1"]
+
+
+def test_hydra_train_under_torchrun_is_one_job(data_dir, cli_env, tmp_path):
+    """scripts/hydra_train.py: fairseq-hydra-train with the plugin's torchrun fix in place."""
+    env = dict(cli_env, OMP_NUM_THREADS="1")
+    log = run(hydra_tiny([torchrun(os.path.dirname(sys.executable)), "--nproc-per-node", "2", "--master-port", "29551",
+                          str(ROOT / "scripts" / "hydra_train.py")], data_dir, tmp_path), env)
+    assert "distributed init (rank 1)" in log and "'distributed_world_size': 2" in log, "expected one 2-rank job"
+    assert log.count('"num_updates": "3"') >= 1 and (tmp_path / "checkpoint_last.pt").exists()
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert state["cfg"]["distributed_training"]["distributed_world_size"] == 2
+
+
+def test_stock_hydra_train_under_torchrun_is_refused_before_training(data_dir, cli_env, tmp_path):
+    """fairseq's own entry loads the plugin too late to fix the launch: each rank refuses, naming the fix."""
+    import subprocess
+
+    env = dict(cli_env, OMP_NUM_THREADS="1")
+    cmd = hydra_tiny([torchrun(os.path.dirname(sys.executable)), "--nproc-per-node", "2", "--master-port", "29561",
+                      "-m", "fairseq_cli.hydra_train"], data_dir, tmp_path)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode != 0
+    assert "would train independent copies into one save_dir" in out.stdout + out.stderr
+    assert "scripts/hydra_train.py" in out.stdout + out.stderr
+    assert not list(tmp_path.glob("checkpoint*.pt"))

@@ -223,6 +223,24 @@ def test_explicit_world_size_and_pipeline_parallel_keep_fairseqs_path(torchrun_e
     assert cfg.distributed_training.distributed_init_method is None
 
 
+def test_training_as_an_independent_copy_under_torchrun_is_refused(torchrun_env, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["fairseq-hydra-train", "common.user_dir=user_dir"])
+    monkeypatch.setitem(sys.modules, "fairseq_cli.train", sys.modules.get("fairseq_cli.train", object()))
+    with pytest.raises(RuntimeError, match=r"rank 1 of a torchrun job of WORLD_SIZE 2.*scripts/hydra_train\.py"):
+        fairseq_patches.check_one_job()
+    # ... but not where the world size was asked for, outside training, or without torchrun
+    monkeypatch.setattr(sys, "argv", ["fairseq-hydra-train", "distributed_training.distributed_world_size=1"])
+    fairseq_patches.check_one_job()
+    monkeypatch.setattr(sys, "argv", ["fairseq-hydra-train"])
+    monkeypatch.delitem(sys.modules, "fairseq_cli.train")
+    fairseq_patches.check_one_job()
+    monkeypatch.setitem(sys.modules, "fairseq_cli.train", object())
+    monkeypatch.delenv("WORLD_SIZE")
+    fairseq_patches.check_one_job()
+
+
 def test_ddp_stays_a_class_for_isinstance_and_wraps_cpu_modules(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as TorchDDP
