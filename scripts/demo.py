@@ -438,8 +438,7 @@ def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, prog
             shutil.rmtree(ft)
         hydra_train("finetune", "aclsum", [
             f"task.data={summ}", "model._name=bart_small_preln", f"checkpoint.save_dir={ft}",
-            # fairseq starts from random weights when the restore file does not exist
-            f"checkpoint.restore_file={restore or ft / 'no_checkpoint.pt'}",
+            f"checkpoint.finetune_from_model={restore or 'null'}",  # null: random initialisation
             f"optimization.max_update={args.finetune_updates}", f"optimization.lr=[{args.finetune_lr}]",
             f"lr_scheduler.total_num_update={args.finetune_updates}",
             f"lr_scheduler.warmup_updates={max(1, args.finetune_updates // 10)}",

@@ -7,7 +7,7 @@ ones (bart_ext/positions.py): ``tail-mean`` (the mean of the last half of the tr
 demo's choice, README "The demo"), ``mean`` or ``tile``. Fine-tune from the copy:
 
     python scripts/fill_positions.py runs/pretrain/checkpoint_last.pt runs/pretrain/checkpoint_filled.pt
-    fairseq-hydra-train ... checkpoint.restore_file=$PWD/runs/pretrain/checkpoint_filled.pt
+    fairseq-hydra-train ... checkpoint.finetune_from_model=$PWD/runs/pretrain/checkpoint_filled.pt
 
 Usage: python scripts/fill_positions.py CHECKPOINT OUT [--trained N] [--fill tail-mean|mean|tile]
 """

@@ -80,9 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
         out = run / init
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        restore = args.pretrained.resolve() if init == "pretrained" else out / "no-checkpoint.pt"
+        restore = args.pretrained.resolve() if init == "pretrained" else None
         hydra_train("finetune", "roles", [
-            f"task.data={data}", f"model._name={arch}", f"checkpoint.save_dir={out}", f"checkpoint.restore_file={restore}",
+            f"task.data={data}", f"model._name={arch}", f"checkpoint.save_dir={out}",
+            f"checkpoint.finetune_from_model={restore or 'null'}",
             f"common.seed={args.seed}", f"optimization.max_update={args.updates}",
             f"lr_scheduler.total_num_update={args.updates}", f"lr_scheduler.warmup_updates={max(1, args.updates * 6 // 100)}",
             f"dataset.validate_interval_updates={max(10, args.updates // 6)}", f"hydra.run.dir={out / 'hydra'}",

@@ -97,11 +97,23 @@ def figure(spec: dict, runs: list[Run], out: Path, run_root: Path) -> Path:
     return plot(list(panels.items()), out / f"{spec['name']}.png", spec.get("description", spec["name"]))
 
 
-def hydra_multirun(spec: dict) -> str:
+PATH_KEYS = ("task.data", "checkpoint.finetune_from_model", "checkpoint.restore_file")
+
+
+def hydra_multirun(spec: dict, sweep_dir: str | None = None, launcher: str = "submitit_slurm") -> str:
+    """The grid as one ``fairseq-hydra-train -m`` command line (for a shell).
+
+    hydra runs each job in its own ``SWEEP_DIR/N``: relative data paths are given from the current
+    directory (``$PWD``), and each job writes its checkpoints into ``SWEEP_DIR/N/checkpoints``.
+    """
     config = Path(spec["config"])
     parts = ["fairseq-hydra-train", "-m", "--config-dir", str(Path("configs") / config.parent),
-             "--config-name", config.name, "common.user_dir=$PWD/user_dir"]
-    parts += [f"'++{k}={hydra_value(v)}'" for k, v in spec["overrides"].items()]
+             "--config-name", config.name, "common.user_dir=$PWD/user_dir", "checkpoint.save_dir=checkpoints"]
+    for k, v in spec["overrides"].items():
+        if k in PATH_KEYS and v is not None and not str(v).startswith(("/", "$")):
+            parts.append(f'"++{k}=$PWD/{v}"')  # double quotes: the shell expands $PWD
+        else:
+            parts.append(f"'++{k}={hydra_value(v)}'")
     for axis, values in spec["grid"].items():
         if any(isinstance(v, dict) for v in values):
             raise SystemExit(f"--hydra-multirun: axis {axis!r} sets several keys per value; hydra's basic sweeper "
@@ -109,9 +121,12 @@ def hydra_multirun(spec: dict) -> str:
         parts.append(f"'++{axis}=" + ",".join(hydra_value(v) for v in values) + "'")
     if spec.get("seeds"):
         parts.append("common.seed=" + ",".join(str(s) for s in spec["seeds"]))
+    parts.append(f"hydra.sweep.dir={sweep_dir or 'multirun/' + spec['name']}")
+    if launcher:
+        parts.append(f"hydra/launcher={launcher}")
     if spec.get("lr_rule") or spec.get("token_budget"):
         parts.append("# note: lr_rule / token_budget are applied by scripts/sweep.py only")
-    return " ".join(parts) + " hydra/launcher=submitit_slurm hydra.sweep.dir=multirun/" + spec["name"]
+    return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> dict:

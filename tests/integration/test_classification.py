@@ -82,7 +82,7 @@ def classifier(roles, cli_env, tmp_path_factory) -> Path:
     save = tmp_path_factory.mktemp("classifier")
     run(["fairseq-hydra-train", "--config-dir", str(ROOT / "configs" / "finetune"), "--config-name", "roles",
          f"common.user_dir={USER_DIR}", f"task.data={roles / 'bin'}", f"checkpoint.save_dir={save}",
-         f"checkpoint.restore_file={save / 'none.pt'}", "optimization.max_update=3", "dataset.validate_interval_updates=3",
+         "checkpoint.finetune_from_model=null", "optimization.max_update=3", "dataset.validate_interval_updates=3",
          f"hydra.run.dir={save / 'hydra'}"], cli_env)
     return save / "checkpoint_best.pt"
 
@@ -157,6 +157,33 @@ def pair_data(roles: Path, root: Path, cli_env, regression: bool) -> Path:
     return out
 
 
+def test_finetuning_continues_after_a_restart_and_refuses_a_missing_start(classifier, roles, cli_env, tmp_path):
+    """The fine-tuning configs start from checkpoint.finetune_from_model: the same command run
+    again continues from the save_dir's checkpoint_last.pt instead of starting over from the
+    pretrained model, and a start that does not exist is an error, not random initialisation."""
+    import re
+
+    def finetune(start: Path, save: Path, updates: int) -> str:
+        return run(["fairseq-hydra-train", "--config-dir", str(ROOT / "configs" / "finetune"), "--config-name", "roles",
+                    f"common.user_dir={USER_DIR}", f"task.data={roles / 'bin'}", f"checkpoint.save_dir={save}",
+                    f"checkpoint.finetune_from_model={start}", "checkpoint.no_last_checkpoints=false",
+                    f"optimization.max_update={updates}", "lr_scheduler.total_num_update=4",
+                    "dataset.validate_interval_updates=2", "common.log_interval=1", f"hydra.run.dir={save / 'hydra'}"],
+                   cli_env)
+
+    save = tmp_path / "ft"
+    first = finetune(classifier, save, 2)
+    assert f"loading pretrained model from {classifier}" in first
+    again = finetune(classifier, save, 4)  # the same command after an interruption, to a later update
+    assert "loading pretrained model" not in again
+    assert re.search(r"Loaded checkpoint " + re.escape(str(save / "checkpoint_last.pt")) + r" \(epoch \d+ @ 2 updates\)", again)
+    assert torch.load(save / "checkpoint_last.pt", weights_only=False)["optimizer_history"][-1]["num_updates"] == 4
+    missing = tmp_path / "no_such_checkpoint.pt"
+    with pytest.raises(AssertionError, match=re.escape(f"--finetune-from-model {missing} does not exist")):
+        finetune(missing, tmp_path / "ft2", 2)
+    assert not list((tmp_path / "ft2").glob("*.pt"))
+
+
 @pytest.mark.parametrize("config", ["rte", "stsb"])
 def test_glue_configs_train_pairs_and_regression(roles, cli_env, tmp_path, config):
     """fairseq's BART GLUE recipe (configs/finetune/glue_*.yaml) on sentence pairs: classification
@@ -167,7 +194,7 @@ def test_glue_configs_train_pairs_and_regression(roles, cli_env, tmp_path, confi
                "task.max_positions=512", "common.cpu=true", "model.bf16_autocast=false", "dataset.batch_size=8",
                "optimization.max_update=3", "lr_scheduler.total_num_update=3", "lr_scheduler.warmup_updates=1",
                "common.log_format=json", "common.log_interval=1",
-               f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"checkpoint.restore_file={tmp_path / 'none.pt'}",
+               f"checkpoint.save_dir={tmp_path / 'ckpt'}", "checkpoint.finetune_from_model=null",
                f"hydra.run.dir={tmp_path / 'hydra'}"], cli_env)
     assert "num_updates\": \"3\"" in out or "num_updates 3" in out
     state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
@@ -194,6 +221,7 @@ def test_glue_configs_hold_fairseqs_published_settings(name):
     groups = {f.name: f.type for f in dataclasses.fields(FairseqConfig)}
     schema = {"task": TaskConfig, "criterion": CriterionConfig, "optimizer": FairseqAdamConfig,
               "lr_scheduler": PolynomialDecayLRScheduleConfig, "model": BartPrelnConfig}
+    assert cfg.pop("hydra") == {"run": {"dir": "."}}  # hydra's own settings, not fairseq's
     for group, values in cfg.items():
         fields = {f.name for f in dataclasses.fields(schema.get(group) or groups[group])} | {"_name"}
         assert set(values) <= fields, (group, set(values) - fields)

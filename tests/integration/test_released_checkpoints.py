@@ -138,8 +138,8 @@ def test_released_layout_finetunes_and_generates(released, cli_env, tmp_path, na
     path, _ = build_release(name, released)
     data = released / f"bin{RELEASES[name][3]}"
     log = run(["fairseq-train", str(data), "--user-dir", USER_DIR, "--task", "bart_summarization", "--arch",
-               "bart_large_preln", "--post-ln", *TINY, "--restore-file", str(path), "--reset-optimizer",
-               "--reset-dataloader", "--reset-meters", "--criterion", "bart_label_smoothed_cross_entropy",
+               "bart_large_preln", "--post-ln", *TINY, "--finetune-from-model", str(path),
+               "--criterion", "bart_label_smoothed_cross_entropy",
                "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2048",
                "--max-update", "3", "--truncate-source", "--cpu", "--num-workers", "0", "--seed", "3",
                "--required-batch-size-multiple", "1",

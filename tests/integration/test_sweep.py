@@ -127,3 +127,31 @@ def test_lr_rule_and_token_budget_variants():
     with pytest.raises(ValueError, match="lr_rule.rule must be sqrt or linear, not 'cube'"):
         _apply_rules({"lr_rule": {"axis": "optimization.update_freq", "rule": "cube"}},
                      {"optimization.update_freq": [2], "optimization.lr": [0.1]})
+
+
+def test_printed_hydra_multirun_runs_each_job_into_its_own_directory(data_dir, tmp_path):
+    """--hydra-multirun's command, run by a shell from the repository (hydra's basic launcher
+    instead of SLURM's): every job trains on the data the spec names and saves in SWEEP_DIR/N."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from sweep import hydra_multirun
+
+    from bart_ext.sweep import load_ablation
+
+    spec_file = tmp_path / "t2.yaml"
+    spec_file.write_text(SPEC.replace("name: t2x2", "name: t2").replace("optimization.max_update: 8", "optimization.max_update: 2")
+                         .replace("  optimization.lr: [[0.001], [1000.0]]   # 1000: deliberately diverging\n", ""))
+    spec = load_ablation(spec_file, None, {})
+    cmd = hydra_multirun(spec, sweep_dir=str(tmp_path / "multirun"), launcher="")
+    assert '"++task.data=$PWD/data/aclsum/bin"' in cmd and "checkpoint.save_dir=checkpoints" in cmd
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"], OMP_NUM_THREADS="2")
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for job, post_ln in ((0, False), (1, True)):
+        state = torch_load(tmp_path / "multirun" / str(job) / "checkpoints" / "checkpoint_last.pt")
+        assert state["cfg"]["model"]["post_ln"] is post_ln
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
