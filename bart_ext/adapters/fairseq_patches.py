@@ -47,6 +47,13 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    twice (Adam mostly shrugs that off, but epsilon then dominates; NVLAMB's ``max_grad_norm``
    never fires). Here ``clip_grad_norm`` unscales the wrapper, the object ``step`` steps, so the
    gradients are unscaled once and the wrapper's own ``step`` still runs.
+7. ``data.encoders.gpt2_bpe.GPT2BPE.decode`` (``--bpe gpt2``): fairseq-generate writes a target's
+   unknown tokens as ``<<unk>>`` (``Dictionary.string(escape_unk=True)``) and then decodes that
+   string, but ``decode`` reads every token other than ``<unk>`` and ``<mask>`` as an integer: a
+   reference with one unknown word stopped fairseq-generate with ``ValueError: invalid literal for
+   int() with base 10: '<<unk>>'`` (met on the default data's validation split). Here any token that
+   is not a number passes through as text, as ``<unk>`` always did; strings of numbers decode as
+   before.
 """
 from __future__ import annotations
 
@@ -336,10 +343,19 @@ def amp_clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
 amp_clip_grad_norm.bart_ext_patched = True
 
 
+def gpt2_decode(self, x: str) -> str:
+    """``GPT2BPE.decode`` for patch 7: BPE ids are numbers; other tokens (``<unk>``, ``<mask>``,
+    fairseq-generate's ``<<unk>>``) go to GPT-2's decoder as text, which passes them through."""
+    return self.bpe.decode([int(tok) if tok.isascii() and tok.isdigit() else tok for tok in x.split()])
+
+
+gpt2_decode.bart_ext_patched = True
+
+
 # ---------------------------------------------------------------------------------------------
 
 def install() -> None:
-    """Install patches 1-6 (idempotent)."""
+    """Install patches 1-7 (idempotent)."""
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as dist_utils
     from fairseq.models import distributed_fairseq_model as dfm
@@ -359,6 +375,9 @@ def install() -> None:
     from fairseq.optim.amp_optimizer import AMPOptimizer
 
     AMPOptimizer.clip_grad_norm = amp_clip_grad_norm
+    from fairseq.data.encoders.gpt2_bpe import GPT2BPE
+
+    GPT2BPE.decode = gpt2_decode
 
 
 install()

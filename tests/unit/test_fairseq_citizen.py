@@ -419,3 +419,17 @@ def test_checkpoints_from_before_new_model_options_still_load(data_dir, tmp_path
     assert not models[0].encoder.checkpoint_activations and models[0].compiled_layers == []
     for name, tensor in model.state_dict().items():
         assert torch.equal(models[0].state_dict()[name], tensor), name
+
+
+# --- GPT-2 BPE decoding of fairseq-generate's escaped unknowns (patch 7) ------------------------------
+
+def test_gpt2_decode_passes_escaped_unknowns_through(data_dir):
+    from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
+
+    gpt2 = data_dir / "gpt2"
+    bpe = GPT2BPE(GPT2BPEConfig(gpt2_encoder_json=str(gpt2 / "encoder.json"), gpt2_vocab_bpe=str(gpt2 / "vocab.bpe")))
+    ids = bpe.encode(" Handling terminology is an important matter.")
+    assert bpe.decode(ids) == " Handling terminology is an important matter."
+    assert bpe.decode(f"{ids} <unk> <mask>") == " Handling terminology is an important matter.<unk><mask>"
+    # what fairseq-generate writes for a reference's unknown word (Dictionary.string(escape_unk=True))
+    assert bpe.decode(f"<<unk>> {ids}") == "<<unk>> Handling terminology is an important matter."
