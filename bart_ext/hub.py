@@ -9,7 +9,8 @@
 
 Text is GPT-2 BPE-encoded with the ``encoder.json`` / ``vocab.bpe`` of the model's data folder
 (the checkpoint's ``task.data``, or ``data=``), with the leading space that running text gives a
-sentence's first word in our data preparation. Generation runs through the checkpoint's own task
+sentence's first word in our data preparation (none for a ``from-hf`` checkpoint not trained since,
+as fairseq's BART hub encodes). Generation runs through the checkpoint's own task
 and bart_ext's beam search, so outputs equal ``fairseq-generate``'s with the same settings.
 """
 from __future__ import annotations
@@ -26,10 +27,11 @@ MASK = "<mask>"
 class BartHub:
     """A loaded model with its task, dictionary and BPE (see the module docstring)."""
 
-    def __init__(self, model, task, cfg, data: Path):
+    def __init__(self, model, task, cfg, data: Path, leading_space: bool = True):
         from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
         self.model, self.task, self.cfg, self.data = model.eval(), task, cfg, data
+        self.leading_space = leading_space
         self.dictionary = task.source_dictionary
         for name in ("encoder.json", "vocab.bpe"):
             if not (data / name).is_file():
@@ -53,8 +55,11 @@ class BartHub:
             if i:
                 ids.append(d.index(MASK))
             # The first piece starts as a sentence does in running text (a space before its first
-            # word); a space before a <mask> belongs to the masked span; one after it stays.
-            piece = (" " + piece.strip() if i == 0 else piece).rstrip()
+            # word, unless the model was imported and not trained here: text_has_leading_space); a
+            # space before a <mask> belongs to the masked span; one after it stays.
+            if i == 0:
+                piece = (" " if self.leading_space else "") + piece.strip()
+            piece = piece.rstrip()
             if piece.strip():
                 ids += [d.index(str(t)) for t in self.bpe.encode(piece)]
         return torch.tensor(ids + [d.eos()], dtype=torch.long)
@@ -98,9 +103,9 @@ class BartHub:
     def summarize(self, texts: Sequence[str], preset: str = "xsum", **settings) -> list[str]:
         """Summaries of ``texts`` with a decoding preset of configs/generate (``xsum``, ``cnn_dm``); the
         sources are cut as fine-tuning cut them (``truncate_source``, ``max_source_positions``)."""
-        from bart_ext.summarization_data import load_preset
+        from bart_ext.summarization_data import load_preset, source_length_limit
 
-        limit = int(getattr(self.cfg.task, "max_source_positions", 0) or self.model.max_positions()[0])
+        limit = source_length_limit(self.cfg.task, self.model.max_positions()[0])
         rows = []
         for text in texts:
             ids = self.encode(text)
@@ -142,13 +147,18 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
     """
     from fairseq import checkpoint_utils
 
-    import user_dir  # noqa: F401  (registers bart_ext's tasks and models)
+    from bart_ext.adapters import import_plugin
+    from bart_ext.summarization_data import text_has_leading_space
+
+    import_plugin()  # bart_ext's tasks and models, and fairseq's loader fixed for torch >= 2.6
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} not found")
     overrides = {"data": str(data)} if data is not None else {}
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides)
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), arg_overrides=overrides)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides,
+                                                                     state=state)
     folder = Path(str(cfg.task.data).split(":")[0])
-    hub = BartHub(models[0], task, cfg, folder)
+    hub = BartHub(models[0], task, cfg, folder, leading_space=text_has_leading_space(state, None))
     return hub.to(device) if device else hub

@@ -85,7 +85,9 @@ def fill_checkpoint_positions(checkpoint: Path, out: Path, trained: int | None =
     from fairseq import checkpoint_utils
     from omegaconf import OmegaConf
 
-    import user_dir  # noqa: F401  (fairseq's loader made to read its checkpoints on torch >= 2.6)
+    from bart_ext.adapters import import_plugin
+
+    import_plugin()  # bart_ext's tasks and models, and fairseq's loader fixed for torch >= 2.6
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.is_file():

@@ -162,3 +162,25 @@ def preset_args(name: str) -> list[str]:
     for key, value in load_preset(name).items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args
+
+
+def source_length_limit(task_cfg, model_max_positions: int) -> int:
+    """The longest source, ``<s>`` and ``</s>`` included, that a model sees: its position table, or
+    the shorter ``max_source_positions`` its summarization fine-tuning cut sources to
+    (``truncate_source``). Other tasks' ``max_source_positions`` do not cut (bart_denoising's 1024)."""
+    limit = int(model_max_positions)
+    if task_cfg is not None and task_cfg.get("truncate_source") and task_cfg.get("max_source_positions"):
+        limit = min(limit, int(task_cfg.get("max_source_positions")))
+    return limit
+
+
+def text_has_leading_space(state: dict, prefix_space: bool | None) -> bool:
+    """Whether the model read each text with a space before its first word. bart_ext's data preparation
+    (pretraining, LDDL, summarization, classification, ``bart_ext.load``) gives every text one, as running
+    text has it, so a model trained here expects " Handling" where GPT-2 BPE alone encodes "Handling".
+    A checkpoint ``from-hf`` wrote and nobody trained since keeps its source's convention (none, as
+    fairseq's and transformers' BART). ``prefix_space`` overrides: False for a model fine-tuned on data
+    binarized with fairseq's own tools."""
+    if prefix_space is not None:
+        return bool(prefix_space)
+    return not (state.get("extra_state") or {}).get("imported_from")

@@ -21,6 +21,10 @@ bart_ext/adapters/fairseq_model.py):
                       must be identical to bart_ext's.
     fairseq_stock     fairseq unchanged: on a CPU its loop sees padding and blocks nothing
                       (fairseq #5206), so its outputs differ; timed for reference
+    hf, hf_fs         the checkpoint exported with ``scripts/convert.py to-hf --preset xsum`` and decoded
+                      by transformers' ``generate`` with its generation_config.json (right-padded batches),
+                      and through ``bart_ext.convert.hf_generate.generate_like_fairseq`` (fairseq's
+                      scores for the forced ``<s>`` and the ``</s>`` forced at the length limit)
     ct2_fp32, ct2_int8
                       the checkpoint exported with ``scripts/convert.py to-ct2`` (fp32, and int8
                       weights) and decoded by CTranslate2 with the same preset, sources shaped as
@@ -87,19 +91,26 @@ def run_once(mode: str, data: Path, ckpt: Path, subset: str, batch: int, out: Pa
     return float(m.group(2)), {i: r.get("H", []) for i, r in rows.items()}
 
 
-def ct2_setup(ckpt: Path, data: Path, subset: str, tmp: Path) -> tuple[dict, list[list[int]]]:
-    """CTranslate2 folders (fp32, int8) of ``ckpt`` and the ``subset`` sources as bart_summarization feeds them."""
-    import user_dir  # noqa: F401
-    from fairseq import checkpoint_utils
-    from fairseq.data.indexed_dataset import MMapIndexedDataset
-
+def ct2_setup(ckpt: Path, data: Path, tmp: Path) -> dict:
+    """CTranslate2 folders (fp32, int8) of ``ckpt``."""
     from bart_ext.convert.commands import to_ct2
 
-    cfg = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))["cfg"].task
     folders = {}
     for name, quantization in (("ct2_fp32", None), ("ct2_int8", "int8")):
         folders[name] = to_ct2(ckpt, tmp / name, quantization, data=data)
         folders[name + "_fs"] = folders[name]  # the same folder through translate_like_fairseq
+    return folders
+
+
+def task_sources(ckpt: Path, data: Path, subset: str) -> list[list[int]]:
+    """The ``subset`` sources as bart_summarization feeds them to ``ckpt``."""
+    from fairseq import checkpoint_utils
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    from bart_ext.adapters import import_plugin
+
+    import_plugin()
+    cfg = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))["cfg"].task
     sources = []
     ds = MMapIndexedDataset(str(next(data.glob(f"{subset}.*-*.source.idx")))[: -len(".idx")])
     for i in range(len(ds)):
@@ -107,7 +118,33 @@ def ct2_setup(ckpt: Path, data: Path, subset: str, tmp: Path) -> tuple[dict, lis
         if cfg.truncate_source:  # as BartSummarizationTaskBase.load_dataset shapes the sources
             ids = ids[:-1][: int(cfg.max_source_positions) - 1 - int(cfg.prepend_bos)] + [2]
         sources.append(([0] if cfg.prepend_bos else []) + ids)
-    return folders, sources
+    return sources
+
+
+def run_hf(folder: Path, sources: list[list[int]], symbols: list[str], batch: int,
+           like_fairseq: bool = False) -> tuple[float, dict]:
+    """sentences/s of transformers' ``generate`` with the exported XSum generation config (right-padded
+    batches), or with ``like_fairseq`` through ``bart_ext.convert.hf_generate.generate_like_fairseq``,
+    and its outputs as dictionary symbols."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from bart_ext.convert.hf_generate import generate_like_fairseq
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(folder)).eval()
+    hyps = []
+    t0 = time.perf_counter()
+    for start in range(0, len(sources), batch):
+        rows = sources[start:start + batch]
+        ids = torch.full((len(rows), max(map(len, rows))), 1)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        inputs = dict(input_ids=ids, attention_mask=ids.ne(1).long())
+        with torch.no_grad():
+            out = generate_like_fairseq(model, **inputs) if like_fairseq else model.generate(**inputs)
+        hyps += [[t for t in row[1:] if t != 1] for row in out.tolist()]  # after the start </s>, no padding
+    seconds = time.perf_counter() - t0
+    return len(sources) / seconds, {i: [symbols[t] for t in h] for i, h in enumerate(hyps)}
 
 
 def run_ct2(folder: Path, sources: list[list[int]], symbols: list[str], batch: int,
@@ -169,20 +206,33 @@ def main(argv: list[str] | None = None) -> dict:
     speed: dict[str, list[float]] = {m: [] for m in MODES}
     outputs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ct2 = {}
+        ct2, hf = {}, {}
         try:
-            import ctranslate2  # noqa: F401
+            import transformers  # noqa: F401
         except ImportError:
-            print("ctranslate2 not installed: no CTranslate2 rows", flush=True)
+            print("transformers not installed: no transformers or CTranslate2 rows", flush=True)
         else:
             from fairseq.data import Dictionary
 
-            ct2, sources = ct2_setup(args.path, args.data, args.subset, Path(tmp))
+            from bart_ext.convert.commands import to_hf
+            from bart_ext.summarization_data import load_preset
+
+            sources = task_sources(args.path, args.data, args.subset)
             symbols = Dictionary.load(str(args.data / "dict.source.txt")).symbols + ["<mask>"]
-            speed.update({m: [] for m in ct2})
+            folder = to_hf(args.path, Path(tmp) / "hf", data=args.data, preset=load_preset("xsum"))
+            hf = {"hf": folder, "hf_fs": folder}
+            try:
+                import ctranslate2  # noqa: F401
+            except ImportError:
+                print("ctranslate2 not installed: no CTranslate2 rows", flush=True)
+            else:
+                ct2 = ct2_setup(args.path, args.data, Path(tmp))
+            speed.update({m: [] for m in [*hf, *ct2]})
         for r in range(args.rounds):
-            for mode in [*MODES, *ct2]:
-                if mode in ct2:
+            for mode in [*MODES, *hf, *ct2]:
+                if mode in hf:
+                    s, hyps = run_hf(hf[mode], sources, symbols, args.batch_size, like_fairseq=mode.endswith("_fs"))
+                elif mode in ct2:
                     s, hyps = run_ct2(ct2[mode], sources, symbols, args.batch_size, like_fairseq=mode.endswith("_fs"))
                 else:
                     s, hyps = run_once(mode, args.data, args.path, args.subset, args.batch_size, Path(tmp) / mode)
@@ -214,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"(median of the rounds' ratios {per_round:.2f}x)   outputs identical: {same[mode]}")
     print(f"  {'bart_ext / fairseq_stock':<33} = {med['bart_ext'] / med['fairseq_stock']:.2f}x   "
           f"outputs differ on {differ}/{n} documents (stock blocks nothing on a CPU)")
-    for mode in ct2:
+    for mode in [*hf, *ct2]:
         ident = sum(outputs[mode].get(i) == h for i, h in outputs["bart_ext"].items())
         print(f"  {mode + ' / bart_ext':<33} = {med[mode] / med['bart_ext']:.2f}x   "
               f"outputs identical to bart_ext's on {ident}/{n} documents ({100 * ident / n:.0f}%)")
@@ -225,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not all(same.values()):
         raise SystemExit("outputs differ from fairseq_loop's: " + ", ".join(m for m, ok in same.items() if not ok))
     return {"median": med, "identical": all(same.values()),
-            "ct2_identical": {m: sum(outputs[m].get(i) == h for i, h in outputs["bart_ext"].items()) / n for m in ct2}}
+            "ct2_identical": {m: sum(outputs[m].get(i) == h for i, h in outputs["bart_ext"].items()) / n for m in ct2},
+            "hf_identical": {m: sum(outputs[m].get(i) == h for i, h in outputs["bart_ext"].items()) / n for m in hf}}
 
 
 if __name__ == "__main__":

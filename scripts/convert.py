@@ -6,9 +6,11 @@
         (--arch bart_*_preln, --post-ln for BART), dict.txt, encoder.json, vocab.bpe: fine-tune with
         --restore-file / --finetune-from-model OUT_DIR/checkpoint.pt, the data binarized with OUT_DIR's
         dict.txt and GPT-2 files.
-    convert.py to-hf CHECKPOINT OUT_DIR [--data DIR] [--preset xsum|cnn_dm]
+    convert.py to-hf CHECKPOINT OUT_DIR [--data DIR] [--preset xsum|cnn_dm] [--no-prefix-space]
         a bart_ext checkpoint -> a save_pretrained folder (mBART classes for Pre-LN, BART for Post-LN)
-        with its tokenizer and a generation_config.json that decodes as fairseq-generate (and the preset);
+        with its tokenizer (text spaced and cut as the model's fine-tuning data was) and a
+        generation_config.json that decodes as fairseq-generate (and the preset; fairseq's exact
+        output: bart_ext.convert.hf_generate.generate_like_fairseq);
         a model fine-tuned with --task sentence_prediction -> *ForSequenceClassification with its head
         (--head NAME where it has several) and the label names of DATA/label/dict.txt.
     convert.py to-ct2 CHECKPOINT OUT_DIR [--quantization int8] [--data DIR] [--preset ...]
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> Path:
         p.add_argument("--gpt2-encoder-json", type=Path, help="default: DATA/encoder.json")
         p.add_argument("--gpt2-vocab-bpe", type=Path, help="default: DATA/vocab.bpe")
         p.add_argument("--preset", help="decoding preset of configs/generate (xsum, cnn_dm) for generation_config.json")
+        p.add_argument("--prefix-space", action=argparse.BooleanOptionalAction, default=None,
+                       help="the tokenizer puts a space before a text's first word, as bart_ext's data preparation "
+                            "does (default: yes, except for a checkpoint from-hf wrote and nobody trained since; "
+                            "--no-prefix-space for a model fine-tuned on data binarized with fairseq's own tools)")
         if name == "to-hf":
             p.add_argument("--head", help="classification head to export as *ForSequenceClassification "
                                           "(default: the checkpoint's only head)")
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
             from bart_ext.summarization_data import load_preset
 
             kwargs = dict(data=args.data, encoder_json=args.gpt2_encoder_json, vocab_bpe=args.gpt2_vocab_bpe,
-                          preset=load_preset(args.preset) if args.preset else None)
+                          preset=load_preset(args.preset) if args.preset else None, prefix_space=args.prefix_space)
             if args.command == "to-hf":
                 out = commands.to_hf(args.checkpoint, args.out_dir, head=args.head, **kwargs)
             else:

@@ -23,7 +23,9 @@ def load_classifier(path: Path, data: Path, head: str | None = None):
     """
     from fairseq import checkpoint_utils
 
-    import user_dir  # noqa: F401  (registers bart_preln)
+    from bart_ext.adapters import import_plugin
+
+    import_plugin()  # bart_ext's tasks and models, and fairseq's loader fixed for torch >= 2.6
 
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint {path} not found")

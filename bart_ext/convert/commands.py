@@ -16,6 +16,7 @@ import torch
 
 from bart_ext.convert import hf, vocab
 from bart_ext.convert.hf import ConversionError, ModelShape
+from bart_ext.summarization_data import source_length_limit, text_has_leading_space
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def from_hf(hf_dir: Path, out_dir: Path, user_dir: Path) -> Path:
             state[key] = shared
         from bart_ext.convert.fairseq_checkpoint import write_checkpoint
 
-        write_checkpoint(tmp / "checkpoint.pt", state, shape, out_dir.resolve(), user_dir)
+        write_checkpoint(tmp / "checkpoint.pt", state, shape, out_dir.resolve(), user_dir,
+                         imported_from=str(hf_dir.resolve()))
     logger.info("from-hf: %s (%s, %d rows) -> %s", hf_dir, "Post-LN" if shape.post_ln else "Pre-LN",
                 shape.vocab_size, out_dir / "checkpoint.pt")
     return out_dir / "checkpoint.pt"
@@ -114,6 +116,17 @@ def load_fairseq_checkpoint(path: Path) -> tuple[dict, object]:
     name = str(name) if name is not None else ""
     if not (name == "bart_preln" or (name.startswith("bart_") and name.endswith("_preln"))):
         raise ConversionError(f"{path}: model {name!r} is not one of bart_ext's bart_*_preln architectures")
+    if name == "bart_preln":
+        # `--arch bart_preln` fills what was not typed (dropout, positions, ...) from the large preset when
+        # the model is built, on a copy: the checkpoint's config still holds None there.
+        from fairseq.models import ARCH_CONFIG_REGISTRY
+        from omegaconf import open_dict
+
+        from bart_ext.adapters import import_plugin
+
+        import_plugin()
+        with open_dict(cfg.model):
+            ARCH_CONFIG_REGISTRY["bart_large_preln"](cfg.model)
     return state, cfg
 
 
@@ -159,10 +172,14 @@ def _split_head(model_state: dict, head: str | None, cfg, checkpoint: Path, data
 
 
 def to_hf(checkpoint: Path, out_dir: Path, data: Path | None = None, encoder_json: Path | None = None,
-          vocab_bpe: Path | None = None, preset: dict | None = None, head: str | None = None) -> Path:
+          vocab_bpe: Path | None = None, preset: dict | None = None, head: str | None = None,
+          prefix_space: bool | None = None) -> Path:
     """A bart_ext checkpoint -> a transformers folder (model, generation config, tokenizer); a model
-    fine-tuned with a classification head -> ``*ForSequenceClassification`` with that head."""
+    fine-tuned with a classification head -> ``*ForSequenceClassification`` with that head. The tokenizer
+    cuts at the length fine-tuning cut sources to (``truncation=True``) and adds the leading space the
+    model was trained with (``text_has_leading_space``)."""
     state, cfg = load_fairseq_checkpoint(checkpoint)
+    add_prefix_space = text_has_leading_space(state, prefix_space)
     data = Path(data) if data else Path(str(cfg.task.data).split(":")[0])
     dict_path = _dictionary_of(data)
     symbols = vocab.read_dictionary(dict_path) + [vocab.MASK]  # our tasks append <mask>
@@ -181,14 +198,15 @@ def to_hf(checkpoint: Path, out_dir: Path, data: Path | None = None, encoder_jso
     vocab_bpe = Path(vocab_bpe) if vocab_bpe else data / "vocab.bpe"
     with staged(out_dir) as tmp:
         extra = vocab.export_vocab(symbols, encoder_json, vocab_bpe, tmp)
-        vocab.save_hf_tokenizer(tmp)
+        vocab.save_hf_tokenizer(tmp, source_length_limit(cfg.task, shape.max_positions), add_prefix_space)
         hf_state = hf.state_to_hf(model_state, shape, extra)
         if head_state is not None:
             hf_state = hf.classifier_to_hf(hf_state, head_state)
         hf.save_hf_model(tmp, shape, hf_state, hf_generation_config(preset), classifier or None)
     kind = "ForSequenceClassification" if head_state is not None else "ForConditionalGeneration"
-    logger.info("to-hf: %s -> %s (%s; %d dictionary rows, %d GPT-2 tokens outside it)", checkpoint, out_dir,
-                ("Bart" if shape.post_ln else "MBart") + kind, rows, extra)
+    logger.info("to-hf: %s -> %s (%s; %d dictionary rows, %d GPT-2 tokens outside it; tokenizer: "
+                "add_prefix_space %s)", checkpoint, out_dir, ("Bart" if shape.post_ln else "MBart") + kind, rows,
+                extra, add_prefix_space)
     return Path(out_dir)
 
 

@@ -39,8 +39,11 @@ def training_argv(data: Path, shape: ModelShape, user_dir: Path) -> list[str]:
     return argv
 
 
-def write_checkpoint(path: Path, state: dict[str, Tensor], shape: ModelShape, data: Path, user_dir: Path) -> None:
-    """Save ``state`` (our model's keys) at ``path`` with the config of a ``shape`` model on ``data``."""
+def write_checkpoint(path: Path, state: dict[str, Tensor], shape: ModelShape, data: Path, user_dir: Path,
+                     imported_from: str | None = None) -> None:
+    """Save ``state`` (our model's keys) at ``path`` with the config of a ``shape`` model on ``data``;
+    ``imported_from`` (the source folder of a converted model) is kept in ``extra_state`` until the
+    checkpoint is trained: it tells ``to-hf`` the model's text conventions are not bart_ext's."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import OmegaConf
@@ -58,6 +61,7 @@ def write_checkpoint(path: Path, state: dict[str, Tensor], shape: ModelShape, da
                                "lr_scheduler_state": {"best": None}, "num_updates": 0}],
         "task_state": {},
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True, "version": 2},
-                        "previous_training_time": 0.0},
+                        "previous_training_time": 0.0,
+                        **({"imported_from": imported_from} if imported_from else {})},
         "last_optimizer_state": None,
     }, path)

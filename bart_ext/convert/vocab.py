@@ -86,12 +86,16 @@ def export_vocab(symbols: list[str], encoder_json: Path, vocab_bpe: Path, out_di
     return extra
 
 
-def save_hf_tokenizer(out_dir: Path) -> None:
+def save_hf_tokenizer(out_dir: Path, model_max_length: int, add_prefix_space: bool) -> None:
     """Complete ``out_dir``'s ``vocab.json`` / ``merges.txt`` into a transformers tokenizer folder
-    (``BartTokenizer``: byte-level BPE, ``<s> ... </s>``), as ``AutoTokenizer`` loads it."""
+    (``BartTokenizer``: byte-level BPE, ``<s> ... </s>``), as ``AutoTokenizer`` loads it;
+    ``truncation=True`` cuts inputs to ``model_max_length`` tokens, ``<s>`` and ``</s>`` included;
+    ``add_prefix_space`` puts a space before a text's first word."""
     from transformers import BartTokenizer
 
-    tok = BartTokenizer.from_pretrained(str(out_dir))  # reads vocab.json and merges.txt (transformers 4 and 5)
+    # reads vocab.json and merges.txt (transformers 4 and 5)
+    tok = BartTokenizer.from_pretrained(str(out_dir), model_max_length=model_max_length,
+                                        add_prefix_space=add_prefix_space)
     tok.save_pretrained(str(out_dir))
 
 

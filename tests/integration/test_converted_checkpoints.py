@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 
 import pytest
@@ -70,13 +71,10 @@ def test_converted_checkpoint_generates(converted, cli_env):
     assert sorted(map(int, re.findall(r"^H-(\d+)\t", out, re.M))) == [0, 1, 2, 3], out[-2000:]
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
 
 def test_python_api_on_a_converted_checkpoint(converted, tmp_path):
-    """bart_ext.load on from-hf's folder: encode gives transformers' tokenizer ids (with the leading
-    space our data preparation gives running text), and fill_mask runs."""
+    """bart_ext.load on from-hf's folder: encode gives transformers' tokenizer ids (the source's convention,
+    no space before the first word, until the model is trained here), and fill_mask runs."""
     from transformers import AutoTokenizer
 
     import bart_ext
@@ -85,9 +83,56 @@ def test_python_api_on_a_converted_checkpoint(converted, tmp_path):
     model = bart_ext.load(ckpt)
     tok = AutoTokenizer.from_pretrained(str(ckpt.parent.parent / "hf"))
     text = "We propose a new method for parsing long sentences."
-    assert model.encode(text).tolist() == tok(" " + text)["input_ids"]
+    assert model.encode(text).tolist() == tok(text)["input_ids"] != tok(" " + text)["input_ids"]
     assert model.decode(model.encode(text)) == text
     masked = model.encode("We propose a <mask> for parsing.").tolist()
     assert masked.count(tok.mask_token_id) == 1 and masked[0] == tok.bos_token_id and masked[-1] == tok.eos_token_id
     out = model.fill_mask(["We propose a <mask> for parsing."], topk=2)
     assert len(out) == 1 and len(out[0]) == 2 and all(isinstance(t, str) and s <= 0 for t, s in out[0])
+
+
+def test_text_conventions_after_training_here(converted, cli_env, tmp_path):
+    """A converted model fine-tuned here reads text as bart_ext's data preparation writes it (a space before
+    the first word): bart_ext.load and to-hf's tokenizer follow; the untrained import exports without it."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    import bart_ext
+    from scripts.convert import main as convert
+
+    ckpt, data = converted
+    finetune(data, tmp_path / "ft", cli_env, "--finetune-from-model", str(ckpt))
+    tuned = tmp_path / "ft" / "checkpoint_last.pt"
+    text = "We propose a new method for parsing long sentences."
+    tok = AutoTokenizer.from_pretrained(str(ckpt.parent.parent / "hf"))
+    folder = shutil.copytree(data, tmp_path / "bin")  # the task's data with the model's GPT-2 files
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(ckpt.parent / name, folder)
+    assert bart_ext.load(tuned, data=folder).encode(text).tolist() == tok(" " + text)["input_ids"]
+    for source, spaced in ((ckpt, False), (tuned, True)):
+        convert(["to-hf", str(source), str(tmp_path / f"hf_{spaced}"), "--data", str(ckpt.parent)])
+        config = json.loads((tmp_path / f"hf_{spaced}" / "tokenizer_config.json").read_text())
+        assert config["add_prefix_space"] is spaced
+        exported = AutoTokenizer.from_pretrained(str(tmp_path / f"hf_{spaced}"))
+        assert exported(text)["input_ids"] == tok((" " if spaced else "") + text)["input_ids"]
+
+
+def test_python_api_from_a_script_outside_the_repository(converted, cli_env, tmp_path):
+    """bart_ext.load in a user's own script, run from another directory with nothing on PYTHONPATH: the
+    plugin registers itself (it used to need ``import user_dir`` from the repository root)."""
+    import subprocess
+
+    ckpt, _ = converted
+    script = tmp_path / "mine.py"
+    script.write_text("import sys\nimport bart_ext\nm = bart_ext.load(sys.argv[1])\n"
+                      "print('summary:', m.summarize(['We propose a new parser.'], beam=2, min_len=1, max_len_b=4))\n")
+    env = {k: v for k, v in cli_env.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, str(script), str(ckpt)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"^summary: \['.*'\]$", out.stdout, re.M), out.stdout
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

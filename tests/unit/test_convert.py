@@ -146,7 +146,7 @@ def test_corpus_dictionary_exports_with_fairseq_distribution(tmp_path, data_dir,
     hf_model, hf_tok = load_hf(tmp_path / "hf")
     ours, task = load_ours(ckpt, data)
     n = len(task.source_dictionary)
-    fs = [fairseq_ids(data, t) for t in texts]
+    fs = [fairseq_ids(data, " " + t) for t in texts]  # as bart_ext's data preparation encodes text
     hf = [hf_tok(t)["input_ids"] for t in texts]
     assert any(3 in r for r in fs), "the texts must hold tokens outside the corpus dictionary"
     assert [[t if t < n else 3 for t in r] for r in hf] == fs  # outside the dictionary: its own id, <unk>'s row
@@ -224,6 +224,39 @@ def test_transformers_generate_equals_fairseq(tmp_path, trained, preset):
     assert got == expected
 
 
+@pytest.mark.parametrize("beam,lenpen,max_len_b,ngram", [(4, 1.0, 12, 3), (6, 1.0, 21, 3), (6, 2.0, 21, 0)])
+def test_transformers_generate_like_fairseq_at_the_length_limit(tmp_path, trained, beam, lenpen, max_len_b, ngram):
+    """Where beams reach max_len_b, generate_like_fairseq scores the forced </s> (and <s>) as fairseq does:
+    fairseq's best hypothesis and its score; generate with the exported config alone scores them 0."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    from bart_ext.convert.hf_generate import generate_like_fairseq
+
+    ckpt, data, src = trained
+    model, task = load_ours(ckpt, data)
+    preset = {"beam": beam, "lenpen": lenpen, "max_len_b": max_len_b, "min_len": 5, "no_repeat_ngram_size": ngram}
+    gen = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_b=max_len_b, min_len=5,
+                            len_penalty=lenpen, no_repeat_ngram_size=ngram)
+    with torch.no_grad():
+        hyps = gen.generate([model], {"net_input": {"src_tokens": src, "src_lengths": src.ne(1).sum(1)}},
+                            prefix_tokens=src.new_zeros(src.size(0), 1))
+    expected = [[h["tokens"].tolist() for h in hs] for hs in hyps]
+    assert any(len(h) == max_len_b + 1 for hs in expected for h in hs)  # some end on fairseq's forced </s>
+    convert(["to-hf", str(ckpt), str(tmp_path / "hf")])
+    hf_model, _ = load_hf(tmp_path / "hf")
+    config = transformers.GenerationConfig(**hf_generation_config(preset), num_return_sequences=beam,
+                                           output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        out = generate_like_fairseq(hf_model, config, input_ids=src, attention_mask=src.ne(1).long())
+        plain = hf_model.generate(input_ids=src, attention_mask=src.ne(1).long(), generation_config=config)
+    # the best of each n-best list (below it fairseq keeps the first hypotheses to finish, transformers the best)
+    got = [[t for t in row[1:] if t != 1] for row in out.sequences.tolist()[::beam]]
+    assert got == [hs[0] for hs in expected]
+    scores = torch.stack([hs[0]["score"] for hs in hyps])
+    assert torch.allclose(out.sequences_scores[::beam], scores, atol=1e-4)
+    assert not torch.allclose(plain.sequences_scores[::beam], scores, atol=1e-4)  # forced tokens scored 0
+
+
 def test_ctranslate2_greedy_equals_fairseq(tmp_path, trained):
     ctranslate2 = pytest.importorskip("ctranslate2")
     ckpt, data, src = trained
@@ -263,6 +296,42 @@ def test_ctranslate2_beam_like_fairseq_at_the_length_limit(tmp_path, trained, be
     sources = [[vocab[t] for t in row if t != 1] for row in src.tolist()]
     got = translate_like_fairseq(translator, sources, beam=beam, max_len=max_len_b, lenpen=lenpen)
     assert [[index[t] for t in h] for h in got] == expected
+
+def test_tokenizer_cuts_and_spaces_text_as_our_data(tmp_path, data_dir, texts):
+    """A bart_ext checkpoint's tokenizer gives the ids its fine-tuning data had: a space before the first
+    word (bart_ext's data preparation), sources cut to the task's max_source_positions as
+    bart_summarization's truncate_source cuts them; --no-prefix-space gives GPT-2 BPE's plain encoding."""
+    from bart_ext.convert.vocab import read_dictionary
+    from bart_ext.summarization_data import source_length_limit
+
+    data = data_dir / "bin"
+    n = len(read_dictionary(data / "dict.txt")) + 1  # + <mask>; tokens outside it are <unk> in fairseq
+
+    def as_fairseq(ids: list[int]) -> list[int]:
+        return [t if t < n else 3 for t in ids]
+
+    ckpt = write_ours(tmp_path / "ours.pt", data)  # 64 positions; task bart_denoising (max_source_positions 1024)
+    state = torch.load(ckpt, weights_only=False)
+    state["cfg"]["task"].update(_name="bart_summarization", truncate_source=True, max_source_positions=24)
+    torch.save(state, tmp_path / "summ.pt")
+    long_text = " ".join(texts)
+    full = fairseq_ids(data, " " + long_text)
+    assert len(full) > 64 and fairseq_ids(data, long_text)[1] != full[1]  # the space changes the first token
+    for name, limit in (("ours", 64), ("summ", 24)):
+        convert(["to-hf", str(tmp_path / f"{name}.pt"), str(tmp_path / name)])
+        tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / name))
+        assert tok.model_max_length == limit
+        # bart_summarization's load_dataset: <s> + the first limit - 2 tokens + </s>
+        assert as_fairseq(tok(long_text, truncation=True)["input_ids"]) == full[: limit - 1] + [2]
+        assert [as_fairseq(tok(t)["input_ids"]) for t in texts] == [fairseq_ids(data, " " + t) for t in texts]
+    cfg = state["cfg"]["task"]
+    assert source_length_limit(cfg, 64) == 24
+    assert source_length_limit({**cfg, "truncate_source": False}, 64) == 64
+    assert source_length_limit({**cfg, "max_source_positions": 1024}, 64) == 64
+    convert(["to-hf", str(ckpt), str(tmp_path / "plain"), "--no-prefix-space"])
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "plain"))
+    assert [as_fairseq(tok(t)["input_ids"]) for t in texts] == [fairseq_ids(data, t) for t in texts]
+
 
 def test_generation_config_follows_fairseq(tmp_path, trained):
     ckpt, _, _ = trained
