@@ -21,6 +21,49 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 _BUILT: dict = {}  # encoders built in this process
 
 
+def _gpt2_byte_of_char() -> dict[str, int]:
+    """GPT-2's stand-in character for each byte (its ``bytes_to_unicode``), inverted: printable bytes
+    other than the space stand for themselves, the rest for chr(256), chr(257), ... in byte order."""
+    own = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    table = {chr(b): b for b in own}
+    for n, b in enumerate(b for b in range(256) if b not in own):
+        table[chr(256 + n)] = b
+    return table
+
+
+def gpt2_ranks(encoder_json: str, vocab_bpe: str) -> tuple[dict[bytes, int], np.ndarray | None]:
+    """tiktoken's mergeable ranks for GPT-2-style files (each byte, then each merge of ``vocab_bpe`` in
+    order: the merge priority) and, where ``encoder_json`` numbers the tokens otherwise, the table from
+    rank to its id. GPT-2's own files number tokens by rank (no table). A converted model's
+    ``vocab.json`` (``convert.py from-hf``) numbers them in the model's dictionary order, which tiktoken's
+    own loader refuses."""
+    byte_of = _gpt2_byte_of_char()
+    own = sorted(byte_of, key=lambda c: (c > chr(255), ord(c)))  # GPT-2's order of the 256 single bytes
+
+    def raw(token: str) -> bytes:
+        return bytes(byte_of[c] for c in token)
+
+    ranks = {raw(c): i for i, c in enumerate(own)}
+    lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+    for line in lines[1:] if lines and lines[0].startswith("#version") else lines:
+        if line.strip():
+            first, second = line.split()
+            ranks.setdefault(raw(first) + raw(second), len(ranks))
+    ids = {raw(k): v for k, v in json.loads(Path(encoder_json).read_text(encoding="utf-8")).items()
+           if k not in ("<|endoftext|>", "<|startoftext|>")}
+    if all(ids.get(b) == r for b, r in ranks.items()):
+        return ranks, None
+    table = np.full(len(ranks), -1, dtype=np.int64)
+    for b, r in ranks.items():
+        if b in ids:
+            table[r] = ids[b]
+    if (table < 0).any():
+        missing = next(b for b, r in ranks.items() if table[r] < 0)
+        raise ValueError(f"{encoder_json}: {int((table < 0).sum())} tokens of {vocab_bpe}'s merges have no id "
+                         f"(first: {missing!r}); the two files are not one tokenizer's")
+    return ranks, table
+
+
 class GPT2Encoder:
     """GPT-2 byte-level BPE from local files.
 
@@ -57,10 +100,10 @@ class GPT2Encoder:
     def _build(self):
         if self.backend == "tiktoken":
             import tiktoken
-            from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-            ranks = data_gym_to_mergeable_bpe_ranks(self.vocab_bpe, self.encoder_json)
-            return tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+            ranks, table = gpt2_ranks(self.encoder_json, self.vocab_bpe)
+            enc = tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+            return enc, table
         if self.backend == "fairseq":
             from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
@@ -73,7 +116,10 @@ class GPT2Encoder:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         enc = self._encoder()
         if self.backend == "tiktoken":  # one call per text: encode_ordinary_batch starts a thread pool per call
-            return [enc.encode_ordinary(t) for t in texts]
+            enc, table = enc
+            if table is None:
+                return [enc.encode_ordinary(t) for t in texts]
+            return [table[enc.encode_ordinary(t)].tolist() for t in texts]
         return [enc.encode(t) for t in texts]
 
     def vocab_size(self) -> int:

@@ -9,8 +9,8 @@
 
 Text is GPT-2 BPE-encoded with the ``encoder.json`` / ``vocab.bpe`` of the model's data folder
 (the checkpoint's ``task.data``, or ``data=``), with the leading space that running text gives a
-sentence's first word in our data preparation (none for a ``from-hf`` checkpoint not trained since,
-as fairseq's BART hub encodes). Generation runs through the checkpoint's own task
+sentence's first word in our data preparation (for a ``from-hf`` checkpoint not trained since: as
+its source tokenizer did, none for fairseq's and transformers' BART). Generation runs through the checkpoint's own task
 and bart_ext's beam search, so outputs equal ``fairseq-generate``'s with the same settings.
 """
 from __future__ import annotations

@@ -178,9 +178,10 @@ def text_has_leading_space(state: dict, prefix_space: bool | None) -> bool:
     """Whether the model read each text with a space before its first word. bart_ext's data preparation
     (pretraining, LDDL, summarization, classification, ``bart_ext.load``) gives every text one, as running
     text has it, so a model trained here expects " Handling" where GPT-2 BPE alone encodes "Handling".
-    A checkpoint ``from-hf`` wrote and nobody trained since keeps its source's convention (none, as
-    fairseq's and transformers' BART). ``prefix_space`` overrides: False for a model fine-tuned on data
-    binarized with fairseq's own tools."""
+    A checkpoint ``from-hf`` wrote and nobody trained since keeps its source tokenizer's convention
+    (``add_prefix_space``; none for fairseq's and transformers' BART). ``prefix_space`` overrides: False
+    for a model fine-tuned on data binarized with fairseq's own tools."""
     if prefix_space is not None:
         return bool(prefix_space)
-    return not (state.get("extra_state") or {}).get("imported_from")
+    extra = state.get("extra_state") or {}
+    return bool(extra.get("text_leading_space", False)) if extra.get("imported_from") else True

@@ -97,7 +97,7 @@ def from_hf(hf_dir: Path, out_dir: Path, user_dir: Path) -> Path:
         from bart_ext.convert.fairseq_checkpoint import write_checkpoint
 
         write_checkpoint(tmp / "checkpoint.pt", state, shape, out_dir.resolve(), user_dir,
-                         imported_from=str(hf_dir.resolve()))
+                         imported_from=str(hf_dir.resolve()), leading_space=vocab.tokenizer_adds_prefix_space(hf_dir))
     logger.info("from-hf: %s (%s, %d rows) -> %s", hf_dir, "Post-LN" if shape.post_ln else "Pre-LN",
                 shape.vocab_size, out_dir / "checkpoint.pt")
     return out_dir / "checkpoint.pt"

@@ -40,10 +40,11 @@ def training_argv(data: Path, shape: ModelShape, user_dir: Path) -> list[str]:
 
 
 def write_checkpoint(path: Path, state: dict[str, Tensor], shape: ModelShape, data: Path, user_dir: Path,
-                     imported_from: str | None = None) -> None:
+                     imported_from: str | None = None, leading_space: bool = False) -> None:
     """Save ``state`` (our model's keys) at ``path`` with the config of a ``shape`` model on ``data``;
-    ``imported_from`` (the source folder of a converted model) is kept in ``extra_state`` until the
-    checkpoint is trained: it tells ``to-hf`` the model's text conventions are not bart_ext's."""
+    ``imported_from`` (the source folder of a converted model) and whether its tokenizer put a space
+    before a text's first word (``leading_space``) are kept in ``extra_state`` until the checkpoint is
+    trained (``bart_ext.summarization_data.text_has_leading_space``)."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import OmegaConf
@@ -62,6 +63,7 @@ def write_checkpoint(path: Path, state: dict[str, Tensor], shape: ModelShape, da
         "task_state": {},
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True, "version": 2},
                         "previous_training_time": 0.0,
-                        **({"imported_from": imported_from} if imported_from else {})},
+                        **({"imported_from": imported_from, "text_leading_space": bool(leading_space)}
+                           if imported_from else {})},
         "last_optimizer_state": None,
     }, path)

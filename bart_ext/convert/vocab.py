@@ -99,6 +99,25 @@ def save_hf_tokenizer(out_dir: Path, model_max_length: int, add_prefix_space: bo
     tok.save_pretrained(str(out_dir))
 
 
+def tokenizer_adds_prefix_space(hf_dir: Path) -> bool:
+    """Whether a transformers tokenizer folder puts a space before a text's first word (its
+    ``tokenizer_config.json``, else its ``tokenizer.json``'s ByteLevel pre-tokenizer; BART's: no)."""
+    hf_dir = Path(hf_dir)
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        path = hf_dir / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{path}: not JSON ({e})") from None
+        if name == "tokenizer.json":
+            config = config.get("pre_tokenizer") or {}
+        if "add_prefix_space" in config:
+            return bool(config["add_prefix_space"])
+    return False
+
+
 def import_vocab(hf_dir: Path, rows: int, out_dir: Path) -> bool:
     """Write ``dict.txt``, ``encoder.json`` and ``vocab.bpe`` into ``out_dir`` for a transformers model with
     ``rows`` dictionary rows; returns whether the model has a ``<mask>`` row (its last).

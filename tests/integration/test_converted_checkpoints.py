@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 
 import pytest
@@ -20,7 +19,9 @@ SHAPE = ["--encoder-embed-dim", "12", "--encoder-ffn-embed-dim", "14", "--encode
 
 @pytest.fixture(scope="module")
 def converted(data_dir, cli_env, tmp_path_factory):
-    """from-hf of a random mBART-layout model, and summarization data encoded with the converted files."""
+    """from-hf of a random mBART-layout model, and summarization text prepared for it as the README says:
+    ``prepare_summarization.py --raw DIR --dict OUT/dict.txt --gpt2 OUT`` (BPE with the converted files,
+    whose encoder.json numbers tokens in the model's order, binarized with its dictionary)."""
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
     from scripts.convert import main as convert
@@ -29,7 +30,6 @@ def converted(data_dir, cli_env, tmp_path_factory):
     make_hf_folder(root / "hf", data_dir / "gpt2", "mbart")
     convert(["from-hf", str(root / "hf"), str(root / "model")])
     model = root / "model"
-    bpe = get_encoder(str(model / "encoder.json"), str(model / "vocab.bpe"))
     texts = data_dir.parent / "aclsum_summ" / "bpe"
     gpt2 = get_encoder(str(data_dir / "gpt2" / "encoder.json"), str(data_dir / "gpt2" / "vocab.bpe"))
     raw = root / "raw"
@@ -37,12 +37,11 @@ def converted(data_dir, cli_env, tmp_path_factory):
     for split, n in (("train", 16), ("valid", 4), ("test", 4)):
         for side, cut in (("source", 50), ("target", 20)):
             lines = (texts / f"{split}.{side}").read_text().splitlines()[:n]
-            text = [gpt2.decode([int(t) for t in line.split()[:cut]]) for line in lines]
-            (raw / f"{split}.{side}").write_text("\n".join(" ".join(map(str, bpe.encode(t))) for t in text) + "\n")
-    run(["fairseq-preprocess", "--source-lang", "source", "--target-lang", "target", "--trainpref", str(raw / "train"),
-         "--validpref", str(raw / "valid"), "--testpref", str(raw / "test"), "--destdir", str(root / "bin"),
-         "--srcdict", str(model / "dict.txt"), "--tgtdict", str(model / "dict.txt"), "--workers", "1"], cli_env)
-    return model / "checkpoint.pt", root / "bin"
+            text = [gpt2.decode([int(t) for t in line.split()[:cut]]).strip() for line in lines]
+            (raw / f"{split}.{side}").write_text("\n".join(text) + "\n")
+    run([sys.executable, "scripts/prepare_summarization.py", "--raw", str(raw), "--dict", str(model / "dict.txt"),
+         "--gpt2", str(model), "--out", str(root / "data"), "--workers", "1"], cli_env)
+    return model / "checkpoint.pt", root / "data" / "bin"
 
 
 def finetune(data, save_dir, cli_env, *how):
@@ -106,10 +105,7 @@ def test_text_conventions_after_training_here(converted, cli_env, tmp_path):
     tuned = tmp_path / "ft" / "checkpoint_last.pt"
     text = "We propose a new method for parsing long sentences."
     tok = AutoTokenizer.from_pretrained(str(ckpt.parent.parent / "hf"))
-    folder = shutil.copytree(data, tmp_path / "bin")  # the task's data with the model's GPT-2 files
-    for name in ("encoder.json", "vocab.bpe"):
-        shutil.copy(ckpt.parent / name, folder)
-    assert bart_ext.load(tuned, data=folder).encode(text).tolist() == tok(" " + text)["input_ids"]
+    assert bart_ext.load(tuned).encode(text).tolist() == tok(" " + text)["input_ids"]  # its task.data's BPE files
     for source, spaced in ((ckpt, False), (tuned, True)):
         convert(["to-hf", str(source), str(tmp_path / f"hf_{spaced}"), "--data", str(ckpt.parent)])
         config = json.loads((tmp_path / f"hf_{spaced}" / "tokenizer_config.json").read_text())

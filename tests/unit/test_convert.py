@@ -120,6 +120,24 @@ def test_hf_round_trip(tmp_path, data_dir, texts, layout):
     assert max_rel(mine[real], theirs[real]) < 1e-5
 
 
+def test_round_trip_keeps_the_source_tokenizers_prefix_space(tmp_path, data_dir, texts):
+    """A source tokenizer that spaces the first word (a model trained as bart_ext trains) exports so again
+    after from-hf, and bart_ext.load encodes as it does; a BART tokenizer's (none) is the other case above."""
+    import bart_ext
+
+    src = make_hf_folder(tmp_path / "hf", data_dir / "gpt2", "mbart")
+    transformers.BartTokenizer.from_pretrained(str(src), add_prefix_space=True).save_pretrained(str(src))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    convert(["from-hf", str(src), str(tmp_path / "ours")])
+    spaced, plain = fairseq_ids(tmp_path / "ours", " " + texts[1]), fairseq_ids(tmp_path / "ours", texts[1])
+    assert hf_tok(texts[1])["input_ids"] == spaced != plain
+    convert(["to-hf", str(tmp_path / "ours" / "checkpoint.pt"), str(tmp_path / "back")])
+    back_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    assert [back_tok(t)["input_ids"] for t in texts] == [hf_tok(t)["input_ids"] for t in texts]
+    model = bart_ext.load(tmp_path / "ours" / "checkpoint.pt")
+    assert [model.encode(t).tolist() for t in texts] == [hf_tok(t)["input_ids"] for t in texts]
+
+
 def write_ours(path: Path, data: Path, post_ln: bool = False, seed: int = 0) -> Path:
     """A bart_ext checkpoint on the corpus dictionary of the prepared data (smaller than GPT-2's)."""
     from bart_ext import model as core

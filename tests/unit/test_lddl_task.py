@@ -23,6 +23,34 @@ def test_tiktoken_and_fairseq_gpt2_give_the_same_ids(data_dir, sentences):
     assert fast == ref
 
 
+def test_gpt2_files_numbered_in_a_models_order(data_dir, sentences, tmp_path):
+    """encoder.json numbering tokens in a model's dictionary order (convert.py from-hf writes a transformers
+    BART's vocab.json so): tiktoken's loader refused it; both backends give each text's tokens those ids."""
+    import json
+    import random
+
+    from bart_ext.bpe import gpt2_ranks
+
+    gpt2 = data_dir / "gpt2"
+    tokens = json.loads((gpt2 / "encoder.json").read_text(encoding="utf-8"))
+    order = list(tokens)
+    random.Random(0).shuffle(order)
+    renumbered = {tok: 4 + i for i, tok in enumerate(order)}  # after 4 specials, as a fairseq dictionary's
+    (tmp_path / "encoder.json").write_text(json.dumps(renumbered), encoding="utf-8")
+    texts = [" " + s for s in sentences[:200]] + ["don't they'll 123,456.7 ünïcödé 中文"]
+    gpt2_ids = GPT2Encoder(gpt2 / "encoder.json", gpt2 / "vocab.bpe", backend="tiktoken").encode_batch(texts)
+    by_id = {v: renumbered[k] for k, v in tokens.items()}
+    expected = [[by_id[i] for i in row] for row in gpt2_ids]
+    for backend in ("tiktoken", "fairseq"):
+        got = GPT2Encoder(tmp_path / "encoder.json", gpt2 / "vocab.bpe", backend=backend).encode_batch(texts)
+        assert got == expected, backend
+    assert gpt2_ranks(str(gpt2 / "encoder.json"), str(gpt2 / "vocab.bpe"))[1] is None  # GPT-2's own: ids are ranks
+    del renumbered["\u0120the"]  # " the", a merge's product
+    (tmp_path / "encoder.json").write_text(json.dumps(renumbered), encoding="utf-8")
+    with pytest.raises(ValueError, match="have no id"):
+        gpt2_ranks(str(tmp_path / "encoder.json"), str(gpt2 / "vocab.bpe"))
+
+
 @pytest.mark.parametrize("backend", ["tiktoken", "fairseq"])
 def test_truncated_gpt2_is_gpt2_with_fewer_merges_and_lossless(data_dir, sentences, tmp_path, backend):
     from bart_ext.bpe import gpt2_decoder, write_truncated_gpt2
