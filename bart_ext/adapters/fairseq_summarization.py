@@ -95,11 +95,18 @@ class BartSummarizationTaskBase(BeamGeneratorTask, TranslationTask):
         return self.datasets[split]
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
-        if self.cfg.prepend_bos:
-            bos = self.src_dict.bos()
-            src_tokens = [t if len(t) and t[0] == bos else torch.cat([t.new_tensor([bos]), t]) for t in src_tokens]
-            src_lengths = [len(t) for t in src_tokens]
-        return super().build_dataset_for_inference(src_tokens, src_lengths, constraints)
+        """Sources given as tokens (fairseq-interactive, ``bart_ext.load``), shaped as ``load_dataset`` shapes
+        the binarized ones: ``<s>`` first, and with ``truncate_source`` cut to ``max_source_positions``
+        keeping the final ``</s>`` (fairseq-interactive refused a longer text as an invalid size)."""
+        bos = self.src_dict.bos()
+        rows = []
+        for t in src_tokens:
+            if self.cfg.prepend_bos and not (len(t) and t[0] == bos):
+                t = torch.cat([t.new_tensor([bos]), t])
+            if self.cfg.truncate_source and len(t) > self.cfg.max_source_positions:
+                t = torch.cat([t[: self.cfg.max_source_positions - 1], t[-1:]])
+            rows.append(t)
+        return super().build_dataset_for_inference(rows, [len(t) for t in rows], constraints)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         if self.cfg.force_bos and prefix_tokens is None:

@@ -130,5 +130,25 @@ def test_python_api_from_a_script_outside_the_repository(converted, cli_env, tmp
     assert re.search(r"^summary: \['.*'\]$", out.stdout, re.M), out.stdout
 
 
+def test_interactive_reads_running_text_and_cuts_long_sources(converted, cli_env, tmp_path):
+    """fairseq-interactive with --bpe bart_gpt2 encodes a line as our data preparation does (a space before
+    its first word), and --truncate-source cuts a text longer than the model's 64 positions as the
+    binarized data is cut (it was refused as an invalid size)."""
+    from bart_ext.bpe import GPT2Encoder
+    from bart_ext.summarization_data import encode_lines
+
+    ckpt, data = converted
+    text = "Handling terminology " + " ".join(["is an important matter in machine translation ."] * 12)
+    (tmp_path / "in.txt").write_text(text + "\n")
+    out = run(["fairseq-interactive", str(data), "--user-dir", USER_DIR, "--task", "bart_summarization", "--path",
+               str(ckpt), "--bpe", "bart_gpt2", "--gpt2-encoder-json", str(data / "encoder.json"),
+               "--gpt2-vocab-bpe", str(data / "vocab.bpe"), "--truncate-source", "--max-source-positions", "32",
+               "--beam", "2", "--max-len-b", "5", "--cpu", "--input", str(tmp_path / "in.txt")], cli_env)
+    source = re.search(r"^S-0\t(.*)$", out, re.M).group(1).split()
+    ours = encode_lines([text], GPT2Encoder(data / "encoder.json", data / "vocab.bpe"))[0].split()
+    assert len(ours) > 64 and source == ours[:30], (source, ours[:30])  # (<s>) + 30 tokens + (</s>): 32
+    assert re.search(r"^H-0\t", out, re.M)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

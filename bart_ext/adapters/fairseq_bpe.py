@@ -1,0 +1,16 @@
+"""``--bpe bart_gpt2``: fairseq's GPT-2 BPE as bart_ext's data preparation applies it.
+
+Every text bart_ext trains on has a space before its first word, as a sentence in running text
+has (``bart_ext.summarization_data.encode_lines``, ``scripts/prepare_data.py``, LDDL, ``bart_ext.load``):
+" Handling" is one GPT-2 token where "Handling" alone is two. fairseq's ``gpt2`` BPE encodes a line
+as it is, so ``fairseq-interactive --bpe gpt2`` gives our models a first word they rarely saw at the
+start; ``bart_gpt2`` gives it the leading space. Decoding is ``gpt2``'s.
+"""
+from __future__ import annotations
+
+from fairseq.data.encoders.gpt2_bpe import GPT2BPE
+
+
+class RunningTextGPT2BPE(GPT2BPE):
+    def encode(self, x: str) -> str:
+        return super().encode(" " + x.lstrip())
