@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
 
     import user_dir  # noqa: F401  (our registries and the checkpoint-loading fixes)
+    from bart_ext.adapters.fairseq_patches import UnreadableCheckpointError, UntrustedCheckpointError
     from bart_ext.convert import commands
     from bart_ext.convert.hf import ConversionError
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
                 out = commands.to_hf(args.checkpoint, args.out_dir, head=args.head, **kwargs)
             else:
                 out = commands.to_ct2(args.checkpoint, args.out_dir, args.quantization, **kwargs)
-    except (ConversionError, ValueError, FileNotFoundError) as e:
+    except (ConversionError, ValueError, FileNotFoundError, UnreadableCheckpointError, UntrustedCheckpointError) as e:
         raise SystemExit(f"convert.py {args.command}: {e}") from None
     print(f"[convert] {args.command}: wrote {out}")
     return out

@@ -54,16 +54,25 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    int() with base 10: '<<unk>>'`` (met on the default data's validation split). Here any token that
    is not a number passes through as text, as ``<unk>`` always did; strings of numbers decode as
    before.
+8. ``checkpoint_utils.PathManager.copy`` (saving checkpoints): fairseq writes the newest
+   checkpoint atomically (a ``.tmp`` file, then a rename) but then copies it onto
+   ``checkpoint_last.pt`` / ``checkpoint_best.pt`` in place, so a crash or a Ctrl-C during that
+   copy left a truncated ``checkpoint_last.pt``, and the resume that should continue the run
+   stopped on it. Here a copy onto a local file writes ``DST.tmp`` beside it and renames it over
+   ``DST``: the old file stays whole until the new one is. Remote (iopath) paths keep fairseq's copy.
 """
 from __future__ import annotations
 
 import contextvars
 import functools
+import io
 import logging
 import os
 import pickle
 import re
+import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -79,6 +88,51 @@ logger = logging.getLogger(__name__)
 
 class UntrustedCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds a pickled object outside the allowlist."""
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint path names an empty, truncated or corrupt file, or a PyTorch file that is not a
+    fairseq checkpoint (a bare state dict, a transformers ``pytorch_model.bin``)."""
+
+
+# What a legacy (pre-zip) torch.save file holds after its pickle protocol byte: torch's magic number.
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]
+
+
+def _format_problem(f) -> str | None:
+    """Why the open file ``f`` cannot be one torch.save wrote, from its size and first bytes; None
+    if it may be (a zip archive with its directory, or a legacy file opening with torch's magic)."""
+    try:
+        start = f.tell()
+        head = f.read(2 + len(_LEGACY_MAGIC))
+        size = f.seek(0, os.SEEK_END)
+        f.seek(start)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None  # not a seekable file: torch.load says what it finds
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        whole = zipfile.is_zipfile(f)
+        f.seek(start)
+        return None if whole else (f"a zip archive without its directory ({size:,} bytes): truncated, as an "
+                                   "interrupted save or copy leaves it")
+    if head[:1] == b"\x80" and head[2:] == _LEGACY_MAGIC:
+        return None
+    return f"not a file torch.save writes ({size:,} bytes starting {head[:8]!r})"
+
+
+def _not_a_checkpoint(state) -> str | None:
+    """Why a loaded object is not a fairseq checkpoint (every one is a dict with a ``model`` entry)."""
+    if isinstance(state, dict) and "model" in state:
+        return None
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not fairseq's dict with a 'model' entry"
+    keys = list(state)
+    shown = ", ".join(repr(k) for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
+    if keys and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return (f"it holds a bare state dict of {len(keys)} tensors ({shown}), not fairseq's dict with a 'model' "
+                "entry; a transformers folder converts with `python scripts/convert.py from-hf DIR OUT`")
+    return f"it holds a dict without a 'model' entry (keys: {shown or 'none'})"
 
 
 def fairseq_globals() -> list:
@@ -105,16 +159,42 @@ def fairseq_globals() -> list:
 _LOAD_KWARGS: contextvars.ContextVar[dict] = contextvars.ContextVar("bart_ext_torch_load", default={})
 
 
+def _load_failure(err: Exception) -> str:
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return f"torch.load failed on it: truncated, corrupt or not torch's ({type(err).__name__}{': ' + first if first else ''})"
+
+
 class _TorchForFairseq:
     """What a patched fairseq module sees as ``torch``: torch itself, except that ``load`` adds the
-    keyword arguments set for the current call (``weights_only=False`` for one trusted file)."""
+    keyword arguments set for the current call (``weights_only=False`` for one trusted file), and
+    names the file when it is empty, truncated or corrupt, or (``checkpoints``: the module reads
+    fairseq checkpoints) not a fairseq checkpoint, where torch's errors do not name it."""
+
+    def __init__(self, checkpoints: bool = False):
+        self.checkpoints = checkpoints
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def load(*args, **kwargs):
-        return torch.load(*args, **{**kwargs, **_LOAD_KWARGS.get()})
+    def load(self, f, *args, **kwargs):
+        name = getattr(f, "name", None) or (str(f) if isinstance(f, (str, os.PathLike)) else "the data received")
+        problem = _format_problem(f)
+        if problem is None:
+            try:
+                state = torch.load(f, *args, **{**kwargs, **_LOAD_KWARGS.get()})
+            except pickle.UnpicklingError as e:
+                full = _LOAD_KWARGS.get().get("weights_only") is False and not os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+                if not full:
+                    raise  # the weights-only unpickler's refusal: safe_checkpoint_reader words it
+                problem = _load_failure(e)
+            except (RuntimeError, EOFError, KeyError, IndexError, ValueError) as e:
+                problem = _load_failure(e)
+            else:
+                problem = _not_a_checkpoint(state) if self.checkpoints else None
+                if problem is None:
+                    return state
+        raise UnreadableCheckpointError(f"{name}: not a readable fairseq checkpoint: {problem}. Nothing was loaded "
+                                        "from it.")
 
 
 class _FullUnpickling:
@@ -176,6 +256,31 @@ def intra_job_broadcast(broadcast_object_slow):
 
     broadcast.bart_ext_patched = True
     return broadcast
+
+
+class _AtomicCopyPathManager:
+    """Patch 8: fairseq's ``PathManager`` as checkpoint_utils sees it, with ``copy`` onto a local file
+    made atomic (a temporary file beside the destination, then a rename over it)."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+    def copy(self, src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        """As fairseq's local copy, which overwrites whatever ``overwrite`` says, but atomic."""
+        pm = self._path_manager
+        if pm.path_requires_pathmanager(str(src_path)) or pm.path_requires_pathmanager(str(dst_path)):
+            return pm.copy(src_path, dst_path, overwrite=overwrite)
+        tmp = f"{dst_path}.tmp"
+        try:
+            shutil.copyfile(src_path, tmp)
+            os.replace(tmp, dst_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,14 +460,16 @@ gpt2_decode.bart_ext_patched = True
 # ---------------------------------------------------------------------------------------------
 
 def install() -> None:
-    """Install patches 1-7 (idempotent)."""
+    """Install patches 1-8 (idempotent)."""
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as dist_utils
     from fairseq.models import distributed_fairseq_model as dfm
 
     for module in (checkpoint_utils, dist_utils):
         if not isinstance(module.torch, _TorchForFairseq):
-            module.torch = _TorchForFairseq()
+            module.torch = _TorchForFairseq(checkpoints=module is checkpoint_utils)
+    if not isinstance(checkpoint_utils.PathManager, _AtomicCopyPathManager):
+        checkpoint_utils.PathManager = _AtomicCopyPathManager(checkpoint_utils.PathManager)
     if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "bart_ext_patched", False):
         checkpoint_utils.load_checkpoint_to_cpu = safe_checkpoint_reader(checkpoint_utils.load_checkpoint_to_cpu)
     if not getattr(dist_utils._broadcast_object_slow, "bart_ext_patched", False):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import user_dir  # noqa: F401  (installs the safe loader, as --user-dir does)
-from bart_ext.adapters.fairseq_patches import UntrustedCheckpointError
+from bart_ext.adapters.fairseq_patches import UnreadableCheckpointError, UntrustedCheckpointError
 from bart_ext.switches import TRUSTED_CHECKPOINTS
 
 TRUST_ENV = TRUSTED_CHECKPOINTS.name
@@ -82,3 +83,85 @@ def test_importing_the_plugin_leaves_torch_load_safe_elsewhere(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "unchanged" in out.stdout, out.stderr[-2000:]
+
+
+# ---- files that are not (whole) checkpoints: fairseq's loader names the file and what is wrong
+
+def _bad_file(kind: str, tmp_path):
+    path = tmp_path / f"{kind}.pt"
+    if kind in ("truncated", "truncated_legacy"):
+        whole = tmp_path / "whole.pt"
+        write_checkpoint(whole)
+        if kind == "truncated_legacy":  # torch.save's format before 1.6, as fairseq's released BART files are
+            torch.save(torch.load(whole, weights_only=False), whole, _use_new_zipfile_serialization=False)
+        path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("dict.txt was copied here by mistake\n")
+    elif kind == "bare_state_dict":  # what transformers' pytorch_model.bin or a model.state_dict() holds
+        torch.save({"model.encoder.embed_tokens.weight": torch.ones(2, 2), "lm_head.weight": torch.ones(2, 2)}, path)
+    elif kind == "list":
+        torch.save([torch.ones(2)], path)
+    return path
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("truncated", r"a zip archive without its directory \(\d[\d,]* bytes\): truncated"),
+    ("truncated_legacy", r"torch.load failed on it: truncated, corrupt or not torch's \(EOFError\)"),
+    ("empty", r"the file is empty"),
+    ("text", r"not a file torch.save writes \(36 bytes starting b'dict.txt'\)"),
+    ("bare_state_dict", r"it holds a bare state dict of 2 tensors \('model.encoder.embed_tokens.weight', 'lm_head.weight'\)"
+                        r".*convert.py from-hf"),
+    ("list", r"it holds a list, not fairseq's dict with a 'model' entry"),
+])
+def test_unreadable_files_are_named_with_what_is_wrong(tmp_path, monkeypatch, kind, reason):
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    path = _bad_file(kind, tmp_path)
+    with pytest.raises(UnreadableCheckpointError, match=rf"^{re.escape(str(path))}: not a readable fairseq checkpoint: "
+                                                        rf"{reason}.*Nothing was loaded"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def test_a_trusted_truncated_file_is_named_too(tmp_path, monkeypatch):
+    path = _bad_file("truncated_legacy", tmp_path)
+    monkeypatch.setenv(TRUST_ENV, str(path))
+    with pytest.raises(UnreadableCheckpointError, match=rf"^{re.escape(str(path))}: .*truncated"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def test_legacy_format_checkpoints_load(tmp_path):
+    path = tmp_path / "legacy.pt"
+    write_checkpoint(tmp_path / "zip.pt")
+    torch.save(torch.load(tmp_path / "zip.pt", weights_only=False), path, _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(checkpoint_utils.load_checkpoint_to_cpu(str(path))["model"]["w"], torch.ones(2))
+
+
+def test_an_interrupted_copy_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
+    """fairseq saves checkpoint_N.pt atomically, then copies it onto checkpoint_last.pt: a crash
+    during that copy used to leave a truncated checkpoint_last.pt, which the resume then met."""
+    from fairseq.file_io import PathManager as fairseq_path_manager
+
+    new, last = tmp_path / "checkpoint_2_400.pt", tmp_path / "checkpoint_last.pt"
+    write_checkpoint(new)
+    write_checkpoint(last)
+    old_bytes = last.read_bytes()
+
+    def interrupted_copy(src, dst, *args, **kwargs):
+        data = open(src, "rb").read()
+        open(dst, "wb").write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("shutil.copyfile", interrupted_copy)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_utils.PathManager.copy(str(new), str(last), overwrite=True)  # what save_checkpoint calls
+    assert last.read_bytes() == old_bytes and sorted(p.name for p in tmp_path.iterdir()) == [new.name, last.name]
+    torch.testing.assert_close(checkpoint_utils.load_checkpoint_to_cpu(str(last))["model"]["w"], torch.ones(2))
+    with pytest.raises(KeyboardInterrupt):  # fairseq's own copy, for comparison: the file is cut
+        fairseq_path_manager.copy(str(new), str(last), overwrite=True)
+    assert last.stat().st_size < len(old_bytes)
+    with pytest.raises(UnreadableCheckpointError, match="checkpoint_last.pt: .*truncated"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(last))
+    monkeypatch.undo()
+    checkpoint_utils.PathManager.copy(str(new), str(last), overwrite=True)
+    assert last.read_bytes() == new.read_bytes()

@@ -411,3 +411,12 @@ def test_refuses_a_dictionary_of_another_size(tmp_path, data_dir):
     with pytest.raises(SystemExit, match=r"embedding rows, but .*other/dict.txt with <mask> has"):
         convert(["to-hf", str(ckpt), str(tmp_path / "out"), "--data", str(other)])
     assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_truncated_checkpoint_naming_it(tmp_path, data_dir):
+    ckpt = write_ours(tmp_path / "ours.pt", data_dir / "bin")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ckpt.read_bytes()[:4096])  # an interrupted copy
+    with pytest.raises(SystemExit, match=rf"to-hf: {cut}: not a readable fairseq checkpoint: a zip archive without"):
+        convert(["to-hf", str(cut), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
