@@ -72,6 +72,7 @@ import pickle
 import re
 import shutil
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -95,16 +96,12 @@ class UnreadableCheckpointError(RuntimeError):
     fairseq checkpoint (a bare state dict, a transformers ``pytorch_model.bin``)."""
 
 
-# What a legacy (pre-zip) torch.save file holds after its pickle protocol byte: torch's magic number.
-_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]
-
-
 def _format_problem(f) -> str | None:
     """Why the open file ``f`` cannot be one torch.save wrote, from its size and first bytes; None
-    if it may be (a zip archive with its directory, or a legacy file opening with torch's magic)."""
+    if it may be (a zip archive with its directory, a pickle, a tar archive)."""
     try:
         start = f.tell()
-        head = f.read(2 + len(_LEGACY_MAGIC))
+        head = f.read(8)
         size = f.seek(0, os.SEEK_END)
         f.seek(start)
     except (AttributeError, OSError, io.UnsupportedOperation):
@@ -116,9 +113,11 @@ def _format_problem(f) -> str | None:
         f.seek(start)
         return None if whole else (f"a zip archive without its directory ({size:,} bytes): truncated, as an "
                                    "interrupted save or copy leaves it")
-    if head[:1] == b"\x80" and head[2:] == _LEGACY_MAGIC:
+    if head[:1] == b"\x80":  # a pickle: torch.save's format before 1.6 (fairseq's released BART files)
         return None
-    return f"not a file torch.save writes ({size:,} bytes starting {head[:8]!r})"
+    tar = tarfile.is_tarfile(f)  # torch's format before 0.4
+    f.seek(start)
+    return None if tar else f"not a file torch.save writes ({size:,} bytes starting {head[:8]!r})"
 
 
 def _not_a_checkpoint(state) -> str | None:

@@ -165,3 +165,4 @@ def test_an_interrupted_copy_leaves_the_last_checkpoint_whole(tmp_path, monkeypa
     monkeypatch.undo()
     checkpoint_utils.PathManager.copy(str(new), str(last), overwrite=True)
     assert last.read_bytes() == new.read_bytes()
+
