@@ -115,13 +115,18 @@ class BartHub:
         hypos = self.generate(rows, **{**load_preset(preset), **settings})
         return [self.decode(h[0]["tokens"]) for h in hypos]
 
-    def fill_mask(self, texts: Sequence[str], topk: int = 3, **settings) -> list[list[tuple[str, float]]]:
-        """The ``topk`` best completions of each text with ``<mask>`` spans, as (text, score): beam
-        search of ``topk`` beams, the output as long as the input (fairseq's BART ``fill_mask``)."""
+    def fill_mask(self, texts: Sequence[str], topk: int = 3, match_source_len: bool = True,
+                  **settings) -> list[list[tuple[str, float]]]:
+        """The ``topk`` best completions of each text with ``<mask>`` spans, as (text, score), by beam
+        search of ``topk`` beams (fairseq's BART ``fill_mask``).
+
+        ``match_source_len`` (fairseq's default, True) makes every output as many tokens as the input,
+        so each ``<mask>`` becomes one token when the rest is kept; False lets a span take any length,
+        as BART's text infilling trained it to (one ``<mask>`` for a span of Poisson length)."""
         for text in texts:
             if MASK not in text:
                 raise ValueError(f"fill_mask: no {MASK} in {text!r}")
-        hypos = self.generate([self.encode(t) for t in texts], beam=topk, match_source_len=True, **settings)
+        hypos = self.generate([self.encode(t) for t in texts], beam=topk, match_source_len=match_source_len, **settings)
         return [[(self.decode(h["tokens"]), float(h["score"])) for h in hs[:topk]] for hs in hypos]
 
     @torch.no_grad()

@@ -175,9 +175,10 @@ def show_fill_mask(checkpoint: Path, papers: Path) -> None:
     words = sentence.split()
     cut = max(1, len(words) // 2 - 1)
     masked = " ".join(words[:cut] + ["<mask>"] + words[cut + 2:])
-    print(f"  a held-out test paper's sentence, two words masked (bart_ext.load(...).fill_mask):\n"
+    print(f"  a held-out test paper's sentence, two words masked by one <mask> (bart_ext.load(...).fill_mask, "
+          f"match_source_len=False: a span of any length, as text infilling trained it):\n"
           f"    original: {sentence}\n    input   : {masked}")
-    for text, score in model.fill_mask([masked], topk=3)[0]:
+    for text, score in model.fill_mask([masked], topk=3, match_source_len=False)[0]:
         print(f"    {score:7.3f}  {text}")
 
 

@@ -420,3 +420,22 @@ def test_refuses_a_truncated_checkpoint_naming_it(tmp_path, data_dir):
     with pytest.raises(SystemExit, match=rf"to-hf: {cut}: not a readable fairseq checkpoint: a zip archive without"):
         convert(["to-hf", str(cut), str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_fill_mask_lets_a_span_take_any_length(tmp_path, data_dir):
+    """bart_ext.load(...).fill_mask: fairseq's default keeps the input's length (a <mask> becomes one
+    token); match_source_len=False lets the span take any length, as text infilling trained it to."""
+    import bart_ext
+
+    model = bart_ext.load(write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=1))
+    text = "We propose a <mask> for parsing."
+    src = model.encode(text)
+    lengths = {}
+    for match in (True, False):
+        hyps = model.generate([src], beam=3, match_source_len=match, max_len_b=20)[0]
+        filled = model.fill_mask([text], topk=3, match_source_len=match, max_len_b=20)[0]
+        assert filled == [(model.decode(h["tokens"]), float(h["score"])) for h in hyps[:3]]
+        lengths[match] = {len(h["tokens"]) for h in hyps[:3]}
+    assert lengths[True] == {len(src) + 1} and max(lengths[False]) > len(src) + 1  # + the forced <s>
+    assert model.fill_mask([text], topk=3, max_len_b=20) == model.fill_mask([text], topk=3, match_source_len=True,
+                                                                            max_len_b=20)
