@@ -24,6 +24,19 @@ from torch import Tensor
 MASK = "<mask>"
 
 
+def _rows(texts: Sequence[str] | str, method: str) -> tuple[list[str], bool]:
+    """``texts`` as a list, and whether one string was given (fairseq's hub answers a string with
+    one result, a list with a list); an empty or blank text is refused naming its position."""
+    single = isinstance(texts, str)
+    rows = [texts] if single else list(texts)
+    for i, text in enumerate(rows):
+        if not isinstance(text, str):
+            raise TypeError(f"{method}: text {i} is a {type(text).__name__}, not a str")
+        if not text.strip():
+            raise ValueError(f"{method}: text {i} is empty" + ("" if single else f" (of {len(rows)})"))
+    return rows, single
+
+
 class BartHub:
     """A loaded model with its task, dictionary and BPE (see the module docstring)."""
 
@@ -100,11 +113,16 @@ class BartHub:
         prefix = sample["net_input"]["src_tokens"].new_full((len(rows), 1), self.dictionary.bos())
         return self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)
 
-    def summarize(self, texts: Sequence[str], preset: str = "xsum", **settings) -> list[str]:
+    def summarize(self, texts: Sequence[str] | str, preset: str = "xsum", **settings) -> list[str] | str:
         """Summaries of ``texts`` with a decoding preset of configs/generate (``xsum``, ``cnn_dm``); the
-        sources are cut as fine-tuning cut them (``truncate_source``, ``max_source_positions``)."""
+        sources are cut as fine-tuning cut them (``truncate_source``, ``max_source_positions``). One
+        string in, one summary out."""
         from bart_ext.summarization_data import load_preset, source_length_limit
 
+        texts, single = _rows(texts, "summarize")
+        settings = {**load_preset(preset), **settings}
+        if not texts:
+            return []
         limit = source_length_limit(self.cfg.task, self.model.max_positions()[0])
         rows = []
         for text in texts:
@@ -112,29 +130,40 @@ class BartHub:
             if len(ids) > limit:
                 ids = torch.cat([ids[: limit - 1], ids[-1:]])
             rows.append(ids)
-        hypos = self.generate(rows, **{**load_preset(preset), **settings})
-        return [self.decode(h[0]["tokens"]) for h in hypos]
+        summaries = [self.decode(h[0]["tokens"]) for h in self.generate(rows, **settings)]
+        return summaries[0] if single else summaries
 
-    def fill_mask(self, texts: Sequence[str], topk: int = 3, match_source_len: bool = True,
-                  **settings) -> list[list[tuple[str, float]]]:
+    def fill_mask(self, texts: Sequence[str] | str, topk: int = 3, match_source_len: bool = True,
+                  **settings) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:
         """The ``topk`` best completions of each text with ``<mask>`` spans, as (text, score), by beam
         search of ``topk`` beams (fairseq's BART ``fill_mask``).
 
         ``match_source_len`` (fairseq's default, True) makes every output as many tokens as the input,
         so each ``<mask>`` becomes one token when the rest is kept; False lets a span take any length,
-        as BART's text infilling trained it to (one ``<mask>`` for a span of Poisson length)."""
+        as BART's text infilling trained it to (one ``<mask>`` for a span of Poisson length). One
+        string in, its list of completions out."""
+        texts, single = _rows(texts, "fill_mask")
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"fill_mask: topk must be a positive integer, not {topk!r}")
         for text in texts:
             if MASK not in text:
                 raise ValueError(f"fill_mask: no {MASK} in {text!r}")
+        if not texts:
+            return []
         hypos = self.generate([self.encode(t) for t in texts], beam=topk, match_source_len=match_source_len, **settings)
-        return [[(self.decode(h["tokens"]), float(h["score"])) for h in hs[:topk]] for hs in hypos]
+        filled = [[(self.decode(h["tokens"]), float(h["score"])) for h in hs[:topk]] for hs in hypos]
+        return filled[0] if single else filled
 
     @torch.no_grad()
-    def predict(self, head: str, texts: Sequence[str]) -> Tensor:
+    def predict(self, head: str, texts: Sequence[str] | str) -> Tensor:
         """Logits ``(len(texts), num_classes)`` of classification head ``head`` (a model fine-tuned
-        with ``--task sentence_prediction``)."""
+        with ``--task sentence_prediction``); ``(num_classes,)`` for one string."""
+        texts, single = _rows(texts, "predict")
+        if not texts:
+            raise ValueError("predict: no texts")
         sample = self._batch([self.encode(t) for t in texts])
-        return self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+        logits = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+        return logits[0] if single else logits
 
 
 def load(checkpoint: str | Path, data: str | Path | None = None, device: str | None = None) -> BartHub:

@@ -72,12 +72,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.path.exists():
         raise SystemExit(f"{args.path} not found")
+    if not (args.data / "dict.source.txt").is_file():
+        raise SystemExit(f"{args.data / 'dict.source.txt'} not found: DATA must be a fairseq-preprocess folder "
+                         "of source/target pairs (scripts/prepare_summarization.py writes OUT/bin)")
+    try:
+        preset = preset_args(args.preset)
+    except ValueError as err:  # an unknown preset: checked before anything is written
+        raise SystemExit(str(err)) from None
     out = args.results_path or args.path.parent / f"generate-{args.preset}"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fairseq_cli.generate", str(args.data), "--user-dir", str(ROOT / "user_dir"), "--task", "bart_summarization",
            "--path", str(args.path), "--gen-subset", args.gen_subset, "--batch-size", str(args.batch_size),
            "--results-path", str(out), "--required-batch-size-multiple", "1",  # fairseq's default 8 drops a short
-           *preset_args(args.preset), *extra]                                # last batch from the output
+           *preset, *extra]                                # last batch from the output
     print("+ fairseq-generate " + " ".join(cmd[3:]), flush=True)
     t0 = time.time()
     proc = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=args.quiet, text=True)

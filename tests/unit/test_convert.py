@@ -439,3 +439,27 @@ def test_fill_mask_lets_a_span_take_any_length(tmp_path, data_dir):
     assert lengths[True] == {len(src) + 1} and max(lengths[False]) > len(src) + 1  # + the forced <s>
     assert model.fill_mask([text], topk=3, max_len_b=20) == model.fill_mask([text], topk=3, match_source_len=True,
                                                                             max_len_b=20)
+
+
+def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, data_dir):
+    """A str gets one result (fairseq's hub does this; before, summarize("text") summarised each
+    character); an empty text, a non-positive topk and a non-str entry are refused naming them."""
+    import bart_ext
+
+    model = bart_ext.load(write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=1))
+    text, masked = "We propose a parser for trees.", "We propose a <mask> for parsing."
+    one = model.summarize(text, preset="xsum", max_len_b=8, min_len=2)
+    assert isinstance(one, str) and [one] == model.summarize([text], preset="xsum", max_len_b=8, min_len=2)
+    filled = model.fill_mask(masked, topk=2, max_len_b=20)
+    assert filled == model.fill_mask([masked], topk=2, max_len_b=20)[0] and len(filled) == 2
+    assert model.summarize([], preset="xsum") == [] and model.fill_mask([], topk=2) == []
+    with pytest.raises(ValueError, match=r"unknown generation preset 'nope'"):
+        model.summarize([], preset="nope")
+    with pytest.raises(ValueError, match=r"summarize: text 1 is empty \(of 2\)"):
+        model.summarize([text, "  "])
+    with pytest.raises(ValueError, match=r"fill_mask: text 0 is empty"):
+        model.fill_mask("")
+    with pytest.raises(ValueError, match=r"fill_mask: topk must be a positive integer, not 0"):
+        model.fill_mask(masked, topk=0)
+    with pytest.raises(TypeError, match=r"predict: text 0 is a int, not a str"):
+        model.predict("head", [3])

@@ -152,3 +152,21 @@ def test_force_bos_decides_the_generators_prefix(force_bos):
     given = torch.tensor([[7], [8]])
     task.inference_step(Generator(), [], sample, prefix_tokens=given)
     assert seen["prefix"] is given  # a caller's prefix always wins
+
+
+def test_generate_script_refuses_missing_data_and_unknown_preset_before_writing(tmp_path):
+    """scripts/generate.py names a data folder that is not fairseq-preprocess output, or an unknown
+    preset, in one line, before fairseq-generate starts and before its results folder is made."""
+    from scripts.generate import main
+
+    ckpt = tmp_path / "run" / "checkpoint_best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"never read")
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(SystemExit, match=rf"{data}/dict.source.txt not found: DATA must be a fairseq-preprocess"):
+        main([str(data), "--preset", "xsum", "--path", str(ckpt)])
+    (data / "dict.source.txt").write_text("a 1\n")
+    with pytest.raises(SystemExit, match=r"unknown generation preset 'nosuch' .*known: cnn_dm, xsum"):
+        main([str(data), "--preset", "nosuch", "--path", str(ckpt)])
+    assert [p.name for p in ckpt.parent.iterdir()] == ["checkpoint_best.pt"]
