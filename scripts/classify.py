@@ -50,4 +50,6 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from bart_ext.cli import run
+
+    run(main)

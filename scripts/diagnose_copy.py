@@ -58,4 +58,6 @@ def main(argv: list[str] | None = None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    from bart_ext.cli import run
+
+    run(main)

@@ -130,4 +130,6 @@ def run_splits(args, corpora: dict[str, Path], encoder, client) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bart_ext.cli import run
+
+    run(main)

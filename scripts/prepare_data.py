@@ -165,4 +165,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bart_ext.cli import run
+
+    run(main)

@@ -112,4 +112,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from bart_ext.cli import run
+
+    run(main)

@@ -129,4 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
 START = time.time()
 
 if __name__ == "__main__":
-    main()
+    from bart_ext.cli import run
+
+    run(main)

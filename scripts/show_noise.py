@@ -49,4 +49,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bart_ext.cli import run
+
+    run(main)

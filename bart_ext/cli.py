@@ -1,0 +1,29 @@
+"""What the command-line scripts share at their entry point."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def names_its_input(err: BaseException) -> bool:
+    """Whether ``err``'s message alone tells the user what to fix: a missing file or folder, or one
+    of bart_ext's own error types (ShardError, PositionFillError, UnreadableCheckpointError, ...),
+    which are raised with the file or field they are about. Anything else is a bug until shown
+    otherwise and keeps its traceback."""
+    return isinstance(err, FILE_ERRORS) or type(err).__module__.split(".")[0] == "bart_ext"
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; an error that names its input is printed as one line
+    (``script.py: message``, exit status 1) instead of a traceback. ``BART_EXT_TRACEBACK=1`` keeps
+    the traceback."""
+    try:
+        main()
+    except Exception as err:
+        if not names_its_input(err) or os.environ.get("BART_EXT_TRACEBACK"):
+            raise
+        sys.exit(f"{Path(sys.argv[0]).name}: {err}")
