@@ -60,6 +60,12 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    copy left a truncated ``checkpoint_last.pt``, and the resume that should continue the run
    stopped on it. Here a copy onto a local file writes ``DST.tmp`` beside it and renames it over
    ``DST``: the old file stays whole until the new one is. Remote (iopath) paths keep fairseq's copy.
+9. ``trainer.Trainer.load_checkpoint`` (``--restore-file``, ``--finetune-from-model``, resuming):
+   any error while loading the weights (a dictionary of another size, another architecture) is
+   re-raised by fairseq as ``Exception("Cannot load model parameters from checkpoint ...; please
+   ensure that the architectures match.")``, the last line a user sees, which drops what the error
+   said. Here that message gains the cause's type and text (the cause stays chained); every other
+   error passes unchanged.
 """
 from __future__ import annotations
 
@@ -456,10 +462,27 @@ def gpt2_decode(self, x: str) -> str:
 gpt2_decode.bart_ext_patched = True
 
 
+def load_checkpoint_naming_the_cause(load_checkpoint):
+    """Patch 9: fairseq's "Cannot load model parameters" error, followed by what went wrong."""
+
+    @functools.wraps(load_checkpoint)
+    def load(self, filename, *args, **kwargs):
+        try:
+            return load_checkpoint(self, filename, *args, **kwargs)
+        except Exception as err:
+            cause = err.__cause__ or err.__context__
+            if type(err) is not Exception or not str(err).startswith("Cannot load model parameters") or cause is None:
+                raise
+            raise Exception(f"{err} The cause: {type(cause).__name__}: {cause}") from cause
+
+    load.bart_ext_patched = True
+    return load
+
+
 # ---------------------------------------------------------------------------------------------
 
 def install() -> None:
-    """Install patches 1-8 (idempotent)."""
+    """Install patches 1-9 (idempotent)."""
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as dist_utils
     from fairseq.models import distributed_fairseq_model as dfm
@@ -484,6 +507,10 @@ def install() -> None:
     from fairseq.data.encoders.gpt2_bpe import GPT2BPE
 
     GPT2BPE.decode = gpt2_decode
+    from fairseq.trainer import Trainer
+
+    if not getattr(Trainer.load_checkpoint, "bart_ext_patched", False):
+        Trainer.load_checkpoint = load_checkpoint_naming_the_cause(Trainer.load_checkpoint)
 
 
 install()

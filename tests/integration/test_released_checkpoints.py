@@ -155,13 +155,17 @@ def test_released_layout_finetunes_and_generates(released, cli_env, tmp_path, na
 
 
 def test_wrong_dictionary_for_a_release_is_refused(released, cli_env, tmp_path):
-    """bart.base's 51,201 rows with bart.large's dict.txt: one error naming both sizes and the fix."""
+    """bart.base's 51,201 rows with bart.large's dict.txt: one error naming both sizes and the fix, on
+    the last line fairseq prints (patch 9: fairseq's own last line named only the checkpoint)."""
     path, _ = build_release("bart.base", released)
-    with pytest.raises(AssertionError, match=r"checkpoint has 51201 embedding rows .* 50265 entries \(with <mask>\)"):
+    with pytest.raises(AssertionError, match=r"checkpoint has 51201 embedding rows .* 50265 entries \(with <mask>\)") as err:
         run(["fairseq-train", str(released / "bin3"), "--user-dir", USER_DIR, "--task", "bart_summarization",
              "--arch", "bart_large_preln", "--post-ln", *TINY, "--restore-file", str(path), "--reset-optimizer",
              "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2048", "--max-update", "1", "--cpu",
              "--truncate-source", "--save-dir", str(tmp_path / "ft")], cli_env)
+    last = str(err.value).strip().splitlines()[-1]
+    assert re.match(rf"Exception: Cannot load model parameters from checkpoint {re.escape(str(path))}; .* The cause: "
+                    r"ValueError: checkpoint has 51201 embedding rows \(encoder.embed_tokens.weight\)", last), last
     assert not (tmp_path / "ft" / "checkpoint_last.pt").exists()
 
 

@@ -166,3 +166,32 @@ def test_an_interrupted_copy_leaves_the_last_checkpoint_whole(tmp_path, monkeypa
     checkpoint_utils.PathManager.copy(str(new), str(last), overwrite=True)
     assert last.read_bytes() == new.read_bytes()
 
+
+
+def test_cannot_load_model_parameters_names_its_cause():
+    """Patch 9: fairseq's Trainer.load_checkpoint turns any loading error into "Cannot load model
+    parameters ...; please ensure that the architectures match."; the plugin appends the cause."""
+    import user_dir  # noqa: F401
+    from fairseq.trainer import Trainer
+
+    from bart_ext.adapters.fairseq_patches import load_checkpoint_naming_the_cause
+
+    assert Trainer.load_checkpoint.bart_ext_patched
+
+    def fairseqs(self, filename):  # what fairseq's trainer does around load_state_dict
+        try:
+            raise ValueError("checkpoint has 7 embedding rows")
+        except Exception:
+            raise Exception(f"Cannot load model parameters from checkpoint {filename}; "
+                            "please ensure that the architectures match.")
+
+    with pytest.raises(Exception, match=r"^Cannot load model parameters from checkpoint c.pt; please ensure that "
+                       r"the architectures match. The cause: ValueError: checkpoint has 7 embedding rows$") as err:
+        load_checkpoint_naming_the_cause(fairseqs)(None, "c.pt")
+    assert isinstance(err.value.__cause__, ValueError)
+
+    def other(self, filename):
+        raise KeyError("unchanged")
+
+    with pytest.raises(KeyError, match="unchanged"):
+        load_checkpoint_naming_the_cause(other)(None, "c.pt")
