@@ -220,6 +220,8 @@ def write_truncated_gpt2(gpt2_dir: Path | str, merges: int, out_dir: Path | str)
     if len(kept) != 256 + merges:
         raise ValueError(f"{gpt2_dir / 'encoder.json'}: ids 0-255 are not GPT-2's byte tokens")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "encoder.json").write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
-    (out_dir / "vocab.bpe").write_text("\n".join(header + rules[:merges]) + "\n", encoding="utf-8")
+    from bart_ext.files import write_atomic  # callers skip the folder once vocab.bpe exists: write it last, whole
+
+    write_atomic(out_dir / "encoder.json", json.dumps(kept, ensure_ascii=False))
+    write_atomic(out_dir / "vocab.bpe", "\n".join(header + rules[:merges]) + "\n")
     return out_dir

