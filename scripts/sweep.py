@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.hydra_multirun:
         print(hydra_multirun(spec))
         return {}
+    data = resolve_paths(spec["overrides"]).get("task.data")
+    if isinstance(data, str) and not args.dry_run and not Path(data.split(":")[0]).exists():  # not six failures
+        raise SystemExit(f"task.data {data} not found: prepare it as the comment of {args.scale or 'the overrides'} in "
+                         f"{path} says (runs/demo/lddl: `make demo`; data/lddl: scripts/lddl_preprocess.py), or "
+                         "pass --set task.data=DIR")
     runs = expand(spec)
     out = (args.out or ROOT / "runs" / "sweeps" / spec["name"]).resolve()
     run_root = out / "runs"

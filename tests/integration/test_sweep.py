@@ -99,7 +99,11 @@ def test_shipped_ablations_expand():
 
     counts = {}
     for path in sorted((ROOT / "configs" / "ablation").glob("*.yaml")):
-        for scale in (None, "real"):
+        import yaml
+
+        scales = list(yaml.safe_load(path.read_text()).get("scales") or {})
+        assert "real" in scales
+        for scale in (None, *scales):
             runs = expand(load_ablation(path, scale))
             assert len({r.key for r in runs}) == len(runs)
         counts[path.stem] = len(runs)
@@ -155,3 +159,16 @@ def torch_load(path: Path) -> dict:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_missing_data_is_named_before_any_run(tmp_path):
+    """A scale whose data is not prepared (the small scale needs the demo's LDDL shards) stops at
+    once naming the folder, instead of starting every run to fail alike; --dry-run still lists."""
+    from scripts.sweep import main
+
+    spec = tmp_path / "t2x2.yaml"
+    spec.write_text(SPEC.replace("task.data: data/aclsum/bin", f"task.data: {tmp_path / 'nodata'}"))
+    with pytest.raises(SystemExit, match=rf"task.data {tmp_path}/nodata not found: prepare it as the comment"):
+        main([str(spec), "--out", str(tmp_path / "sweep")])
+    assert not (tmp_path / "sweep").exists()
+    assert main([str(spec), "--out", str(tmp_path / "sweep"), "--dry-run"]) == {}
