@@ -31,7 +31,7 @@ def _rows(texts: Sequence[str] | str, method: str) -> tuple[list[str], bool]:
     rows = [texts] if single else list(texts)
     for i, text in enumerate(rows):
         if not isinstance(text, str):
-            raise TypeError(f"{method}: text {i} is a {type(text).__name__}, not a str")
+            raise TypeError(f"{method}: text {i} is not a str but {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"{method}: text {i} is empty" + ("" if single else f" (of {len(rows)})"))
     return rows, single

@@ -461,5 +461,5 @@ def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, 
         model.fill_mask("")
     with pytest.raises(ValueError, match=r"fill_mask: topk must be a positive integer, not 0"):
         model.fill_mask(masked, topk=0)
-    with pytest.raises(TypeError, match=r"predict: text 0 is a int, not a str"):
+    with pytest.raises(TypeError, match=r"predict: text 0 is not a str but int"):
         model.predict("head", [3])
