@@ -71,8 +71,10 @@ def read_log(path: Path) -> Curves:
 
 
 def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str = "",
-         bars: tuple[str, dict[str, dict[str, tuple[float, float, float]]]] | None = None) -> Path:
+         bars: tuple[str, dict[str, dict[str, tuple[float, float, float]]]] | None = None,
+         same_scale: bool = False) -> Path:
     """One subplot per ``(title, {label: curves})`` panel: train solid, validation dashed, same colour.
+    ``same_scale`` gives every loss panel one y range (panels of one grid, compared by eye).
 
     Non-finite losses are left out of the lines and marked with an x at the top of the panel.
     ``bars`` adds a last panel ``(title, {system: {metric: (mean, low, high)}})``: grouped bars
@@ -111,6 +113,10 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
         ax.set_ylabel("loss (base 2)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if same_scale and len(panels) > 1:
+        limits = [ax.get_ylim() for ax in axes[0][: len(panels)]]
+        for ax in axes[0][: len(panels)]:
+            ax.set_ylim(min(lo for lo, _ in limits), max(hi for _, hi in limits))
     if bars is not None:
         title, systems = bars
         ax = axes[0][-1]

@@ -94,7 +94,8 @@ def figure(spec: dict, runs: list[Run], out: Path, run_root: Path) -> Path:
         status = load_result(run_root / r.dirname).status
         rest += "" if status == "ok" else f" [{status}]"
         panels.setdefault(first, {})[rest] = read_log(run_root / r.dirname / "train.log")
-    return plot(list(panels.items()), out / f"{spec['name']}.png", spec.get("description", spec["name"]))
+    return plot(list(panels.items()), out / f"{spec['name']}.png", spec.get("description", spec["name"]),
+                same_scale=True)
 
 
 PATH_KEYS = ("task.data", "checkpoint.finetune_from_model", "checkpoint.restore_file")
