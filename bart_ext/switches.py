@@ -62,4 +62,11 @@ DROPOUT = Switch(
     "auto: bart_preln's dropout on fp32 and bf16 CPU tensors draws its mask with the compiled counter-based kernel "
     "(bart_ext/dropout.py; 4-5x torch's bernoulli_); torch: torch's dropout everywhere")
 
-ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL, ATTENTION, DROPOUT)
+CONSTRAINT_SCORES = Switch(
+    "BART_EXT_CONSTRAINT_SCORES", "fairseq", ("fairseq", "renormalized"),
+    "beam search of bart_ext's generator: fairseq (tokens ruled out by n-gram blocking or the minimum length get "
+    "-inf after the log-softmax, fairseq's rule) or renormalized (the log-probabilities left are renormalised, as "
+    "CTranslate2 scores them)")
+
+ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL, ATTENTION, DROPOUT,
+       CONSTRAINT_SCORES)

@@ -36,6 +36,10 @@ bart_ext/adapters/fairseq_model.py):
                       fairseq's forced ``</s>`` at the length limit and its final choice by plain
                       log-probabilities (one ``score_batch`` pass over the finished hypotheses)
 
+After the timed rounds, untimed passes: ours and CTranslate2 without the two constraints that
+CTranslate2 scores differently (n-gram blocking, minimum length), and ours with CTranslate2's rule
+for them (``BART_EXT_CONSTRAINT_SCORES=renormalized``), each compared with CTranslate2's outputs.
+
 Usage: python scripts/bench_generate.py [--path runs/demo/finetune/checkpoint_best.pt] [--rounds 3]
 (`make demo` writes the default checkpoint; without it, this runs the demo's small pipeline first.)
 """
@@ -72,14 +76,15 @@ UNCONSTRAINED = {"no_repeat_ngram_size": 0, "min_len": 1}
 
 
 def run_once(mode: str, data: Path, ckpt: Path, subset: str, batch: int, out: Path,
-             unconstrained: bool = False) -> tuple[float, dict]:
+             unconstrained: bool = False, constraint_scores: str = "fairseq") -> tuple[float, dict]:
     extra = [f"--{k.replace('_', '-')}={v}" for k, v in UNCONSTRAINED.items()] if unconstrained else []
     cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data), "--user-dir", str(ROOT / "user_dir"),
            "--task", "bart_summarization",
            "--path", str(ckpt), "--gen-subset", subset, "--batch-size", str(batch), "--cpu",
            "--required-batch-size-multiple", "1", "--results-path", str(out), *preset_args("xsum"), *extra]
     generator, blocking, shared = MODES[mode]
-    env = dict(os.environ, BART_EXT_GENERATOR=generator, BART_EXT_NGRAM_BLOCK=blocking, BART_EXT_BEAM_SHARED=shared)
+    env = dict(os.environ, BART_EXT_GENERATOR=generator, BART_EXT_NGRAM_BLOCK=blocking, BART_EXT_BEAM_SHARED=shared,
+               BART_EXT_CONSTRAINT_SCORES=constraint_scores)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"fairseq-generate ({mode}) failed:\n{proc.stderr[-3000:]}")
@@ -248,6 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in ("ct2_fp32", "ct2_fp32_fs"):
                 _, unconstrained[mode] = run_ct2(ct2[mode], sources, symbols, args.batch_size, True,
                                                  like_fairseq=mode.endswith("_fs"))
+            # and ours with CTranslate2's rule for the two constraints (renormalised log-probabilities)
+            _, unconstrained["bart_ext_renormalized"] = run_once(
+                "bart_ext", args.data, args.path, args.subset, args.batch_size, Path(tmp) / "renormalized",
+                constraint_scores="renormalized")
             unconstrained = {m: {i: [t for t in h if t not in ("<s>", "</s>")] for i, h in o.items()}
                              for m, o in unconstrained.items()}
     med = {m: statistics.median(v) for m, v in speed.items()}
@@ -272,11 +281,19 @@ def main(argv: list[str] | None = None) -> dict:
         ident = sum(unconstrained[mode].get(i) == h for i, h in unconstrained["bart_ext"].items())
         print(f"  without n-gram blocking and minimum length (no_repeat_ngram_size 0, min_len 1), {mode} is "
               f"identical to bart_ext on {ident}/{n} documents ({100 * ident / n:.0f}%)")
+    renormalized = {}
+    for mode in ("ct2_fp32", "ct2_fp32_fs") if unconstrained else ():
+        ours = unconstrained["bart_ext_renormalized"]
+        renormalized[mode] = sum(outputs[mode].get(i) == h for i, h in ours.items()) / n
+        print(f"  with CTranslate2's scores for the two constraints in ours (BART_EXT_CONSTRAINT_SCORES=renormalized), "
+              f"{mode} is identical to bart_ext on {round(renormalized[mode] * n)}/{n} documents "
+              f"({100 * renormalized[mode]:.0f}%)")
     if not all(same.values()):
         raise SystemExit("outputs differ from fairseq_loop's: " + ", ".join(m for m, ok in same.items() if not ok))
     return {"median": med, "identical": all(same.values()),
             "ct2_identical": {m: sum(outputs[m].get(i) == h for i, h in outputs["bart_ext"].items()) / n for m in ct2},
-            "hf_identical": {m: sum(outputs[m].get(i) == h for i, h in outputs["bart_ext"].items()) / n for m in hf}}
+            "hf_identical": {m: sum(outputs[m].get(i) == h for i, h in outputs["bart_ext"].items()) / n for m in hf},
+            "ct2_identical_renormalized": renormalized}
 
 
 if __name__ == "__main__":

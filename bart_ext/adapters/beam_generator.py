@@ -29,6 +29,15 @@ fairseq's loop (with ``FewerPassesBeamSearch`` for plain beam search).
 
 ``--task bart_summarization`` and ``--task bart_denoising`` build it (``BeamGeneratorTask``);
 ``BART_EXT_GENERATOR=fairseq`` builds fairseq's ``SequenceGenerator`` instead.
+
+``BART_EXT_CONSTRAINT_SCORES=renormalized`` changes one rule, on purpose: fairseq sets a token ruled
+out by n-gram blocking or the minimum length to -inf *after* the log-softmax, so a hypothesis' score
+is the sum of its tokens' plain log-probabilities; CTranslate2 removes them *before* its softmax, so
+the probabilities left are renormalised and a hypothesis whose likely continuations were blocked
+scores higher. With the switch, each step's log-probabilities are renormalised over the tokens left
+(a forced prefix token scores 0, as CTranslate2 does not count its prefix; the ``</s>`` forced at
+the length limit keeps its plain log-probability, as ``bart_ext.convert.ct2.translate_like_fairseq``
+scores it), so that outputs can be compared with a CTranslate2 export's (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -63,6 +72,13 @@ class FewerPassesBeamSearch(search.BeamSearch):
             top = top + scores[:, :, step - 1 : step]
         cand_scores, pos = top.view(bsz, -1).topk(k, dim=1)
         return cand_scores, token.view(bsz, -1).gather(1, pos), torch.div(pos, per_k, rounding_mode="trunc")
+
+
+def renormalized(lprobs: Tensor) -> Tensor:
+    """``lprobs`` ``(rows, vocab)`` renormalised over each row's finite entries (a row with none stays
+    as it is): the log-softmax of the logits with the ruled-out tokens removed first."""
+    norm = torch.logsumexp(lprobs, dim=1, keepdim=True)
+    return lprobs - norm.masked_fill(torch.isinf(norm), 0.0)
 
 
 class _Beams:
@@ -122,6 +138,7 @@ class BeamSequenceGenerator(SequenceGenerator):
         if type(self.search) is search.BeamSearch:  # other searches (sampling, diverse, ...) stay fairseq's
             self.search = FewerPassesBeamSearch(tgt_dict)
         self._told = False  # the fallback is logged once
+        self.renormalize = switches.CONSTRAINT_SCORES.get() == "renormalized"
 
     def fallback_reason(self, sample: dict, constraints: Tensor | None) -> str | None:
         """Why this generation runs fairseq's loop, or None when it runs ours."""
@@ -140,6 +157,9 @@ class BeamSequenceGenerator(SequenceGenerator):
     def _generate(self, sample, prefix_tokens: Tensor | None = None, constraints: Tensor | None = None,
                   bos_token: int | None = None):
         reason = self.fallback_reason(sample, constraints)
+        if reason is not None and self.renormalize:
+            raise ValueError(f"{switches.CONSTRAINT_SCORES.name}=renormalized needs bart_ext's beam search, but {reason} "
+                             "runs fairseq's loop: unset it for this generation")
         if reason is not None:
             if not self._told:
                 logger.info("beam generator: %s, so fairseq's SequenceGenerator loop runs", reason)
@@ -225,6 +245,8 @@ class BeamSequenceGenerator(SequenceGenerator):
             s.scores = s.scores.type_as(lprobs)
             if self.repeat_ngram_blocker is not None:
                 lprobs = self.repeat_ngram_blocker(s.tokens, lprobs, s.bsz, beam, step)
+            if self.renormalize and step < max_len:
+                lprobs = renormalized(lprobs)
             cand_scores, cand_indices, cand_beams = self._candidates(step, lprobs, s.scores, s.bsz)
 
             # Candidates ending in </s> among each sentence's first `beam` are finished hypotheses.
@@ -280,5 +302,8 @@ class BeamGeneratorTask:
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         if seq_gen_cls is None and not getattr(args, "print_alignment", False) and switches.GENERATOR.get() == "bart_ext":
             seq_gen_cls = BeamSequenceGenerator
+        elif switches.CONSTRAINT_SCORES.get() == "renormalized":
+            raise ValueError(f"{switches.CONSTRAINT_SCORES.name}=renormalized needs bart_ext's generator, which "
+                             f"{switches.GENERATOR.name}=fairseq, --print-alignment or another generator class replaces")
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
                                        extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)

@@ -250,3 +250,106 @@ def test_equals_fairseq_with_nan_rows_under_xsum_settings():
 def test_equals_fairseq_on_cuda_with_nan_rows():
     """On a GPU the NaN replacement runs every step (no device sync): still fairseq's output."""
     _nan_rows_under_xsum_settings("cuda")
+
+
+def test_renormalized_is_the_log_softmax_without_the_ruled_out_tokens():
+    from bart_ext.adapters.beam_generator import renormalized
+
+    logits = torch.randn(3, 9, dtype=torch.float64)
+    lprobs = logits.log_softmax(-1)
+    lprobs[0, [2, 5]] = float("-inf")  # two tokens ruled out
+    lprobs[2] = float("-inf")  # a row with nothing left stays as it is
+    out = renormalized(lprobs.clone())
+    kept = torch.ones(9, dtype=torch.bool)
+    kept[[2, 5]] = False
+    assert torch.allclose(out[0, kept], logits[0, kept].log_softmax(-1))
+    assert torch.isinf(out[0, [2, 5]]).all()
+    assert torch.allclose(out[1], lprobs[1])  # nothing ruled out: unchanged
+    assert torch.isinf(out[2]).all() and not torch.isnan(out).any()
+
+
+def _blocked(prefix: list[int], n: int) -> set[int]:
+    """Tokens that would repeat an n-gram of ``prefix`` (a plain reference for the tests)."""
+    if len(prefix) < n:
+        return set()
+    last = prefix[len(prefix) - (n - 1):]
+    return {prefix[i + n - 1] for i in range(len(prefix) - n + 1) if prefix[i:i + n - 1] == last}
+
+
+def test_renormalized_constraint_scores_are_ctranslate2s(monkeypatch):
+    """With BART_EXT_CONSTRAINT_SCORES=renormalized each positional score is the token's
+    log-probability renormalised over the tokens that blocking, the minimum length and padding
+    leave (recomputed here by teacher forcing, one sentence at a time), save the </s> forced at the
+    length limit; fairseq's rule gives the plain log-probability. The search itself changes: some
+    outputs differ from fairseq's."""
+    d = dictionary(60)
+    model, sample = _model(d, seed=12, eos_boost=2.0), _sample(d, n=6, seed=13)
+    settings = dict(beam_size=4, max_len_b=16, min_len=4, no_repeat_ngram_size=2)
+    monkeypatch.setenv("BART_EXT_CONSTRAINT_SCORES", "renormalized")
+    with torch.no_grad():
+        ours = BeamSequenceGenerator([model], d, **settings).generate([model], sample)
+    monkeypatch.setenv("BART_EXT_CONSTRAINT_SCORES", "fairseq")
+    with torch.no_grad():
+        plain = BeamSequenceGenerator([model], d, **settings).generate([model], sample)
+    src = sample["net_input"]["src_tokens"]
+    renormalised_somewhere = False
+    for i, hyps in enumerate(ours):
+        for h in hyps:
+            tokens = h["tokens"].tolist()
+            prev = torch.tensor([[d.eos(), *tokens[:-1]]])
+            with torch.no_grad():
+                logits = model(src[i:i + 1], sample["net_input"]["src_lengths"][i:i + 1], prev)[0]
+            lprobs = model.get_normalized_probs((logits, None), log_probs=True)[0].double()
+            for step, token in enumerate(tokens):
+                row = lprobs[step].clone()
+                row[d.pad()] = float("-inf")
+                if step < settings["min_len"]:
+                    row[d.eos()] = float("-inf")
+                ruled_out = _blocked([d.eos(), *tokens[:step]], settings["no_repeat_ngram_size"])
+                assert token not in ruled_out
+                row[list(ruled_out)] = float("-inf")
+                want = row[token] - torch.logsumexp(row, 0)
+                if step == settings["max_len_b"]:  # the forced </s> keeps its plain log-probability
+                    want = lprobs[step, token]
+                renormalised_somewhere |= bool(want - lprobs[step, token] > 1e-3)
+                assert abs(float(h["positional_scores"][step]) - float(want)) < 1e-4, (i, step)
+    assert renormalised_somewhere, "the settings must rule out likely tokens somewhere"
+    assert any(not torch.equal(a[0]["tokens"], b[0]["tokens"]) for a, b in zip(ours, plain))
+
+
+def test_renormalized_constraint_scores_without_constraints_keep_the_outputs(monkeypatch):
+    d = dictionary(60)
+    model, sample = _model(d, seed=12), _sample(d, seed=13)
+    settings = dict(beam_size=4, max_len_b=12)
+    with torch.no_grad():
+        plain = BeamSequenceGenerator([model], d, **settings).generate([model], sample)
+        monkeypatch.setenv("BART_EXT_CONSTRAINT_SCORES", "renormalized")
+        ours = BeamSequenceGenerator([model], d, **settings).generate([model], sample)
+    for a, b in zip(ours, plain):
+        for x, y in zip(a, b):
+            assert torch.equal(x["tokens"], y["tokens"])
+            # padding, and </s> at the first step (fairseq's default min_len 1), are ruled out here too:
+            # their small probabilities move the scores a little (7e-5 at most with this model)
+            assert torch.allclose(x["positional_scores"], y["positional_scores"], atol=2e-4)
+            assert not torch.equal(x["positional_scores"], y["positional_scores"])
+
+
+def test_renormalized_constraint_scores_refuse_fairseqs_loop(data_dir, monkeypatch):
+    from fairseq.dataclass.configs import GenerationConfig
+
+    from user_dir.bart_denoising import BartDenoisingTask
+
+    monkeypatch.setenv("BART_EXT_CONSTRAINT_SCORES", "renormalized")
+    task = BartDenoisingTask.from_data(data_dir / "bin", tokens_per_sample=32)
+    model = _model(task.target_dictionary)
+    monkeypatch.setenv("BART_EXT_GENERATOR", "fairseq")
+    with pytest.raises(ValueError, match="BART_EXT_CONSTRAINT_SCORES=renormalized needs bart_ext's generator"):
+        task.build_generator([model], GenerationConfig(beam=3))
+    d = dictionary(60)
+    model = _model(d)
+    gen = BeamSequenceGenerator([model], d, beam_size=2, max_len_b=6, match_source_len=True)
+    with pytest.raises(ValueError, match="match_source_len runs fairseq's loop"):
+        gen.generate([model], _sample(d, n=2))
+    monkeypatch.setenv("BART_EXT_CONSTRAINT_SCORES", "ctranslate2")
+    with pytest.raises(ValueError, match="BART_EXT_CONSTRAINT_SCORES='ctranslate2'"):
+        BeamSequenceGenerator([model], d, beam_size=2)
