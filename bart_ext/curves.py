@@ -22,6 +22,11 @@ class Curves:
     valid: list[tuple[int, float]] = field(default_factory=list)
     last_train: dict = field(default_factory=dict)  # the last [train] (end of epoch) record
 
+    def scaled(self, factor: float) -> "Curves":
+        """The same curves with x (the update) multiplied by ``factor``: tokens seen, say."""
+        return Curves([(u * factor, v) for u, v in self.train], [(u * factor, v) for u, v in self.valid],
+                      self.last_train)
+
     def final(self, which: str = "valid") -> float:
         points = self.valid if which == "valid" else self.train
         return points[-1][1] if points else math.nan
@@ -72,9 +77,10 @@ def read_log(path: Path) -> Curves:
 
 def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str = "",
          bars: tuple[str, dict[str, dict[str, tuple[float, float, float]]]] | None = None,
-         same_scale: bool = False) -> Path:
+         same_scale: bool = False, xlabel: str = "update") -> Path:
     """One subplot per ``(title, {label: curves})`` panel: train solid, validation dashed, same colour.
-    ``same_scale`` gives every loss panel one y range (panels of one grid, compared by eye).
+    ``same_scale`` gives every loss panel one y range (panels of one grid, compared by eye);
+    ``xlabel`` names the curves' x (updates unless the caller rescaled them, see ``Curves.scaled``).
 
     Non-finite losses are left out of the lines and marked with an x at the top of the panel.
     ``bars`` adds a last panel ``(title, {system: {metric: (mean, low, high)}})``: grouped bars
@@ -109,7 +115,7 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
                     ax.plot(bad, [1.0] * len(bad), "x", color=colour, transform=ax.get_xaxis_transform(),
                             label=f"{label} ({suffix}: non-finite)")
         ax.set_title(title)
-        ax.set_xlabel("update")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("loss (base 2)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

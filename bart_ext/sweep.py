@@ -135,6 +135,18 @@ def expand(spec: dict) -> list[Run]:
     return runs
 
 
+def tokens_per_update(overrides: dict) -> int:
+    """The tokens one update of a run sees (``token_budget``'s unit): ``dataset.max_tokens``, or
+    ``dataset.batch_size`` x ``task.tokens_per_sample`` where batches count sequences (LDDL), times
+    ``optimization.update_freq`` (at most that, where ``max_tokens`` caps batches)."""
+    uf = overrides.get("optimization.update_freq", [1])
+    uf = int(uf[0] if isinstance(uf, list) else uf)
+    tokens = overrides.get("dataset.max_tokens")
+    if tokens is None:  # batches by sequence count (LDDL): sequences x their length
+        tokens = int(overrides["dataset.batch_size"]) * int(overrides["task.tokens_per_sample"])
+    return int(tokens) * uf
+
+
 def _apply_rules(spec: dict, overrides: dict) -> None:
     rule = spec.get("lr_rule")
     if rule:
@@ -147,12 +159,7 @@ def _apply_rules(spec: dict, overrides: dict) -> None:
         overrides["optimization.lr"] = [round(float(x) * factor, 10) for x in (lr if isinstance(lr, list) else [lr])]
     budget = spec.get("token_budget")
     if budget:
-        uf = overrides.get("optimization.update_freq", [1])
-        uf = int(uf[0] if isinstance(uf, list) else uf)
-        tokens = overrides.get("dataset.max_tokens")
-        if tokens is None:  # batches by sequence count (LDDL): sequences x their length
-            tokens = int(overrides["dataset.batch_size"]) * int(overrides["task.tokens_per_sample"])
-        updates = max(1, int(budget) // (int(tokens) * uf))
+        updates = max(1, int(budget) // tokens_per_update(overrides))
         overrides["optimization.max_update"] = updates
         if "lr_scheduler.total_num_update" in overrides:
             overrides["lr_scheduler.total_num_update"] = updates

@@ -33,7 +33,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.curves import plot, read_log  # noqa: E402
-from bart_ext.sweep import CONFIG_ROOT, Result, Run, classify, expand, hydra_value, load_ablation, write_tables  # noqa: E402
+from bart_ext.sweep import (CONFIG_ROOT, Result, Run, classify, expand, hydra_value, load_ablation,  # noqa: E402
+                            tokens_per_update, write_tables)
 
 
 def resolve_paths(overrides: dict) -> dict:
@@ -83,8 +84,11 @@ def load_result(run_dir: Path) -> Result | None:
 
 
 def figure(spec: dict, runs: list[Run], out: Path, run_root: Path) -> Path:
-    """One panel per value of the first grid axis; one colour per run within it."""
+    """One panel per value of the first grid axis; one colour per run within it. Against updates, or,
+    for an ablation with a ``token_budget`` (runs of different batch sizes over the same tokens),
+    against the tokens seen, so that the runs end at the same x."""
     axes = list(spec["grid"])
+    by_tokens = bool(spec.get("token_budget"))
     panels: dict[str, dict] = {}
     for r in runs:
         if not (run_root / r.dirname / "result.json").exists():
@@ -93,9 +97,10 @@ def figure(spec: dict, runs: list[Run], out: Path, run_root: Path) -> Path:
         rest = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.point.items() if k != axes[0]) or r.label
         status = load_result(run_root / r.dirname).status
         rest += "" if status == "ok" else f" [{status}]"
-        panels.setdefault(first, {})[rest] = read_log(run_root / r.dirname / "train.log")
+        curves = read_log(run_root / r.dirname / "train.log")
+        panels.setdefault(first, {})[rest] = curves.scaled(tokens_per_update(r.overrides)) if by_tokens else curves
     return plot(list(panels.items()), out / f"{spec['name']}.png", spec.get("description", spec["name"]),
-                same_scale=True)
+                same_scale=True, xlabel="tokens seen (updates x tokens per update)" if by_tokens else "update")
 
 
 PATH_KEYS = ("task.data", "checkpoint.finetune_from_model", "checkpoint.restore_file")

@@ -115,6 +115,14 @@ def test_shipped_ablations_expand():
         base = 0.03 if r.point["optimizer"] == "nvlamb" else 0.002
         assert r.overrides["optimization.lr"][0] == pytest.approx(base * k ** 0.5)
         assert r.overrides["optimization.max_update"] * k * 1024 == 81920
+    # its small scale (the demo's model and shards): sequences of 64 x 32 per update, the schedule as long as the run
+    for r in expand(load_ablation(ROOT / "configs" / "ablation" / "nvlamb_vs_adam.yaml", "small")):
+        k = r.overrides["optimization.update_freq"][0]
+        base = 0.006 if r.point["optimizer"] == "nvlamb" else 0.003
+        assert r.overrides["optimization.lr"][0] == pytest.approx(base * k ** 0.5)
+        assert r.overrides["optimization.max_update"] * k * 32 * 64 == 614400
+        assert r.overrides["lr_scheduler.total_num_update"] == r.overrides["optimization.max_update"]
+        assert r.overrides["model._name"] == "bart_small_preln" and r.overrides["task.data"] == "runs/demo/lddl"
 
 
 def test_lr_rule_and_token_budget_variants():

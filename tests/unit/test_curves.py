@@ -23,3 +23,40 @@ def test_same_scale_gives_every_loss_panel_one_range(monkeypatch, tmp_path):
     assert low[1] < 4 and high[0] > 8  # each panel fits its own curves
     shared = _ylims(monkeypatch, tmp_path, same_scale=True)
     assert shared[0] == shared[1] and shared[0][0] < 2 and shared[0][1] > 12
+
+
+def _train_log(path, points):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"[2026-12-05 17:11:57,493][train_inner][INFO] - "
+                            f"{json.dumps({'num_updates': str(u), 'loss': str(v)})}\n" for u, v in points))
+
+
+def test_token_budget_sweeps_are_drawn_against_tokens_seen(monkeypatch, tmp_path):
+    """Runs of one token budget at update_freq 1 and 4 end at the same x (tokens), not at 4x apart."""
+    import json
+
+    import scripts.sweep as sweep_script
+    from bart_ext.sweep import Run, tokens_per_update
+
+    assert Curves(train=[(2, 5.0)], valid=[(4, 4.0)]).scaled(10).train == [(20, 5.0)]
+    base = {"dataset.max_tokens": None, "dataset.batch_size": 32, "task.tokens_per_sample": 64}
+    runs = []
+    for k, updates in ((1, 8), (4, 2)):
+        run = Run(f"update_freq={k}", {"optimizer": "adam", "optimization.update_freq": str(k)},
+                  {**base, "optimization.update_freq": [k]})
+        run.key = f"k{k}"
+        (tmp_path / run.dirname).mkdir(parents=True)
+        (tmp_path / run.dirname / "result.json").write_text(json.dumps({"result": {"status": "ok"}}))
+        _train_log(tmp_path / run.dirname / "train.log", [(u, 9.0 - u / updates) for u in range(1, updates + 1)])
+        runs.append(run)
+    assert tokens_per_update(runs[1].overrides) == 4 * 32 * 64
+    drawn = {}
+    monkeypatch.setattr(sweep_script, "plot", lambda panels, out, title, **kw: drawn.update(panels=panels, **kw))
+    for budget, xlabel in ((16384, "tokens seen"), (None, "update")):
+        sweep_script.figure({"name": "t", "grid": {"optimizer": [], "optimization.update_freq": []},
+                             "token_budget": budget}, runs, tmp_path, tmp_path)
+        assert drawn["xlabel"].startswith(xlabel)
+        ends = [c.train[-1][0] for c in drawn["panels"][0][1].values()]
+        assert ends == ([8 * 2048, 2 * 8192] if budget else [8, 2])
