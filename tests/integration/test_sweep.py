@@ -123,6 +123,13 @@ def test_shipped_ablations_expand():
         assert r.overrides["optimization.max_update"] * k * 32 * 64 == 614400
         assert r.overrides["lr_scheduler.total_num_update"] == r.overrides["optimization.max_update"]
         assert r.overrides["model._name"] == "bart_small_preln" and r.overrides["task.data"] == "runs/demo/lddl"
+    # use_nvlamb's small scale is the demo's pretraining (configs/pretrain/small.yaml) for 300 updates
+    demo = __import__("yaml").safe_load((ROOT / "configs" / "pretrain" / "small.yaml").read_text())
+    for r in expand(load_ablation(ROOT / "configs" / "ablation" / "use_nvlamb.yaml", "small")):
+        o = r.overrides
+        assert o["optimization.lr"] == demo["optimization"]["lr"] and o["model._name"] == demo["model"]["_name"]
+        assert o["dataset.batch_size"] == demo["dataset"]["batch_size"] and o["task.tokens_per_sample"] == 64
+        assert o["optimization.max_update"] == o["lr_scheduler.total_num_update"] == 300
 
 
 def test_lr_rule_and_token_budget_variants():
