@@ -14,10 +14,17 @@ An ablation file (``configs/ablation/NAME.yaml``)::
     seeds: [1]                        # every point once per seed
     lr_rule: {axis: optimization.update_freq, rule: sqrt}   # optional: lr x sqrt(k) (or x k: linear)
     token_budget: 491520              # optional: max_update = budget / (max_tokens x update_freq)
+    downstream:                       # optional (also per scale): the verdict on each finished run
+      config: finetune/aclsum         # fine-tuning config, from the run's checkpoint_last.pt
+      overrides: {task.data: data/aclsum_summ/bin, optimization.max_update: 100}
+      position_fill: {trained: 64, fill: tail-mean}   # optional: rows pretraining never reached
+      generate: {preset: cnn_dm, subset: test, args: [--cpu]}   # optional: summaries and ROUGE
 
-An axis value that is a mapping sets several keys at once (``_label`` names it). A run is
-keyed by its resolved overrides and the base config's text, so a finished run is found
-again whatever order the grid is read in.
+An axis value that is a mapping sets several keys at once (``_label`` names it); a scale may
+drop an axis of the base grid with ``null``. A run is keyed by its resolved overrides and the
+base config's text, so a finished run is found again whatever order the grid is read in. The
+downstream stage is not part of the key: adding it to a finished sweep fine-tunes and scores
+the runs it already has.
 """
 from __future__ import annotations
 
@@ -99,11 +106,56 @@ def load_ablation(path: Path, scale: str | None = None, extra: dict | None = Non
         scaled = dict(scales[scale])
         if "token_budget" in scaled:
             spec["token_budget"] = scaled.pop("token_budget")
-        spec["grid"] = {**spec["grid"], **scaled.pop("grid", {})}  # a scale may replace whole axes
+        if "downstream" in scaled:
+            spec["downstream"] = scaled.pop("downstream")
+        # a scale may replace whole axes, add axes, or drop one (null)
+        grid = {**spec["grid"], **(scaled.pop("grid", None) or {})}
+        spec["grid"] = {axis: values for axis, values in grid.items() if values is not None}
+        for axis, values in spec["grid"].items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{path}: scale {scale!r}: grid axis {axis!r} must be a non-empty list (or null to drop it)")
+        if not spec["grid"]:
+            raise ValueError(f"{path}: scale {scale!r} drops every grid axis")
         overrides.update(scaled)
     overrides.update(extra or {})
     spec["overrides"] = overrides
+    if spec.get("downstream") is not None:
+        spec["downstream"] = check_downstream(spec["downstream"], f"{path}: downstream")
     return spec
+
+
+def check_downstream(down, where: str) -> dict:
+    """An ablation's ``downstream`` block, checked: what each finished pretraining run is fine-tuned
+    and scored with (see the module's docstring)."""
+    from bart_ext.positions import FILLS  # imports torch: only where a downstream block is used
+
+    if not isinstance(down, dict):
+        raise ValueError(f"{where} must be a mapping (config, overrides, position_fill, generate)")
+    unknown = set(down) - {"config", "overrides", "position_fill", "generate"}
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    if not isinstance(down.get("config"), str):
+        raise ValueError(f"{where}: missing field 'config' (a fine-tuning config under configs/, e.g. finetune/aclsum)")
+    if not (CONFIG_ROOT / f"{down['config']}.yaml").exists():
+        raise ValueError(f"{where}: config {down['config']!r}: {CONFIG_ROOT / down['config']}.yaml not found")
+    if not isinstance(down.get("overrides") or {}, dict):
+        raise ValueError(f"{where}.overrides must map override keys to values")
+    fill = down.get("position_fill")
+    if fill is not None and (not isinstance(fill, dict) or set(fill) != {"trained", "fill"}
+                             or fill["fill"] not in FILLS or not isinstance(fill["trained"], int)):
+        raise ValueError(f"{where}.position_fill must be {{trained: N, fill: {'|'.join(FILLS)}}}, not {fill!r}")
+    gen = down.get("generate")
+    if gen is not None:
+        if not isinstance(gen, dict) or not isinstance(gen.get("preset"), str):
+            raise ValueError(f"{where}.generate must be {{preset: NAME, subset: test, args: [...]}}, not {gen!r}")
+        unknown = set(gen) - {"preset", "subset", "args"}
+        if unknown:
+            raise ValueError(f"{where}.generate: unknown field(s) {', '.join(sorted(unknown))}")
+        if "task.data" not in (down.get("overrides") or {}):
+            raise ValueError(f"{where}.generate: the summaries need the data: set overrides['task.data']")
+    return {"config": down["config"], "overrides": dict(down.get("overrides") or {}), "position_fill": fill,
+            "generate": None if gen is None else {"preset": gen["preset"], "subset": gen.get("subset", "test"),
+                                                  "args": [str(a) for a in gen.get("args") or []]}}
 
 
 def expand(spec: dict) -> list[Run]:
@@ -186,38 +238,93 @@ def classify(curves: Curves, returncode: int, log_text: str) -> Result:
     return res
 
 
-def write_tables(out: Path, spec: dict, runs: list[Run], results: dict[str, Result]) -> tuple[Path, Path]:
-    """results.csv (one row per run) and results.md (one row per grid point, seeds averaged)."""
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+def downstream_scores(record: dict | None) -> dict[str, float]:
+    """A downstream result's figures: the fine-tuned validation loss and, where it was scored, each
+    ROUGE F1 with its interval (``rouge1``, ``rouge1_low``, ``rouge1_high``, ...) and the distinct summaries."""
+    if not record:
+        return {}
+    scores = {"finetune_valid_loss": float(record.get("finetune", {}).get("final_valid", math.nan))}
+    for m in ROUGE_KEYS if record.get("rouge") else ():
+        cell = record["rouge"][m]
+        scores.update({m: cell["f1"], f"{m}_low": cell["low"], f"{m}_high": cell["high"]})
+    if "distinct" in record:
+        scores["distinct"] = float(record["distinct"])
+    return scores
+
+
+def write_tables(out: Path, spec: dict, runs: list[Run], results: dict[str, Result],
+                 downstream: dict[str, dict] | None = None) -> tuple[Path, Path]:
+    """results.csv (one row per run) and results.md (one row per grid point, seeds averaged).
+    ``downstream`` (run key -> its downstream result.json) adds the fine-tuned validation loss
+    and ROUGE columns; with one run per point, ROUGE shows its 95% bootstrap interval."""
+    downstream = downstream or {}
+    with_down = bool(spec.get("downstream"))
+    with_rouge = with_down and bool((spec["downstream"] or {}).get("generate"))
     axes = list(runs[0].point) if runs else []
     csv_path, md_path = out / "results.csv", out / "results.md"
+    down_cols = (["downstream_status", "finetune_valid_loss"] if with_down else []) + (
+        [f"{m}{s}" for m in ROUGE_KEYS for s in ("", "_low", "_high")] + ["distinct"] if with_rouge else [])
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*axes, "status", "reason", "final_train_loss", "final_valid_loss", "updates", "seconds", "run"])
+        w.writerow([*axes, "status", "reason", "final_train_loss", "final_valid_loss", "updates", "seconds",
+                    *down_cols, "run"])
         for r in runs:
             res = results.get(r.key)
             if res is None:
                 continue
+            rec = downstream.get(r.key)
+            scores = downstream_scores(rec)
+            extra = ([rec["status"] if rec else "", f"{scores['finetune_valid_loss']:.4f}" if rec else ""]
+                     if with_down else [])
+            extra += [f"{scores[c]:.4f}" if c in scores else "" for c in down_cols[2:]]
             w.writerow([*(r.point[a] for a in axes), res.status, res.reason, f"{res.final_train:.4f}",
-                        f"{res.final_valid:.4f}", res.updates, f"{res.seconds:.1f}", r.dirname])
-    groups: dict[tuple, list[Result]] = {}
+                        f"{res.final_valid:.4f}", res.updates, f"{res.seconds:.1f}", *extra, r.dirname])
+    groups: dict[tuple, list[Run]] = {}
     cols = [a for a in axes if a != "seed"]
     for r in runs:
         if r.key in results:
-            groups.setdefault(tuple(r.point[a] for a in cols), []).append(results[r.key])
+            groups.setdefault(tuple(r.point[a] for a in cols), []).append(r)
+    head = [*(c.split(".")[-1] for c in cols), "runs", "final train loss", "final valid loss", "status"]
+    head += (["fine-tuned valid loss"] if with_down else []) + (
+        ["ROUGE-1", "ROUGE-2", "ROUGE-L", "distinct summaries"] if with_rouge else [])
     lines = [f"# {spec['name']}", "", spec.get("description", ""), "",
-             "| " + " | ".join([*(c.split(".")[-1] for c in cols), "runs", "final train loss", "final valid loss",
-                                "status"]) + " |",
-             "|" + "---|" * (len(cols) + 4)]
-    for values, rs in groups.items():
-        def mean(xs):
-            xs = [x for x in xs if math.isfinite(x)]
-            return f"{sum(xs) / len(xs):.3f}" if xs else "-"
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def mean(xs, digits=3):
+        xs = [x for x in xs if math.isfinite(x)]
+        return f"{sum(xs) / len(xs):.{digits}f}" if xs else "-"
+
+    for values, group in groups.items():
+        rs = [results[r.key] for r in group]
         status = ", ".join(sorted({r.status for r in rs}))
         if any(r.status != "ok" for r in rs):
             status += " (" + "; ".join(r.reason for r in rs if r.status != "ok") + ")"
-        lines.append("| " + " | ".join([*values, str(len(rs)), mean([r.final_train for r in rs]),
-                                        mean([r.final_valid for r in rs]), status]) + " |")
+        cells = [*values, str(len(rs)), mean([r.final_train for r in rs]), mean([r.final_valid for r in rs]), status]
+        recs = [downstream.get(r.key) for r in group]
+        scores = [downstream_scores(x) for x in recs if x]
+        if with_down:
+            failed = [x["reason"] for x in recs if x and x["status"] != "ok"]
+            cell = mean([x.get("finetune_valid_loss", math.nan) for x in scores]) if scores else "not run"
+            cells.append(cell + (f" ({'; '.join(failed)})" if failed else ""))
+        if with_rouge:
+            scored = [x for x in scores if "rouge1" in x]
+            for m in ROUGE_KEYS:
+                if len(scored) == 1:
+                    x = scored[0]
+                    cells.append(f"{x[m]:.2f} [{x[m + '_low']:.2f}, {x[m + '_high']:.2f}]")
+                else:
+                    cells.append(mean([x[m] for x in scored], 2))
+            cells.append(mean([x["distinct"] for x in scored], 0) if scored else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Losses are fairseq's (base 2); train is the last logged interval, valid the last validation.")
+    if with_down:
+        lines.append(f"Downstream: each run's last checkpoint fine-tuned with {spec['downstream']['config']}"
+                     + (f", then its {spec['downstream']['generate']['subset']} set summarized with the "
+                        f"{spec['downstream']['generate']['preset']} preset and scored (ROUGE F1 x 100; "
+                        "[95% bootstrap interval] where the point has one run)" if with_rouge else "") + ".")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path

@@ -23,6 +23,7 @@ STARTED = time.time()  # the runner's own start-up counts as overhead
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -33,8 +34,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.curves import plot, read_log  # noqa: E402
-from bart_ext.sweep import (CONFIG_ROOT, Result, Run, classify, expand, hydra_value, load_ablation,  # noqa: E402
-                            tokens_per_update, write_tables)
+from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, classify, expand, hydra_value,  # noqa: E402
+                            load_ablation, tokens_per_update, write_tables)
 
 
 def resolve_paths(overrides: dict) -> dict:
@@ -76,6 +77,82 @@ def execute(spec: dict, run: Run, run_dir: Path, threads: int) -> Result:
     return result
 
 
+def downstream_command(spec: dict, run: Run, run_dir: Path, start: Path) -> list[str]:
+    """fairseq-hydra-train of the ablation's fine-tuning config from ``start`` (the run's checkpoint),
+    with the run's seed, into ``run_dir/downstream``."""
+    down = spec["downstream"]
+    config = Path(down["config"])
+    overrides = resolve_paths({"common.user_dir": "user_dir", **down["overrides"]})
+    if "common.seed" in run.overrides and "common.seed" not in overrides:
+        overrides["common.seed"] = run.overrides["common.seed"]
+    d = run_dir / "downstream"
+    return [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(CONFIG_ROOT / config.parent),
+            "--config-name", config.name, *(f"++{k}={hydra_value(v)}" for k, v in overrides.items()),
+            f"++checkpoint.finetune_from_model={start}", f"checkpoint.save_dir={d / 'checkpoints'}",
+            f"hydra.run.dir={d / 'hydra'}", "++common.log_format=json"]
+
+
+def execute_downstream(spec: dict, run: Run, run_dir: Path, threads: int) -> dict:
+    """Fine-tune a finished run's last checkpoint with the ablation's ``downstream`` block and, when it
+    names a generation preset, summarize its test set and score it (ROUGE with 95% bootstrap
+    intervals). Writes ``run_dir/downstream/result.json`` last (its presence means finished); an
+    interrupted fine-tuning continues from its checkpoint_last.pt."""
+    down = spec["downstream"]
+    d = run_dir / "downstream"
+    d.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t0 = time.time()
+    record: dict = {"status": "ok", "reason": ""}
+    start = run_dir / "checkpoints" / "checkpoint_last.pt"
+    if not start.exists():
+        record.update(status="failed", reason=f"{start} not found")
+    elif down["position_fill"]:
+        from bart_ext.positions import fill_checkpoint_positions
+
+        filled = d / "start.pt"
+        if not filled.exists():  # written under a temporary name first
+            fill_checkpoint_positions(start, filled, down["position_fill"]["trained"], down["position_fill"]["fill"])
+        start = filled
+    if record["status"] == "ok":
+        cmd = downstream_command(spec, run, run_dir, start)
+        log = d / "train.log"
+        with open(log, "a") as f:
+            f.write(f"# bart_ext sweep downstream attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+            f.flush()
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+        tuned = classify(read_log(log), rc, log.read_text(errors="replace")[-20000:])
+        record["finetune"] = asdict(tuned)
+        if tuned.status != "ok":
+            record.update(status=tuned.status, reason=f"fine-tuning: {tuned.reason} (log: {log})")
+    gen = down["generate"]
+    if record["status"] == "ok" and gen:
+        data = resolve_paths(down["overrides"])["task.data"]
+        results = d / "generate"
+        cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), str(data), "--preset", gen["preset"],
+               "--path", str(d / "checkpoints" / "checkpoint_best.pt"), "--gen-subset", gen["subset"],
+               "--results-path", str(results), "--quiet", "--rouge", "--", *gen["args"]]
+        log = d / "generate.log"
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+        if rc != 0:
+            last = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or [""]
+            record.update(status="failed", reason=f"generation: exit {rc}: {last[0][:200]} (log: {log})")
+        else:
+            hyps = (results / f"{gen['subset']}.hyp").read_text(encoding="utf-8").splitlines()
+            record.update(rouge=json.loads((results / f"{gen['subset']}.rouge.json").read_text()),
+                          distinct=len(set(hyps)), summaries=len(hyps))
+    record["seconds"] = time.time() - t0
+    tmp = d / "result.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.rename(d / "result.json")
+    return record
+
+
+def load_downstream(run_dir: Path) -> dict | None:
+    path = run_dir / "downstream" / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def load_result(run_dir: Path) -> Result | None:
     path = run_dir / "result.json"
     if not path.exists():
@@ -83,10 +160,11 @@ def load_result(run_dir: Path) -> Result | None:
     return Result(**json.loads(path.read_text())["result"])
 
 
-def figure(spec: dict, runs: list[Run], out: Path, run_root: Path) -> Path:
+def figure(spec: dict, runs: list[Run], out: Path, run_root: Path, downstream: dict[str, dict] | None = None) -> Path:
     """One panel per value of the first grid axis; one colour per run within it. Against updates, or,
     for an ablation with a ``token_budget`` (runs of different batch sizes over the same tokens),
-    against the tokens seen, so that the runs end at the same x."""
+    against the tokens seen, so that the runs end at the same x. Downstream ROUGE, where scored,
+    is a last panel of bars with their 95% intervals."""
     axes = list(spec["grid"])
     by_tokens = bool(spec.get("token_budget"))
     panels: dict[str, dict] = {}
@@ -99,8 +177,10 @@ def figure(spec: dict, runs: list[Run], out: Path, run_root: Path) -> Path:
         rest += "" if status == "ok" else f" [{status}]"
         curves = read_log(run_root / r.dirname / "train.log")
         panels.setdefault(first, {})[rest] = curves.scaled(tokens_per_update(r.overrides)) if by_tokens else curves
+    bars = {r.label: {m: (x["rouge"][m]["f1"], x["rouge"][m]["low"], x["rouge"][m]["high"]) for m in ROUGE_KEYS}
+            for r in runs if (x := (downstream or {}).get(r.key)) and x.get("rouge")}
     return plot(list(panels.items()), out / f"{spec['name']}.png", spec.get("description", spec["name"]),
-                same_scale=True, xlabel="tokens seen (updates x tokens per update)" if by_tokens else "update")
+                bars=("downstream ROUGE (fine-tuned)", bars) if bars else None, same_scale=True, xlabel="tokens seen (updates x tokens per update)" if by_tokens else "update")
 
 
 PATH_KEYS = ("task.data", "checkpoint.finetune_from_model", "checkpoint.restore_file")
@@ -167,6 +247,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"task.data {data} not found: prepare it as the comment of {args.scale or 'the overrides'} in "
                          f"{path} says (runs/demo/lddl: `make demo`; data/lddl: scripts/lddl_preprocess.py), or "
                          "pass --set task.data=DIR")
+    down_data = resolve_paths((spec.get("downstream") or {}).get("overrides") or {}).get("task.data")
+    if isinstance(down_data, str) and not args.dry_run and not Path(down_data).exists():
+        raise SystemExit(f"downstream task.data {down_data} not found: prepare it as the comment of "
+                         f"{args.scale or 'the downstream block'} in {path} says, or pass another in the file")
     runs = expand(spec)
     out = (args.out or ROOT / "runs" / "sweeps" / spec["name"]).resolve()
     run_root = out / "runs"
@@ -174,11 +258,19 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "sweep.json").write_text(json.dumps({"ablation": str(path), "spec": spec,
                                                 "runs": [{"key": r.key, "label": r.label} for r in runs]}, indent=1))
     todo = [r for r in runs if load_result(run_root / r.dirname) is None]
+    down = spec.get("downstream")
+
+    def needs_downstream(r: Run) -> bool:
+        res = load_result(run_root / r.dirname)
+        return bool(down) and res is not None and res.status == "ok" and load_downstream(run_root / r.dirname) is None
+
     print(f"[sweep] {spec['name']}: {len(runs)} runs ({len(runs) - len(todo)} finished before), "
-          f"{args.jobs} at a time -> {out}", flush=True)
+          f"{args.jobs} at a time -> {out}" + (f"; each then fine-tuned with {down['config']}" if down else ""),
+          flush=True)
     for r in runs:
         if r not in todo:
-            print(f"[sweep] skip {r.label}: finished ({load_result(run_root / r.dirname).status})", flush=True)
+            print(f"[sweep] skip {r.label}: finished ({load_result(run_root / r.dirname).status})"
+                  + ("; downstream to do" if needs_downstream(r) else ""), flush=True)
     if args.dry_run:
         for r in todo:
             print(f"[sweep] would run {r.label} ({r.dirname})")
@@ -197,13 +289,31 @@ def main(argv: list[str] | None = None) -> dict:
               f"valid {res.final_valid:.3f}, {res.seconds:.0f}s", flush=True)
         return res
 
+    def downstream(run: Run) -> None:
+        print(f"[sweep] downstream {run.label}: fine-tuning with {down['config']}", flush=True)
+        rec = execute_downstream(spec, run, run_root / run.dirname, threads)
+        rouge = rec.get("rouge")
+        scores = (", ROUGE-1/2/L " + "/".join(f"{rouge[m]['f1']:.2f}" for m in ("rouge1", "rouge2", "rougeL"))
+                  if rouge else "")
+        valid = rec.get("finetune", {}).get("final_valid", math.nan)
+        print(f"[sweep] downstream {run.label}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''}, "
+              f"fine-tuned valid {valid:.3f}{scores}, {rec['seconds']:.0f}s", flush=True)
+
+    def one_and_downstream(run: Run) -> None:
+        if run in todo:
+            one(run)
+        if needs_downstream(run):
+            downstream(run)
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(one, todo))
+        list(pool.map(one_and_downstream, [r for r in runs if r in todo or needs_downstream(r)]))
     t1 = time.time()
     results = {r.key: load_result(run_root / r.dirname) for r in runs}
     results = {k: v for k, v in results.items() if v is not None}
-    csv_path, md_path = write_tables(out, spec, runs, results)
-    png = figure(spec, runs, out, run_root)
+    downs = {r.key: load_downstream(run_root / r.dirname) for r in runs} if down else {}
+    downs = {k: v for k, v in downs.items() if v is not None}
+    csv_path, md_path = write_tables(out, spec, runs, results, downs)
+    png = figure(spec, runs, out, run_root, downs)
     print(f"[sweep] tables and plot in {time.time() - t1:.2f}s", flush=True)
     run_seconds = sum(results[r.key].seconds for r in todo if r.key in results)
     # Everything this process spent outside fairseq-hydra-train: its start-up, scheduling, log

@@ -123,6 +123,21 @@ def test_shipped_ablations_expand():
         assert r.overrides["optimization.max_update"] * k * 32 * 64 == 614400
         assert r.overrides["lr_scheduler.total_num_update"] == r.overrides["optimization.max_update"]
         assert r.overrides["model._name"] == "bart_small_preln" and r.overrides["task.data"] == "runs/demo/lddl"
+    # noise's small scale: BART's two noises alone and together, on the demo's pretraining, each fine-tuned
+    # as the demo fine-tunes (its data, model, learning rate, updates) and summarized with its settings
+    runs = expand(load_ablation(ROOT / "configs" / "ablation" / "noise.yaml", "small"))
+    assert {(r.overrides["task.mask"], r.overrides["task.permute_sentences"]) for r in runs} == {
+        (0.3, 1.0), (0.3, 0.0), (0.0, 1.0)}
+    assert all(r.overrides["optimization.max_update"] == 1600 and "task.poisson_lambda" not in r.overrides
+               for r in runs)
+    down = load_ablation(ROOT / "configs" / "ablation" / "noise.yaml", "small")["downstream"]
+    import scripts.demo as demo
+
+    assert down["overrides"]["optimization.lr"] == [demo.FINETUNE_LR]
+    assert down["overrides"]["optimization.max_update"] == demo.FINETUNE_UPDATES
+    assert down["position_fill"] == {"trained": demo.SAMPLE_TOKENS, "fill": demo.POSITION_FILL}
+    assert down["generate"]["preset"] == demo.GENERATION_PRESET
+    assert down["generate"]["args"][1:3] == ["--min-len", str(demo.GENERATION_MIN_LEN)]
     # use_nvlamb's small scale is the demo's pretraining (configs/pretrain/small.yaml) for 300 updates
     demo = __import__("yaml").safe_load((ROOT / "configs" / "pretrain" / "small.yaml").read_text())
     for r in expand(load_ablation(ROOT / "configs" / "ablation" / "use_nvlamb.yaml", "small")):
@@ -187,3 +202,94 @@ def test_missing_data_is_named_before_any_run(tmp_path):
         main([str(spec), "--out", str(tmp_path / "sweep")])
     assert not (tmp_path / "sweep").exists()
     assert main([str(spec), "--out", str(tmp_path / "sweep"), "--dry-run"]) == {}
+
+
+DOWNSTREAM = """
+downstream:
+  config: finetune/aclsum
+  position_fill: {trained: 64, fill: tail-mean}
+  overrides:
+    task.data: data/aclsum_summ/bin
+    model._name: bart_tiny_preln
+    optimization.max_update: 3
+    lr_scheduler.warmup_updates: 1
+    lr_scheduler.total_num_update: 3
+    dataset.max_tokens: 2048
+    dataset.validate_interval_updates: 3
+    dataset.max_valid_steps: 2
+    common.log_interval: 1
+  generate: {preset: xsum, subset: test, args: [--cpu, --min-len, 2, --max-len-b, 6, --beam, 2]}
+"""
+
+
+def test_downstream_fine_tunes_each_finished_run_and_scores_it(data_dir, tmp_path):
+    """A finished sweep gains a downstream block: a second start fine-tunes each finished run's
+    checkpoint (position rows filled), summarizes the test papers and adds the fine-tuned loss and
+    ROUGE with intervals to the tables and a bar panel to the plot; a third start redoes nothing."""
+    base = (SPEC.replace("name: t2x2", "name: t1").replace("optimization.max_update: 8", "optimization.max_update: 2")
+            .replace("  optimization.lr: [[0.001], [1000.0]]   # 1000: deliberately diverging\n", "")
+            .replace("model.post_ln: [false, true]", "model.post_ln: [false]"))
+    spec, out = tmp_path / "t1.yaml", tmp_path / "sweep"
+    spec.write_text(base)
+    proc = sweep(spec, out)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    (run_dir,) = [p.parent for p in out.glob("runs/*/result.json")]
+    assert not (run_dir / "downstream").exists() and "fine-tuned" not in (out / "results.md").read_text()
+
+    spec.write_text(base + DOWNSTREAM)
+    proc = sweep(spec, out)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    assert "1 runs (1 finished before)" in log and "finished (ok); downstream to do" in log
+    record = json.loads((run_dir / "downstream" / "result.json").read_text())
+    assert record["status"] == "ok", record
+    assert record["finetune"]["updates"] == 3 and record["summaries"] == 100
+    for m in ("rouge1", "rouge2", "rougeL"):
+        cell = record["rouge"][m]
+        assert 0 <= cell["low"] <= cell["f1"] <= cell["high"] <= 100
+    # it started from the pretrained checkpoint, its position rows beyond 64 filled
+    train_log = (run_dir / "downstream" / "train.log").read_text()
+    assert f"checkpoint.finetune_from_model={run_dir / 'downstream' / 'start.pt'}" in train_log
+    assert (run_dir / "downstream" / "start.pt").exists()
+    row = next(csv.DictReader(open(out / "results.csv")))
+    assert row["downstream_status"] == "ok"
+    assert float(row["rouge1"]) == pytest.approx(record["rouge"]["rouge1"]["f1"], abs=1e-4)
+    assert float(row["finetune_valid_loss"]) == pytest.approx(record["finetune"]["final_valid"], abs=1e-4)
+    md = (out / "results.md").read_text()
+    r1 = record["rouge"]["rouge1"]
+    assert f"{r1['f1']:.2f} [{r1['low']:.2f}, {r1['high']:.2f}]" in md and "fine-tuned valid loss" in md
+    drawn = json.loads((out / "t1.json").read_text())
+    assert any(title.startswith("downstream ROUGE") for title in drawn)
+
+    mtime = (run_dir / "downstream" / "result.json").stat().st_mtime
+    proc = sweep(spec, out)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert "downstream to do" not in log and "fine-tuning with" not in log
+    assert (run_dir / "downstream" / "result.json").stat().st_mtime == mtime
+
+
+def test_downstream_blocks_are_checked(tmp_path):
+    from bart_ext.sweep import load_ablation
+
+    spec = tmp_path / "t.yaml"
+    for block, message in (
+        ("downstream: {overrides: {}}", "missing field 'config'"),
+        ("downstream: {config: finetune/nothing}", "finetune/nothing.yaml not found"),
+        ("downstream: {config: finetune/aclsum, epochs: 3}", "unknown field"),
+        ("downstream: {config: finetune/aclsum, position_fill: {trained: 64, fill: zeros}}", "position_fill must be"),
+        ("downstream: {config: finetune/aclsum, generate: {preset: xsum}}", "set overrides\\['task.data'\\]"),
+    ):
+        spec.write_text(SPEC + block + "\n")
+        with pytest.raises(ValueError, match=message):
+            load_ablation(spec)
+    # a scale drops an axis with null, and brings its own downstream block
+    spec.write_text(SPEC + "scales:\n  s:\n    grid: {optimization.lr: null}\n"
+                    "    downstream: {config: finetune/aclsum}\n")
+    loaded = load_ablation(spec, "s")
+    assert list(loaded["grid"]) == ["model.post_ln"] and loaded["downstream"]["config"] == "finetune/aclsum"
+    assert load_ablation(spec).get("downstream") is None
+    spec.write_text(SPEC + "scales:\n  s:\n    grid: {optimization.lr: null, model.post_ln: null}\n")
+    with pytest.raises(ValueError, match="drops every grid axis"):
+        load_ablation(spec, "s")
