@@ -6,7 +6,7 @@ An ablation file (``configs/ablation/NAME.yaml``)::
     description: one line for the table's title
     config: pretrain/tiny             # the hydra config every run starts from (configs/...)
     overrides: {task.data: data/aclsum/bin, optimization.max_update: 60}    # shared by every run
-    scales: {real: {...}}             # more overrides (and token_budget, grid axes), chosen with --scale
+    scales: {real: {...}}             # more overrides (and token_budget, grid axes, description), chosen with --scale
     grid:                             # the runs: the cartesian product of the axes
       model.post_ln: [false, true]
       optimization.lr: [[0.001], [0.01]]
@@ -106,6 +106,8 @@ def load_ablation(path: Path, scale: str | None = None, extra: dict | None = Non
         scaled = dict(scales[scale])
         if "token_budget" in scaled:
             spec["token_budget"] = scaled.pop("token_budget")
+        if "description" in scaled:  # what the scale's grid asks, where it differs from the base grid's
+            spec["description"] = scaled.pop("description")
         if "downstream" in scaled:
             spec["downstream"] = scaled.pop("downstream")
         # a scale may replace whole axes, add axes, or drop one (null)

@@ -212,6 +212,8 @@ def hydra_multirun(spec: dict, sweep_dir: str | None = None, launcher: str = "su
         parts.append(f"hydra/launcher={launcher}")
     if spec.get("lr_rule") or spec.get("token_budget"):
         parts.append("# note: lr_rule / token_budget are applied by scripts/sweep.py only")
+    if spec.get("downstream"):
+        parts.append("# note: the downstream fine-tuning and scoring are run by scripts/sweep.py only")
     return " ".join(parts)
 
 
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     done = 0
+    down_seconds: list[float] = []
 
     def one(run: Run) -> Result:
         nonlocal done
@@ -292,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
     def downstream(run: Run) -> None:
         print(f"[sweep] downstream {run.label}: fine-tuning with {down['config']}", flush=True)
         rec = execute_downstream(spec, run, run_root / run.dirname, threads)
+        down_seconds.append(rec["seconds"])
         rouge = rec.get("rouge")
         scores = (", ROUGE-1/2/L " + "/".join(f"{rouge[m]['f1']:.2f}" for m in ("rouge1", "rouge2", "rougeL"))
                   if rouge else "")
@@ -318,9 +322,12 @@ def main(argv: list[str] | None = None) -> dict:
     run_seconds = sum(results[r.key].seconds for r in todo if r.key in results)
     # Everything this process spent outside fairseq-hydra-train: its start-up, scheduling, log
     # parsing, tables and plot (exact with --jobs 1; with more, runs overlap and this is approximate).
-    overhead = (time.time() - STARTED) - run_seconds / max(1, args.jobs)
+    # (the downstream stages' fine-tuning and generation are work too, not overhead)
+    overhead = (time.time() - STARTED) - (run_seconds + sum(down_seconds)) / max(1, args.jobs)
     print(md_path.read_text())
     print(f"[sweep] {csv_path}\n[sweep] {md_path}\n[sweep] {png}")
+    if down_seconds:
+        print(f"[sweep] downstream: {len(down_seconds)} fine-tuned and scored, {sum(down_seconds):.0f}s", flush=True)
     if todo:
         per_run = run_seconds / len(todo)
         print(f"[sweep] runner overhead: {overhead:.2f}s in all ({overhead / len(todo):.2f}s per run: start-up, "

@@ -123,14 +123,17 @@ def test_shipped_ablations_expand():
         assert r.overrides["optimization.max_update"] * k * 32 * 64 == 614400
         assert r.overrides["lr_scheduler.total_num_update"] == r.overrides["optimization.max_update"]
         assert r.overrides["model._name"] == "bart_small_preln" and r.overrides["task.data"] == "runs/demo/lddl"
-    # noise's small scale: BART's two noises alone and together, on the demo's pretraining, each fine-tuned
+    # noise's small scale: BART's two noises alone, together and neither, on the demo's pretraining, each fine-tuned
     # as the demo fine-tunes (its data, model, learning rate, updates) and summarized with its settings
     runs = expand(load_ablation(ROOT / "configs" / "ablation" / "noise.yaml", "small"))
     assert {(r.overrides["task.mask"], r.overrides["task.permute_sentences"]) for r in runs} == {
-        (0.3, 1.0), (0.3, 0.0), (0.0, 1.0)}
+        (0.3, 1.0), (0.3, 0.0), (0.0, 1.0), (0.0, 0.0)}
     assert all(r.overrides["optimization.max_update"] == 1600 and "task.poisson_lambda" not in r.overrides
                for r in runs)
-    down = load_ablation(ROOT / "configs" / "ablation" / "noise.yaml", "small")["downstream"]
+    small = load_ablation(ROOT / "configs" / "ablation" / "noise.yaml", "small")
+    assert "judged downstream" in small["description"] and "Poisson" in load_ablation(
+        ROOT / "configs" / "ablation" / "noise.yaml")["description"]
+    down = small["downstream"]
     import scripts.demo as demo
 
     assert down["overrides"]["optimization.lr"] == [demo.FINETUNE_LR]
