@@ -108,8 +108,11 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
                 good = [(u, v) for u, v in points if math.isfinite(v)]
                 drawn.setdefault(title, {})[f"{label} ({suffix})"] = len(good)
                 if good:
+                    # a marker on each point of a short curve and of a sparse validation one, so that
+                    # a straight dashed segment is not read as measured in between
+                    sparse = len(good) < 4 or (suffix == "valid" and len(good) <= 20)
                     ax.plot(*zip(*good), style, color=colour, label=f"{label} ({suffix})", linewidth=1.5,
-                            marker="o" if len(good) < 4 else None)
+                            marker="o" if sparse else None, markersize=4 if sparse and len(good) >= 4 else None)
                 bad = [u for u, v in points if not math.isfinite(v)]
                 if bad:
                     ax.plot(bad, [1.0] * len(bad), "x", color=colour, transform=ax.get_xaxis_transform(),

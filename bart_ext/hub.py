@@ -179,12 +179,11 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
     Raises:
         FileNotFoundError: the checkpoint or the data folder's files are missing (names them).
     """
-    from fairseq import checkpoint_utils
-
     from bart_ext.adapters import import_plugin
     from bart_ext.summarization_data import text_has_leading_space
 
     import_plugin()  # bart_ext's tasks and models, and fairseq's loader fixed for torch >= 2.6
+    from fairseq import checkpoint_utils
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

@@ -82,12 +82,11 @@ def fill_checkpoint_positions(checkpoint: Path, out: Path, trained: int | None =
     Returns:
         ``{"trained", "fill", "changed"}``.
     """
-    from fairseq import checkpoint_utils
-    from omegaconf import OmegaConf
-
     from bart_ext.adapters import import_plugin
 
     import_plugin()  # bart_ext's tasks and models, and fairseq's loader fixed for torch >= 2.6
+    from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.is_file():

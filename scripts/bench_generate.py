@@ -109,12 +109,11 @@ def ct2_setup(ckpt: Path, data: Path, tmp: Path) -> dict:
 
 def task_sources(ckpt: Path, data: Path, subset: str) -> list[list[int]]:
     """The ``subset`` sources as bart_summarization feeds them to ``ckpt``."""
-    from fairseq import checkpoint_utils
-    from fairseq.data.indexed_dataset import MMapIndexedDataset
-
     from bart_ext.adapters import import_plugin
 
     import_plugin()
+    from fairseq import checkpoint_utils
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
     cfg = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))["cfg"].task
     sources = []
     ds = MMapIndexedDataset(str(next(data.glob(f"{subset}.*-*.source.idx")))[: -len(".idx")])

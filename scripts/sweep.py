@@ -7,8 +7,9 @@
     python scripts/sweep.py preln_vs_postln --hydra-multirun   # print the same grid as one hydra multirun
                                                                 # (e.g. + hydra/launcher=submitit_slurm)
 
-Output in --out (default runs/sweeps/NAME): runs/<key>/ (train.log, checkpoints, result.json),
-results.csv (one row per run), results.md (one row per grid point), NAME.png.
+Output in --out (default runs/sweeps/NAME; runs/sweeps/NAME_SCALE with --scale): runs/<key>/
+(train.log, checkpoints, result.json), results.csv (one row per run), results.md (one row per grid
+point), NAME.png.
 
 Resumable: a run with a result.json is skipped (runs are keyed by their resolved config), an
 unfinished one is started again (fairseq resumes from its checkpoint_last.pt). A run whose loss
@@ -33,9 +34,13 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.curves import plot, read_log  # noqa: E402
+from bart_ext.curves import Curves, plot, read_log  # noqa: E402
 from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, classify, expand, hydra_value,  # noqa: E402
                             load_ablation, tokens_per_update, write_tables)
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def resolve_paths(overrides: dict) -> dict:
@@ -111,7 +116,9 @@ def execute_downstream(spec: dict, run: Run, run_dir: Path, threads: int) -> dic
 
         filled = d / "start.pt"
         if not filled.exists():  # written under a temporary name first
-            fill_checkpoint_positions(start, filled, down["position_fill"]["trained"], down["position_fill"]["fill"])
+            info = fill_checkpoint_positions(start, filled, down["position_fill"]["trained"], down["position_fill"]["fill"])
+            print(f"[sweep] {run.label}: position rows {info['trained']} and later filled ({info['fill']}) "
+                  f"-> {filled}", flush=True)
         start = filled
     if record["status"] == "ok":
         cmd = downstream_command(spec, run, run_dir, start)
@@ -161,23 +168,33 @@ def load_result(run_dir: Path) -> Result | None:
 
 
 def figure(spec: dict, runs: list[Run], out: Path, run_root: Path, downstream: dict[str, dict] | None = None) -> Path:
-    """One panel per value of the first grid axis; one colour per run within it. Against updates, or,
+    """One panel per value of the first grid axis; one colour per run within it (one panel for all
+    when each value has a single run, as one axis with one seed has). Against updates, or,
     for an ablation with a ``token_budget`` (runs of different batch sizes over the same tokens),
     against the tokens seen, so that the runs end at the same x. Downstream ROUGE, where scored,
     is a last panel of bars with their 95% intervals."""
     axes = list(spec["grid"])
     by_tokens = bool(spec.get("token_budget"))
     panels: dict[str, dict] = {}
+    single: dict[str, tuple[str, Curves]] = {}  # run key -> (its first axis value, curves)
     for r in runs:
         if not (run_root / r.dirname / "result.json").exists():
             continue
         first = f"{axes[0].split('.')[-1]}={r.point[axes[0]]}"
         rest = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.point.items() if k != axes[0]) or r.label
         status = load_result(run_root / r.dirname).status
-        rest += "" if status == "ok" else f" [{status}]"
+        suffix = "" if status == "ok" else f" [{status}]"
         curves = read_log(run_root / r.dirname / "train.log")
-        panels.setdefault(first, {})[rest] = curves.scaled(tokens_per_update(r.overrides)) if by_tokens else curves
-    bars = {r.label: {m: (x["rouge"][m]["f1"], x["rouge"][m]["low"], x["rouge"][m]["high"]) for m in ROUGE_KEYS}
+        curves = curves.scaled(tokens_per_update(r.overrides)) if by_tokens else curves
+        panels.setdefault(first, {})[rest + suffix] = curves
+        single[r.key] = (f"{r.point[axes[0]]}{suffix}", curves)
+    labels = {r.key: r.label for r in runs}
+    if len(panels) > 1 and all(len(curves) == 1 for curves in panels.values()):
+        # a run per value of the axis (one axis, one seed): the curves read better side by side in
+        # one panel, and the bars take the same short labels, so each run keeps one colour throughout
+        panels = {axes[0].split(".")[-1]: dict(single.values())}
+        labels.update({key: label for key, (label, _) in single.items()})
+    bars = {labels[r.key]: {m: (x["rouge"][m]["f1"], x["rouge"][m]["low"], x["rouge"][m]["high"]) for m in ROUGE_KEYS}
             for r in runs if (x := (downstream or {}).get(r.key)) and x.get("rouge")}
     return plot(list(panels.items()), out / f"{spec['name']}.png", spec.get("description", spec["name"]),
                 bars=("downstream ROUGE (fine-tuned)", bars) if bars else None, same_scale=True, xlabel="tokens seen (updates x tokens per update)" if by_tokens else "update")
@@ -221,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ablation", help="a name in configs/ablation/ or a path to a .yaml")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once on this machine")
-    ap.add_argument("--out", type=Path, help="default runs/sweeps/NAME")
+    ap.add_argument("--out", type=Path, help="default runs/sweeps/NAME (NAME_SCALE with --scale)")
     ap.add_argument("--scale", help="a scale of the ablation file (e.g. real)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="one more shared override (hydra syntax), e.g. optimization.max_update=20")
@@ -254,11 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"downstream task.data {down_data} not found: prepare it as the comment of "
                          f"{args.scale or 'the downstream block'} in {path} says, or pass another in the file")
     runs = expand(spec)
-    out = (args.out or ROOT / "runs" / "sweeps" / spec["name"]).resolve()
+    # a scale's sweep has its own folder: its tables and plot are not overwritten by another scale's
+    out = (args.out or ROOT / "runs" / "sweeps" / (spec["name"] + (f"_{args.scale}" if args.scale else ""))).resolve()
     run_root = out / "runs"
-    run_root.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"ablation": str(path), "spec": spec,
-                                                "runs": [{"key": r.key, "label": r.label} for r in runs]}, indent=1))
     todo = [r for r in runs if load_result(run_root / r.dirname) is None]
     down = spec.get("downstream")
 
@@ -266,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         res = load_result(run_root / r.dirname)
         return bool(down) and res is not None and res.status == "ok" and load_downstream(run_root / r.dirname) is None
 
-    print(f"[sweep] {spec['name']}: {len(runs)} runs ({len(runs) - len(todo)} finished before), "
+    print(f"[sweep] {spec['name']}: {plural(len(runs), 'run')} ({len(runs) - len(todo)} finished before), "
           f"{args.jobs} at a time -> {out}" + (f"; each then fine-tuned with {down['config']}" if down else ""),
           flush=True)
     for r in runs:
@@ -277,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
         for r in todo:
             print(f"[sweep] would run {r.label} ({r.dirname})")
         return {}
+    run_root.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"ablation": str(path), "spec": spec,
+                                                "runs": [{"key": r.key, "label": r.label} for r in runs]}, indent=1))
 
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     done = 0

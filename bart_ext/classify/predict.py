@@ -21,11 +21,10 @@ def load_classifier(path: Path, data: Path, head: str | None = None):
         FileNotFoundError: the checkpoint or the data folder's dictionaries are missing.
         KeyError: ``head`` (default: the task's ``classification_head_name``) is not in the checkpoint.
     """
-    from fairseq import checkpoint_utils
-
     from bart_ext.adapters import import_plugin
 
     import_plugin()  # bart_ext's tasks and models, and fairseq's loader fixed for torch >= 2.6
+    from fairseq import checkpoint_utils
 
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint {path} not found")

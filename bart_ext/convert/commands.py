@@ -119,12 +119,11 @@ def load_fairseq_checkpoint(path: Path) -> tuple[dict, object]:
     if name == "bart_preln":
         # `--arch bart_preln` fills what was not typed (dropout, positions, ...) from the large preset when
         # the model is built, on a copy: the checkpoint's config still holds None there.
-        from fairseq.models import ARCH_CONFIG_REGISTRY
-        from omegaconf import open_dict
-
         from bart_ext.adapters import import_plugin
 
         import_plugin()
+        from fairseq.models import ARCH_CONFIG_REGISTRY
+        from omegaconf import open_dict
         with open_dict(cfg.model):
             ARCH_CONFIG_REGISTRY["bart_large_preln"](cfg.model)
     return state, cfg

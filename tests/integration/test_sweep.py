@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +206,7 @@ def test_missing_data_is_named_before_any_run(tmp_path):
         main([str(spec), "--out", str(tmp_path / "sweep")])
     assert not (tmp_path / "sweep").exists()
     assert main([str(spec), "--out", str(tmp_path / "sweep"), "--dry-run"]) == {}
+    assert not (tmp_path / "sweep").exists()  # a dry run writes nothing
 
 
 DOWNSTREAM = """
@@ -296,3 +298,51 @@ def test_downstream_blocks_are_checked(tmp_path):
     spec.write_text(SPEC + "scales:\n  s:\n    grid: {optimization.lr: null, model.post_ln: null}\n")
     with pytest.raises(ValueError, match="drops every grid axis"):
         load_ablation(spec, "s")
+
+
+@pytest.mark.parametrize("seeds", [[1], [1, 2]])
+def test_one_axis_one_seed_sweep_is_plotted_in_one_panel(tmp_path, seeds):
+    """One run per value of the only axis: one loss panel holding every run, and the downstream bars take
+    the same short labels (so a run has one colour in both panels); with two seeds, a panel per value."""
+    from bart_ext.sweep import Result, expand, load_ablation
+    from scripts.sweep import figure
+
+    spec_path = tmp_path / "one.yaml"
+    spec_path.write_text(SPEC.replace("name: t2x2", "name: one").split("grid:")[0]
+                         + f"grid:\n  task.mask: [0.0, 0.3]\nseeds: {seeds}\n")
+    spec = load_ablation(spec_path)
+    runs = expand(spec)
+    assert len(runs) == 2 * len(seeds)
+    downstream = {}
+    for i, r in enumerate(runs):
+        d = tmp_path / "runs" / r.dirname
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"result": Result(status="diverged" if i == 1 else "ok").__dict__}))
+        lines = [f"[t][train_inner][INFO] - {json.dumps({'loss': 10 - u / 10 - i, 'num_updates': u})}" for u in (2, 4, 6)]
+        (d / "train.log").write_text("\n".join(lines) + "\n")
+        downstream[r.key] = {"rouge": {m: {"f1": 20.0 + i, "low": 19.0 + i, "high": 21.0 + i}
+                                       for m in ("rouge1", "rouge2", "rougeL")}}
+    figure(spec, runs, tmp_path, tmp_path / "runs", downstream)
+    drawn = json.loads((tmp_path / "one.json").read_text())
+    if seeds == [1]:
+        assert list(drawn) == ["mask", "downstream ROUGE (fine-tuned)"]
+        assert drawn["mask"] == {"0.0 (train)": 3, "0.0 (valid)": 0, "0.3 [diverged] (train)": 3,
+                                 "0.3 [diverged] (valid)": 0}
+        assert list(drawn["downstream ROUGE (fine-tuned)"]) == ["0.0", "0.3 [diverged]"]
+    else:
+        assert list(drawn) == ["mask=0.0", "mask=0.3", "downstream ROUGE (fine-tuned)"]
+        assert set(drawn["mask=0.0"]) == {"seed=1 (train)", "seed=1 (valid)", "seed=2 [diverged] (train)",
+                                          "seed=2 [diverged] (valid)"}
+        assert len(drawn["downstream ROUGE (fine-tuned)"]) == 4  # full labels: mask and seed
+
+
+def test_a_scales_sweep_has_its_own_folder(capsys):
+    """`--scale small` writes under runs/sweeps/NAME_small, so the default scale's tables and plot are not
+    overwritten; --dry-run creates nothing."""
+    from scripts.sweep import main
+
+    assert main(["noise", "--scale", "small", "--dry-run"]) == {}
+    assert str(ROOT / "runs" / "sweeps" / "noise_small") in capsys.readouterr().out
+    assert main(["noise", "--dry-run"]) == {}
+    out = capsys.readouterr().out
+    assert re.search(rf"12 runs .* -> {re.escape(str(ROOT / 'runs' / 'sweeps' / 'noise'))}(;|\n)", out), out

@@ -184,6 +184,35 @@ def test_ngram_patch_logs_once_and_fairseq_stock_restores_fairseqs_method(caplog
         fairseq_patches.install_ngram_block("bart_ext")
 
 
+@pytest.mark.parametrize("configured", [False, True])
+def test_import_plugin_leaves_the_callers_logging_as_it_was(configured):
+    """fairseq's wav2vec2_classification.py calls logging.basicConfig(level=DEBUG) when imported: a script
+    that loads a model through bart_ext (bart_ext.load, the position fill, ...) must not start printing
+    every library's INFO lines, and a script that set up its own logging keeps it."""
+    import subprocess
+    import sys
+
+    setup = ("logging.basicConfig(level=logging.ERROR, format='mine %(message)s')\n" if configured else "")
+    code = ("import logging\n" + setup +
+            "before = [(type(h).__name__, h.formatter._fmt if h.formatter else None) for h in logging.getLogger().handlers]\n"
+            "from bart_ext.adapters import import_plugin\n"
+            "import_plugin()\n"
+            "import fairseq.models, user_dir\n"  # loaded: the plugin is registered
+            "root = logging.getLogger()\n"
+            "after = [(type(h).__name__, h.formatter._fmt if h.formatter else None) for h in root.handlers]\n"
+            "assert after == before, (before, after)\n"
+            "assert root.level == (logging.ERROR if before else logging.WARNING), root.level\n"
+            "logging.getLogger('bart_ext.test').info('an info line')\n"
+            "logging.getLogger('bart_ext.test').error('an error line')\n"
+            "from fairseq.models import ARCH_MODEL_REGISTRY\n"
+            "assert 'bart_tiny_preln' in ARCH_MODEL_REGISTRY\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "an info line" not in out and "fairseq #5206" not in out  # nothing at INFO, during import or after
+    assert ("mine an error line" if configured else "an error line") in out  # errors still show, as set up
+
+
 # --- distributed ----------------------------------------------------------------------------------------
 
 def _full_cfg(**dt):
