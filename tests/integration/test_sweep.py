@@ -246,7 +246,7 @@ def test_downstream_fine_tunes_each_finished_run_and_scores_it(data_dir, tmp_pat
     proc = sweep(spec, out)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
-    assert "1 runs (1 finished before)" in log and "finished (ok); downstream to do" in log
+    assert "1 run (1 finished before)" in log and "finished (ok); downstream to do" in log
     record = json.loads((run_dir / "downstream" / "result.json").read_text())
     assert record["status"] == "ok", record
     assert record["finetune"]["updates"] == 3 and record["summaries"] == 100
