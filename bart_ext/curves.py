@@ -43,6 +43,11 @@ def parse_record(line: str) -> tuple[str, dict] | None:
         return None
 
 
+def time_left(seconds: float) -> str:
+    """``seconds`` as a progress line says it: "40 s left", "12 min left"."""
+    return f"{seconds:.0f} s left" if seconds < 90 else f"{seconds / 60:.0f} min left"
+
+
 def _number(value) -> float:
     try:
         return float(value)

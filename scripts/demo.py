@@ -47,7 +47,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.curves import parse_record, plot, read_log  # noqa: E402
+from bart_ext.curves import parse_record, plot, read_log, time_left  # noqa: E402
 from bart_ext.summarization_data import load_preset  # noqa: E402
 
 STEPS = 6
@@ -142,8 +142,12 @@ def stream(cmd: list[str], log: Path, show, append: bool = False) -> int:
         return proc.wait()
 
 
-def train_progress(total: int):
-    t0 = time.time()
+def train_progress(total: int, clock=time.time):
+    """The progress line of a fairseq training log's line, or None. Each train line carries the time
+    left for this stage, from the pace since the first train line (so that start-up, the first
+    batches and a resumed run's skipped updates do not count)."""
+    t0 = clock()
+    first: list[tuple[int, float]] = []  # (update, time) of the first train line
 
     def show(line: str) -> str | None:
         rec = parse_record(line)
@@ -155,9 +159,13 @@ def train_progress(total: int):
         if tag == "valid":
             return f"  valid  update {r['valid_num_updates']:>5}  loss {r['valid_loss']}"
         if tag == "train_inner":
-            n = int(r["num_updates"])
+            n, now = int(r["num_updates"]), clock()
+            if not first:
+                first.append((n, now))
+            n0, s0 = first[0]
+            left = f", {time_left((now - s0) / (n - n0) * (total - n))}" if n > n0 and n < total else ""
             return (f"  train  update {n:>5}/{total} ({100 * n / total:3.0f}%)  loss {r['loss']}  "
-                    f"{r['wps']} tokens/s  {time.time() - t0:5.0f}s")
+                    f"{r['wps']} tokens/s  {now - t0:5.0f}s{left}")
         return None
 
     return show

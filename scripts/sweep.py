@@ -28,13 +28,14 @@ import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.curves import Curves, plot, read_log  # noqa: E402
+from bart_ext.curves import Curves, plot, read_log, time_left  # noqa: E402
 from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, classify, expand, hydra_value,  # noqa: E402
                             load_ablation, tokens_per_update, write_tables)
 
@@ -321,14 +322,26 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[sweep] downstream {run.label}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''}, "
               f"fine-tuned valid {valid:.3f}{scores}, {rec['seconds']:.0f}s", flush=True)
 
+    work = [r for r in runs if r in todo or needs_downstream(r)]
+    finished = 0
+    lock = threading.Lock()
+    t_work = time.time()
+
     def one_and_downstream(run: Run) -> None:
+        nonlocal finished
         if run in todo:
             one(run)
         if needs_downstream(run):
             downstream(run)
+        with lock:
+            finished += 1
+            n = finished
+        if n < len(work):  # at the pace so far (with --jobs N, N runs at a time)
+            left = (time.time() - t_work) / n * (len(work) - n)
+            print(f"[sweep] {n} of {plural(len(work), 'run')} done, about {time_left(left)}", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(one_and_downstream, [r for r in runs if r in todo or needs_downstream(r)]))
+        list(pool.map(one_and_downstream, work))
     t1 = time.time()
     results = {r.key: load_result(run_root / r.dirname) for r in runs}
     results = {k: v for k, v in results.items() if v is not None}

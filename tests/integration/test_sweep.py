@@ -70,6 +70,9 @@ def test_sweep_resumes_records_divergence_and_reports(tmp_path):
     assert "4 runs (1 finished before)" in log
     assert f"skip {first_record['label']}: finished" in log
     assert first[0].stat().st_mtime == first_mtime
+    # the time left for the sweep, after each run but the last
+    assert re.search(r"\[sweep\] 1 of 3 runs done, about \d+ (s|min) left", log), log
+    assert "2 of 3 runs done, about " in log and "3 of 3 runs done" not in log
     assert len(list(out.glob("runs/*/result.json"))) == 4
 
     # 3. Results: the diverging learning rate is recorded as diverged, not a crash of the sweep.
