@@ -7,6 +7,7 @@ base 2, as fairseq reports it.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -80,6 +81,19 @@ def read_log(path: Path) -> Curves:
     return curves
 
 
+def bar_colours(curve_labels: list[list[str]], systems: list[str], cycle: list[str]) -> dict[str, str]:
+    """The colour of each bar system: a system drawn as a curve too (``curve_labels``: each panel's
+    labels in order, coloured by position in ``cycle``) keeps that curve's colour; the others take
+    the cycle's colours in order, skipping those."""
+    curve = {}
+    for labels in curve_labels:
+        for i, label in enumerate(labels):
+            curve.setdefault(label, cycle[i % len(cycle)])
+    kept = {system: curve[system] for system in systems if system in curve}
+    free = itertools.cycle([c for c in cycle if c not in kept.values()] or cycle)
+    return {system: kept.get(system) or next(free) for system in systems}
+
+
 def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str = "",
          bars: tuple[str, dict[str, dict[str, tuple[float, float, float]]]] | None = None,
          same_scale: bool = False, xlabel: str = "update") -> Path:
@@ -89,7 +103,8 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
 
     Non-finite losses are left out of the lines and marked with an x at the top of the panel.
     ``bars`` adds a last panel ``(title, {system: {metric: (mean, low, high)}})``: grouped bars
-    per metric with the intervals as error bars. What was drawn is listed next to the image
+    per metric with the intervals as error bars, a system that is also a curve in its curve's colour
+    (``bar_colours``). What was drawn is listed next to the image
     (``OUT.json``: panel -> label -> points or bars).
     """
     import logging
@@ -136,11 +151,13 @@ def plot(panels: list[tuple[str, dict[str, Curves]]], out: Path, suptitle: str =
         ax = axes[0][-1]
         metrics = list(next(iter(systems.values()), {}))
         width = 0.8 / max(1, len(systems))
+        colour_of = bar_colours([list(runs) for _, runs in panels], list(systems),
+                                plt.rcParams["axes.prop_cycle"].by_key()["color"])
         for i, (system, scores) in enumerate(systems.items()):
             xs = [m + (i - (len(systems) - 1) / 2) * width for m in range(len(metrics))]
             means = [scores[m][0] for m in metrics]
             errs = [[scores[m][0] - scores[m][1] for m in metrics], [scores[m][2] - scores[m][0] for m in metrics]]
-            ax.bar(xs, means, width, yerr=errs, capsize=3, label=system)
+            ax.bar(xs, means, width, yerr=errs, capsize=3, label=system, color=colour_of[system])
             drawn.setdefault(title, {})[system] = len(metrics)
         ax.set_xticks(range(len(metrics)), metrics)
         ax.set_ylabel("F1 x 100 (95% bootstrap interval)")

@@ -60,3 +60,39 @@ def test_token_budget_sweeps_are_drawn_against_tokens_seen(monkeypatch, tmp_path
         assert drawn["xlabel"].startswith(xlabel)
         ends = [c.train[-1][0] for c in drawn["panels"][0][1].values()]
         assert ends == ([8 * 2048, 2 * 8192] if budget else [8, 2])
+
+
+def test_a_bar_system_drawn_as_a_curve_keeps_the_curves_colour(monkeypatch, tmp_path):
+    """The demo's figure: 'pretrained' and 'from scratch' are curves in the fine-tuning panel and
+    bars in the ROUGE panel; each keeps one colour, and the baselines take colours no curve has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.colors
+    import matplotlib.container
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    curve = Curves(train=[(1, 3.0), (2, 2.0)], valid=[(2, 2.5)])
+    panels = [("pretraining", {"model": curve}), ("fine-tuning", {"pretrained": curve, "from scratch": curve})]
+    scores = {"rouge1": (30.0, 29.0, 31.0), "rouge2": (9.0, 8.0, 10.0)}
+    systems = {name: scores for name in ("lead-1", "lead-3", "from scratch", "pretrained")}
+    plot(panels, tmp_path / "f.png", bars=("ROUGE", systems))
+    fine_tuning, rouge = figures[0].axes[1], figures[0].axes[2]
+    line = {ln.get_label(): matplotlib.colors.to_hex(ln.get_color()) for ln in fine_tuning.get_lines()}
+    bar = {c.get_label(): matplotlib.colors.to_hex(c.patches[0].get_facecolor()) for c in rouge.containers
+           if isinstance(c, matplotlib.container.BarContainer)}
+    assert bar["pretrained"] == line["pretrained (train)"] == line["pretrained (valid)"]
+    assert bar["from scratch"] == line["from scratch (train)"]
+    assert bar["pretrained"] != bar["from scratch"]
+    assert len(set(bar.values())) == 4  # the baselines get colours of their own
+
+
+def test_bar_colours_skip_the_curves_colours_and_wrap_around():
+    from bart_ext.curves import bar_colours
+
+    cycle = ["c0", "c1", "c2"]
+    assert bar_colours([["a", "b"]], ["x", "b", "y"], cycle) == {"x": "c0", "b": "c1", "y": "c2"}
+    assert bar_colours([["a", "b"]], ["b", "x", "y", "z"], cycle) == {"b": "c1", "x": "c0", "y": "c2", "z": "c0"}
+    assert bar_colours([], ["x", "y"], cycle) == {"x": "c0", "y": "c1"}
