@@ -178,11 +178,13 @@ def figure(spec: dict, runs: list[Run], out: Path, run_root: Path, downstream: d
     by_tokens = bool(spec.get("token_budget"))
     panels: dict[str, dict] = {}
     single: dict[str, tuple[str, Curves]] = {}  # run key -> (its first axis value, curves)
+    # an axis with one value in every run (a single seed) says nothing in a label
+    varying = {k for r in runs for k in r.point if len({str(q.point.get(k)) for q in runs}) > 1}
     for r in runs:
         if not (run_root / r.dirname / "result.json").exists():
             continue
         first = f"{axes[0].split('.')[-1]}={r.point[axes[0]]}"
-        rest = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.point.items() if k != axes[0]) or r.label
+        rest = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.point.items() if k != axes[0] and k in varying) or r.label
         status = load_result(run_root / r.dirname).status
         suffix = "" if status == "ok" else f" [{status}]"
         curves = read_log(run_root / r.dirname / "train.log")

@@ -339,6 +339,30 @@ def test_one_axis_one_seed_sweep_is_plotted_in_one_panel(tmp_path, seeds):
         assert len(drawn["downstream ROUGE (fine-tuned)"]) == 4  # full labels: mask and seed
 
 
+def test_an_axis_with_one_value_is_left_out_of_the_curve_labels(tmp_path):
+    """Two axes and one seed: the panels' curves are named by the second axis alone, not `..., seed=1`."""
+    from bart_ext.sweep import Result, expand, load_ablation
+    from scripts.sweep import figure
+
+    spec_path = tmp_path / "two.yaml"
+    spec_path.write_text(SPEC.replace("name: t2x2", "name: two").split("grid:")[0]
+                         + "grid:\n  task.mask: [0.0, 0.3]\n  model.post_ln: [false, true]\nseeds: [1]\n")
+    spec = load_ablation(spec_path)
+    runs = expand(spec)
+    assert all(r.point["seed"] == "1" for r in runs) and len(runs) == 4
+    for r in runs:
+        d = tmp_path / "runs" / r.dirname
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"result": Result(status="ok").__dict__}))
+        (d / "train.log").write_text(f"[t][train_inner][INFO] - {json.dumps({'loss': 9.0, 'num_updates': 2})}\n")
+    figure(spec, runs, tmp_path, tmp_path / "runs")
+    drawn = json.loads((tmp_path / "two.json").read_text())
+    assert list(drawn) == ["mask=0.0", "mask=0.3"]
+    for panel in drawn.values():
+        assert set(panel) == {"post_ln=false (train)", "post_ln=false (valid)", "post_ln=true (train)",
+                              "post_ln=true (valid)"}
+
+
 def test_a_scales_sweep_has_its_own_folder(capsys):
     """`--scale small` writes under runs/sweeps/NAME_small, so the default scale's tables and plot are not
     overwritten; --dry-run creates nothing."""
