@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing as mp
+import re
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,22 @@ def bpe_encode(src: Path, dst: Path, gpt2: Path, workers: int) -> None:
     log(f"BPE {src.name}: {len(lines)} lines in {time.time() - t0:.1f}s -> {dst}")
 
 
+def binarize(bpe: Path, dest: Path, workers: int) -> list[str]:
+    """fairseq-preprocess --only-source of ``bpe/{train,valid}.bpe`` into ``dest``, the dictionary
+    from the training data. Its log goes to ``dest/preprocess.log``, not the terminal; returned is
+    one line per split ("train: 29,160 lines, 893,483 tokens, 0.0% <unk>"). A failure stops with
+    the command and the end of its output."""
+    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--trainpref", str(bpe / "train.bpe"),
+           "--validpref", str(bpe / "valid.bpe"), "--destdir", str(dest), "--workers", str(workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"fairseq-preprocess failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                         f"{(proc.stdout + proc.stderr)[-3000:]}")
+    splits = re.findall(r"\] \S*?(\w+)\.bpe: (\d+) sents, (\d+) tokens, ([0-9.]+)% replaced", proc.stdout + proc.stderr)
+    return [f"{name}: {int(lines):,} line{'' if lines == '1' else 's'}, {int(tokens):,} tokens, {unk}% <unk>"
+            for name, lines, tokens, unk in splits]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data/aclsum"))
@@ -152,14 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = bin_dir.with_name("bin.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         log("fairseq-preprocess (dictionary from the training data)")
-        subprocess.run(
-            [
-                sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--trainpref", str(bpe / "train.bpe"),
-                "--validpref", str(bpe / "valid.bpe"), "--destdir", str(tmp), "--workers", str(args.workers),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        for line in binarize(bpe, tmp, args.workers):
+            log("  " + line)
         tmp.rename(bin_dir)
     for name in ("encoder.json", "vocab.bpe"):  # bart_denoising finds word starts through DATA/encoder.json
         if not (bin_dir / name).exists():

