@@ -31,6 +31,8 @@ stamp="$VENV/.bart_ext-deps"
 if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   echo "[install] runtime dependencies and bart_ext (editable)"
   pipi -r requirements.txt
+  echo "[install] (a pip ERROR that fairseq-fixed requires torchaudio is expected: fairseq-fixed is installed"
+  echo "[install]  without its dependencies, torchaudio would pull a second torch, and only fairseq's speech tasks use it)"
   # NVIDIA's LDDL without its 2021 pins (../shared/ENVIRONMENT.md)
   pipi --no-deps lddl==0.1.0
   pipi --no-build-isolation --no-deps -e .
