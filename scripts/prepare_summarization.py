@@ -20,6 +20,8 @@ Usage: python scripts/prepare_summarization.py [--aclsum | --raw DIR] [--out dat
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shutil
 import sys
 import time
@@ -36,6 +38,20 @@ SPLITS = ("train", "valid", "test")
 
 def log(msg: str) -> None:
     print(f"[prepare_summarization] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def logged_as_ours(name: str):
+    """Within the block, the library logger ``name``'s records are printed as this script's lines
+    (``[prepare_summarization] ...``) and still reach the root logger's handlers."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[prepare_summarization] %(message)s"))
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -99,7 +115,8 @@ def main(argv: list[str] | None = None) -> Path:
     have = bin_dir / "dict.source.txt"
     if not have.exists() or have.read_bytes() != dictionary.read_bytes():
         log(f"fairseq-preprocess with {dictionary}")
-        binarize(bpe, dictionary, bin_dir, args.workers)
+        with logged_as_ours("bart_ext.summarization_data"):  # its <unk> warnings, one per file
+            binarize(bpe, dictionary, bin_dir, args.workers)
     if not args.sentencepiece_model:
         for name in ("encoder.json", "vocab.bpe"):
             shutil.copy(args.gpt2 / name, bin_dir / name)

@@ -170,3 +170,18 @@ def test_generate_script_refuses_missing_data_and_unknown_preset_before_writing(
     with pytest.raises(SystemExit, match=r"unknown generation preset 'nosuch' .*known: cnn_dm, xsum"):
         main([str(data), "--preset", "nosuch", "--path", str(ckpt)])
     assert [p.name for p in ckpt.parent.iterdir()] == ["checkpoint_best.pt"]
+
+
+def test_prepare_summarization_prints_the_librarys_unk_warnings_as_its_own_lines(capsys, caplog):
+    import logging
+
+    from scripts.prepare_summarization import logged_as_ours
+
+    logger = logging.getLogger("bart_ext.summarization_data")
+    before = list(logger.handlers)
+    with logged_as_ours("bart_ext.summarization_data"):
+        logger.warning("%s (%s): %g%% of tokens not in %s map to <unk>", "bpe/test.source", "source", 1.52, "dict.txt")
+    out, err = capsys.readouterr()
+    assert out == "[prepare_summarization] bpe/test.source (source): 1.52% of tokens not in dict.txt map to <unk>\n"
+    assert "map to <unk>" in caplog.text  # still reaches the root logger's handlers
+    assert logger.handlers == before
