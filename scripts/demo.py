@@ -21,8 +21,9 @@ papers. Everything goes under --run-dir (default runs/demo).
 
 An interrupted demo (Ctrl-C, a crash, a closed terminal) continues where it stopped when it is run
 again with the same settings: the steps it finished are not redone, and pretraining resumes from its
-last checkpoint (saved every 200 updates) exactly as it would have gone on. A finished demo, or one
-with other settings or another commit, starts anew; so does --fresh.
+last checkpoint (saved every 200 updates) exactly as it would have gone on. A finished demo run
+again with the same settings and commit prints its results again (summary.json); one with other
+settings or another commit starts anew, and so does --fresh.
 
 Usage: python scripts/demo.py [--pretrain-updates N] [--finetune-updates N] [--finetune-lr LR]
            [--position-fill tail-mean|mean|tile|none] [--bpe-merges N] [--run-dir runs/demo] [--small] [--fresh]
@@ -265,7 +266,34 @@ def percent(table: dict) -> dict:
     return {m: {"mean": v["f1"], "low": v["low"], "high": v["high"]} for m, v in table.items()}
 
 
-PROGRESS = "progress.json"  # in the run folder while a demo is unfinished
+def print_results(rows: list[tuple[str, dict]], distinct: dict[str, int], recon: dict) -> None:
+    """The results table: ``rows`` of (label, summary.json's table), distinct summaries by label
+    (100 where missing: the baselines), and the reconstruction accuracies."""
+    print("  ROUGE F1 x 100 on the 100 test papers, [95% bootstrap interval]; distinct summaries of 100")
+    print(f"  {'':<14}" + "".join(f"{m:>22}" for m in ("ROUGE-1", "ROUGE-2", "ROUGE-L")) + f"{'distinct':>10}")
+    for label, table in rows:
+        cells = "".join(f"{table[m]['mean']:7.2f} [{table[m]['low']:5.2f},{table[m]['high']:6.2f}]"
+                        for m in ("rouge1", "rouge2", "rougeL"))
+        print(f"  {label:<14}{cells}{distinct.get(label, 100):>10}")
+    print(f"  reconstruction (teacher-forced): masked tokens {100 * recon['masked_token_accuracy']:.1f}% "
+          f"(copy baseline {100 * recon['copy_masked_token_accuracy']:.1f}%), unmasked tokens "
+          f"{100 * recon['unmasked_token_accuracy']:.1f}% (copy baseline {100 * recon['copy_unmasked_token_accuracy']:.1f}%)")
+
+
+def print_finished(run: Path) -> dict:
+    """A finished demo's results again, from its summary.json."""
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    rows = [("lead-1", summary["rouge_lead1"]), ("lead-3", summary["rouge_lead3"]),
+            ("from scratch", summary["rouge_scratch"]), ("pretrained", summary["rouge"])]
+    print_results(rows, {"from scratch": summary["distinct_summaries_scratch"], "pretrained": summary["distinct_summaries"]},
+                  summary)
+    for what, name in (("summaries (text)", "{generate,generate_scratch}/test.hyp"), ("summary", "summary.json"),
+                       ("picture", "demo.png")):
+        print(f"  {what:<24} {run / name}")
+    return summary
+
+
+PROGRESS = "progress.json"  # in the run folder: an unfinished demo's steps, or a finished one's settings
 
 
 def code_version() -> str:
@@ -292,27 +320,37 @@ class Progress:
     finished, and the seconds it has run. ``Progress.open`` continues an interrupted demo with the
     same settings; any other folder there (a finished demo, other settings, ``fresh``) is removed."""
 
-    def __init__(self, run: Path, settings: dict, done: list[str], seconds: float):
-        self.run, self.settings, self.done, self.seconds = run, settings, done, seconds
+    def __init__(self, run: Path, settings: dict, done: list[str], seconds: float, finished: bool = False):
+        self.run, self.settings, self.done, self.seconds, self.finished = run, settings, done, seconds, finished
         self.started = time.time()
 
     @classmethod
     def open(cls, run: Path, settings: dict, fresh: bool) -> "Progress":
+        """Continue an interrupted demo with these settings, or return a finished one's record
+        (``finished``: nothing is run or removed); else start anew in an emptied folder."""
         saved = None
-        if not fresh and (run / PROGRESS).exists() and not (run / "summary.json").exists():
+        if not fresh and (run / PROGRESS).exists():
             try:
                 saved = json.loads((run / PROGRESS).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 saved = None
+        finished = saved is not None and saved.get("finished") is True and (run / "summary.json").exists()
+        if saved is not None and not finished and (run / "summary.json").exists():
+            saved = None  # a summary.json without a finished record: not a demo this code can continue
         if saved is not None and saved.get("settings") == settings:
-            progress = cls(run, settings, list(saved.get("done", [])), float(saved.get("seconds", 0.0)))
-            print(f"continuing the interrupted demo in {run} (done: {', '.join(progress.done) or 'nothing yet'}; "
-                  f"{progress.seconds:.0f}s so far); --fresh starts anew", flush=True)
+            progress = cls(run, settings, list(saved.get("done", [])), float(saved.get("seconds", 0.0)), finished)
+            if finished:
+                print(f"the demo in {run} has finished with these settings and this code ({progress.seconds:.0f}s); "
+                      f"its results again (--fresh runs it anew):", flush=True)
+            else:
+                print(f"continuing the interrupted demo in {run} (done: {', '.join(progress.done) or 'nothing yet'}; "
+                      f"{progress.seconds:.0f}s so far); --fresh starts anew", flush=True)
             return progress
         if saved is not None:
             changed = sorted(k for k in set(settings) | set(saved.get("settings", {}))
                              if settings.get(k) != saved.get("settings", {}).get(k))
-            print(f"an interrupted demo in {run} ran with other settings ({', '.join(changed)}): starting anew", flush=True)
+            print(f"{'a finished' if finished else 'an interrupted'} demo in {run} ran with other settings "
+                  f"({', '.join(changed)}): starting anew", flush=True)
         if run.exists():
             shutil.rmtree(run)
         run.mkdir(parents=True)
@@ -325,7 +363,8 @@ class Progress:
 
     def save(self) -> None:
         tmp = self.run / (PROGRESS + ".tmp")
-        tmp.write_text(json.dumps({"settings": self.settings, "done": self.done, "seconds": self.elapsed()}, indent=1))
+        tmp.write_text(json.dumps({"settings": self.settings, "done": self.done, "seconds": self.elapsed(),
+                                   "finished": self.finished}, indent=1))
         os.replace(tmp, self.run / PROGRESS)
 
     def finish(self, step: str) -> None:
@@ -333,8 +372,10 @@ class Progress:
         self.save()
 
     def close(self) -> None:
-        """The demo finished: its summary.json now says so."""
-        (self.run / PROGRESS).unlink(missing_ok=True)
+        """The demo finished: the record keeps its settings and time, so that the same command
+        prints its results again instead of running it again."""
+        self.finished = True
+        self.save()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -351,7 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"CI: every step, with {SMALL_UPDATES[0]} pretraining and {SMALL_UPDATES[1]} fine-tuning updates")
     ap.add_argument("--examples", type=int, default=2, help="summaries and reconstructions to print")
     ap.add_argument("--fresh", action="store_true",
-                    help="start anew even where an interrupted demo with the same settings could be continued")
+                    help="start anew even where an interrupted demo with the same settings could be continued, "
+                         "or a finished one's results printed again")
     ap.add_argument("--bpe-merges", type=int, default=BPE_MERGES,
                     help="GPT-2 BPE cut to its first N merges (bart_ext.bpe.write_truncated_gpt2), a dictionary of "
                          "256 + N entries; 0: GPT-2's full BPE with the corpus' own 18.6k types")
@@ -369,6 +411,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("run_dir", "examples", "fresh")}
     progress = Progress.open(run, {**settings, "commit": code_version()}, args.fresh)
+    if progress.finished:
+        return print_finished(run)
     try:
         summary = run_steps(args, run, data, pretrain_dict, summ, progress)
     except KeyboardInterrupt:
@@ -476,15 +520,7 @@ def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, prog
     say(f"6/{STEPS} results")
     distinct = {label: len(set(g["hyps"])) for label, g in gens.items()}
     rows = [*baselines.items(), ("from scratch", gens["from scratch"]["rouge"]), ("pretrained", gens["pretrained"]["rouge"])]
-    print(f"  ROUGE F1 x 100 on the 100 test papers, [95% bootstrap interval]; distinct summaries of 100")
-    print(f"  {'':<14}" + "".join(f"{m:>22}" for m in ("ROUGE-1", "ROUGE-2", "ROUGE-L")) + f"{'distinct':>10}")
-    for label, table in rows:
-        cells = "".join(f"{table[m]['f1']:7.2f} [{table[m]['low']:5.2f},{table[m]['high']:6.2f}]"
-                        for m in ("rouge1", "rouge2", "rougeL"))
-        print(f"  {label:<14}{cells}{distinct.get(label, 100):>10}")
-    print(f"  reconstruction (teacher-forced): masked tokens {100 * recon['masked_token_accuracy']:.1f}% "
-          f"(copy baseline {100 * recon['copy_masked_token_accuracy']:.1f}%), unmasked tokens "
-          f"{100 * recon['unmasked_token_accuracy']:.1f}% (copy baseline {100 * recon['copy_unmasked_token_accuracy']:.1f}%)")
+    print_results([(label, percent(table)) for label, table in rows], distinct, recon)
     png = plot([("pretraining: bart_denoising + nvlamb", {"bart_small_preln": read_log(run / "pretrain.log")}),
                 ("fine-tuning: aclsum summarization", {label: read_log(run / f"{ft.name}.log")
                                                        for label, ft in finetuned.items()})],

@@ -139,7 +139,7 @@ def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
     second = proc2.stdout
     assert "continuing the interrupted demo" in second and second.count("done in the interrupted run") == 3
     assert "from scratch, for" in second and "No existing checkpoint found" in (again / "finetune_scratch.log").read_text()
-    assert not (again / "progress.json").exists()
+    assert json.loads((again / "progress.json").read_text())["finished"] is True
     expected, got = (json.loads((r / "summary.json").read_text()) for r in (run, again))
     for key in ("rouge", "rouge_scratch", "rouge_lead1", "rouge_lead3", "distinct_summaries",
                 "masked_token_accuracy", "unmasked_token_accuracy"):
@@ -147,6 +147,14 @@ def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
     assert got["continued"] is True and got["seconds"] > saved["seconds"]
     for out in ("generate", "generate_scratch"):
         assert (again / out / "test.hyp").read_text() == (run / out / "test.hyp").read_text()
+    # the same command once more: the finished demo's results again, nothing run or removed
+    mtime = (again / "summary.json").stat().st_mtime
+    proc3 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc3.returncode == 0, proc3.stdout[-3000:] + proc3.stderr[-3000:]
+    assert "has finished with these settings and this code" in proc3.stdout and "=== 1/" not in proc3.stdout
+    pretrained = got["rouge"]["rouge1"]
+    assert f"  pretrained    {pretrained['mean']:7.2f} [{pretrained['low']:5.2f},{pretrained['high']:6.2f}]" in proc3.stdout
+    assert (again / "summary.json").stat().st_mtime == mtime and (again / "pretrain" / "checkpoint_last.pt").exists()
 
 
 def generate_cli(run: Path, preset: str, subset: str, out: Path, mode: str = "bart_ext") -> dict:

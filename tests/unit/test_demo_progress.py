@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from bart_ext.curves import read_log
-from scripts.demo import PROGRESS, Progress
+from scripts.demo import PROGRESS, Progress, print_finished
 
 SETTINGS = {"pretrain_updates": 1400, "finetune_updates": 100, "small": False, "commit": "abc"}
 
@@ -28,7 +28,8 @@ def test_a_new_folder_records_its_settings(tmp_path):
     progress.finish("lddl")
     assert json.loads((run / PROGRESS).read_text())["done"] == ["lddl"]
     progress.close()
-    assert not (run / PROGRESS).exists()
+    saved = json.loads((run / PROGRESS).read_text())
+    assert saved["finished"] is True and saved["settings"] == SETTINGS and saved["done"] == ["lddl"]
 
 
 def test_an_interrupted_demo_with_the_same_settings_is_continued(tmp_path, capsys):
@@ -58,6 +59,42 @@ def test_other_settings_a_finished_demo_fresh_or_an_unreadable_record_start_anew
         assert json.loads((run / PROGRESS).read_text())["settings"] == settings, name
     out = capsys.readouterr().out
     assert "other settings (finetune_updates)" in out and "other settings (commit)" in out
+
+
+def finished(run: Path, settings: dict = SETTINGS) -> Path:
+    """A run folder as a finished demo leaves it: its record marked finished, and summary.json."""
+    interrupted(run, settings, done=("lddl", "pretrain", "finetune", "finetune_scratch"), seconds=1234.0)
+    record = json.loads((run / PROGRESS).read_text())
+    (run / PROGRESS).write_text(json.dumps({**record, "finished": True}))
+    table = lambda r: {m: {"mean": r + i, "low": r + i - 1, "high": r + i + 1} for i, m in enumerate(("rouge1", "rouge2", "rougeL"))}
+    (run / "summary.json").write_text(json.dumps({
+        "rouge": table(30.0), "rouge_scratch": table(10.0), "rouge_lead1": table(20.0), "rouge_lead3": table(40.0),
+        "distinct_summaries": 99, "distinct_summaries_scratch": 7, "masked_token_accuracy": 0.215,
+        "unmasked_token_accuracy": 0.911, "copy_masked_token_accuracy": 0.04, "copy_unmasked_token_accuracy": 0.88}))
+    return run
+
+
+def test_a_finished_demo_with_the_same_settings_prints_its_results_again(tmp_path, capsys):
+    run = finished(tmp_path / "run")
+    progress = Progress.open(run, dict(SETTINGS), fresh=False)
+    assert progress.finished and progress.seconds == 1234.0
+    assert (run / "lddl" / "shard-0.parquet").read_bytes() == b"shard" and (run / "summary.json").exists()
+    assert "has finished with these settings and this code (1234s)" in capsys.readouterr().out
+    summary = print_finished(run)
+    out = capsys.readouterr().out
+    assert summary["distinct_summaries"] == 99
+    assert "  pretrained      30.00 [29.00, 31.00]  31.00 [30.00, 32.00]  32.00 [31.00, 33.00]        99" in out
+    assert "  from scratch    10.00 [ 9.00, 11.00]" in out and out.rstrip().endswith(str(run / "demo.png"))
+    assert "masked tokens 21.5% (copy baseline 4.0%), unmasked tokens 91.1% (copy baseline 88.0%)" in out
+
+
+def test_a_finished_demo_with_other_settings_or_fresh_starts_anew(tmp_path, capsys):
+    for name, settings, fresh in (("other", {**SETTINGS, "commit": "def"}, False), ("fresh", SETTINGS, True)):
+        run = finished(tmp_path / name)
+        progress = Progress.open(run, settings, fresh=fresh)
+        assert not progress.finished and progress.done == [], name
+        assert not (run / "summary.json").exists() and not (run / "lddl").exists(), name
+    assert "a finished demo in" in capsys.readouterr().out
 
 
 def record(tag: str, **fields) -> str:
