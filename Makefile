@@ -33,6 +33,7 @@ bench: data
 	@$(PY) scripts/bench_noise.py
 	@$(PY) scripts/bench_nvlamb.py
 	@$(PY) scripts/bench_dropout.py
+	@$(PY) scripts/bench_attention.py
 	@$(PY) scripts/bench_lddl.py
 	@$(PY) scripts/bench_ddp.py
 	@$(PY) scripts/bench_generate.py

@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bart_ext.attention import attention
 from bart_ext.dropout import dropout as _dropout
 from bart_ext.switches import ATTENTION
 
@@ -252,8 +253,8 @@ class MultiheadAttention(nn.Module):
             )  # (B, H, j, D)
             out = mask.query.unpack(packed, q.size(0))
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None
+            out = attention(
+                q, k, v, mask, causal and mask is None, dropout
             )  # (B, H, T, D); with beam > 1, (B, H, beam * T, D)
         if beam > 1:
             b, h, bt, d = out.shape

@@ -26,6 +26,10 @@ resident set (VmHWM, reset through /proc/self/clear_refs) with glibc returning e
 64 KiB or more to the system at once (MALLOC_MMAP_THRESHOLD_), so resident memory follows live
 tensors. Measured at mid size with the dictionary padded to GPT-2's 50,265 entries.
 
+Sizes: tiny (2+2 x36), 3x256, mid (6+6 x512) on 128-token samples with the data's dictionary, and base
+(bart_base_preln, 6+6 x768) on 512-token samples with the dictionary padded to GPT-2's 50,265 entries
+(`--sizes base --rounds 1 --steps 1`: one step of each configuration, about 5 minutes on 2 cores).
+
 Usage: python scripts/bench_train.py [--rounds 5] [--steps 2] [--sizes tiny,mid] [--configs C1,C2,...] [--memory] [--json]
 """
 from __future__ import annotations
@@ -56,9 +60,13 @@ SIZES = {  # layers, width, heads, ffn
     "tiny": (2, 36, 3, 76),
     "3x256": (3, 256, 4, 1024),
     "mid": (6, 512, 8, 2048),
+    "base": (6, 768, 12, 3072),  # bart_base_preln
 }
 CONFIGS = ("stock", "fp32", "fused", "fused+compile", "bf16", "bf16+fused", "bf16+fused+compile")
 GPT2_ENTRIES = 50265
+# Sizes whose batches differ from the default 128-token samples and the data's own dictionary:
+# (tokens per sample, dictionary padded to at least this many entries).
+SIZE_DATA = {"base": (512, GPT2_ENTRIES)}
 log = print
 
 
@@ -94,8 +102,8 @@ def step(model, crit, opt, batch) -> None:
     opt.step()
 
 
-def load(data: Path, steps: int, max_tokens: int, entries: int = 0):
-    task = BartDenoisingTask.from_data(data, tokens_per_sample=128)
+def load(data: Path, steps: int, max_tokens: int, entries: int = 0, tokens_per_sample: int = 128):
+    task = BartDenoisingTask.from_data(data, tokens_per_sample=tokens_per_sample)
     ds = task.load_dataset("train")
     order = ds.ordered_indices()[-4000:]  # full-length samples
     batches, cur, tokens = [], [], 0
@@ -195,14 +203,21 @@ def main() -> None:
     logging.getLogger("filelock").setLevel(logging.WARNING)  # torch.compile's cache locks, one DEBUG line each
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     torch.manual_seed(0)
-    task, batches = load(args.data, args.steps, args.max_tokens)
-    words = sum(b["ntokens"] for b in batches)
+    default_data = load(args.data, args.steps, args.max_tokens)
     peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} batches of "
-        f"~{words // len(batches)} target tokens; {args.rounds} rounds x {args.steps} steps per configuration; "
-        f"matmul peak bf16 {peaks['bf16']:.0f} / fp32 {peaks['fp32']:.0f} GFLOP/s")
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} steps "
+        f"per configuration; matmul peak bf16 {peaks['bf16']:.0f} / fp32 {peaks['fp32']:.0f} GFLOP/s")
     configs = chosen_configs(args.configs)
     for size in args.sizes.split(","):
+        if size not in SIZES:
+            raise SystemExit(f"--sizes: unknown {size} (known: {', '.join(SIZES)})")
+        task, batches = default_data
+        if size in SIZE_DATA:
+            sample, entries = SIZE_DATA[size]
+            task, batches = load(args.data, args.steps, args.max_tokens, entries, sample)
+        words = sum(b["ntokens"] for b in batches)
+        log(f"\n{size}: {len(batches)} batches of ~{words // len(batches)} target tokens "
+            f"({batches[0]['net_input']['src_tokens'].size(1)} tokens per sample)")
         models = {c: build(c, size, task).train() for c in configs}
         crits = {c: criterion(c, task) for c in configs}
         opts = {c: torch.optim.Adam(m.parameters(), lr=1e-4) for c, m in models.items()}
