@@ -158,15 +158,16 @@ def train_progress(total: int, clock=time.time):
             return line.rstrip() if re.search(r"Error|error:|Traceback", line) else None
         tag, r = rec
         if tag == "valid":
-            return f"  valid  update {r['valid_num_updates']:>5}  loss {r['valid_loss']}"
+            return f"  valid  update {r['valid_num_updates']:>5}  loss {float(r['valid_loss']):.3f}"
         if tag == "train_inner":
             n, now = int(r["num_updates"]), clock()
             if not first:
                 first.append((n, now))
             n0, s0 = first[0]
             left = f", {time_left((now - s0) / (n - n0) * (total - n))}" if n > n0 and n < total else ""
-            return (f"  train  update {n:>5}/{total} ({100 * n / total:3.0f}%)  loss {r['loss']}  "
-                    f"{r['wps']} tokens/s  {now - t0:5.0f}s{left}")
+            # fairseq's json log drops trailing zeros (2.8 beside 2.465): one width for the column
+            return (f"  train  update {n:>5}/{total} ({100 * n / total:3.0f}%)  loss {float(r['loss']):.3f}  "
+                    f"{float(r['wps']):,.0f} tokens/s  {now - t0:5.0f}s{left}")
         return None
 
     return show

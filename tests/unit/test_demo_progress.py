@@ -148,10 +148,13 @@ def test_train_lines_say_how_long_the_stage_has_left_at_the_pace_since_the_first
     now = iter([0.0, 30.0, 40.0, 50.0, 1030.0, 1040.0])  # start-up 30 s, then 1 s an update
     show = train_progress(1000, clock=lambda: next(now))
     first = show(record("train_inner", num_updates=10, loss=9.0, wps=100))
-    assert first.startswith("  train  update    10/1000 (  1%)  loss 9.0  100 tokens/s     30s")
+    assert first.startswith("  train  update    10/1000 (  1%)  loss 9.000  100 tokens/s     30s")
     assert "left" not in first  # no pace yet
     assert show(record("train_inner", num_updates=20, loss=8.0, wps=100)).endswith("40s, 16 min left")  # 980 s
     assert show(record("train_inner", num_updates=30, loss=8.0, wps=100)).endswith("50s, 16 min left")
     assert show(record("train_inner", num_updates=990, loss=2.0, wps=100)).endswith("1030s, 10 s left")
     assert show(record("train_inner", num_updates=1000, loss=2.0, wps=100)).endswith("1040s")
-    assert show(record("valid", valid_num_updates=1000, valid_loss=2.5)) == "  valid  update  1000  loss 2.5"
+    assert show(record("valid", valid_num_updates=1000, valid_loss=2.5)) == "  valid  update  1000  loss 2.500"
+    # fairseq's json log writes numbers as strings without trailing zeros: one width for the column
+    assert "loss 2.800  9,533 tokens/s" in train_progress(1000, clock=lambda: 0.0)(
+        record("train_inner", num_updates=10, loss="2.8", wps="9533.2"))
