@@ -26,6 +26,9 @@ from bart_ext.switches import ATTENTION_BACKWARD
 # The lowest exponent passed to exp: exp(LOW) = 1.6e-38, fp32's smallest normal number is 1.18e-38.
 # A probability below that is taken as exp(LOW) (an absolute error under 2e-38) and a masked one as 0.
 LOW = -87.0
+# The backward holds a few (rows x H x T x S) fp32 tensors where SDPA's holds O(T): it runs in chunks
+# of batch rows of at most this many scores (64 MiB each), one chunk at the mid size (16 x 8 x 128^2).
+MAX_SCORES = 1 << 24
 
 
 def _flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float):
@@ -55,29 +58,44 @@ class _Bf16CpuAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse, mask = ctx.saved_tensors
-        t, s = q.size(2), k.size(2)
-        f32, half = torch.float32, q.dtype
-        q32, k32 = _contiguous(q, f32), _contiguous(k, f32)
-        lse = lse.masked_fill(lse == float("-inf"), 0.0).unsqueeze(-1)  # (B, H, T, 1); -inf: a fully masked row
-        # P = exp(scale * Q K^T - lse), (B, H, T, S) fp32
-        p = torch.matmul(q32, k32.transpose(-1, -2)).mul_(ctx.scale).sub_(lse).clamp_(LOW, 0.0).exp_()
-        # Zero the masked positions by multiplying with a 0/1 keep mask (4x a masked_fill's speed here);
-        # the clamp at 0 (where an allowed score cannot exceed its row's log-sum-exp) keeps them finite.
-        keep = None
-        if ctx.causal:
-            keep = torch.ones(t, s, dtype=f32).tril_()
-        if mask is not None:
-            keep = mask.to(f32) if keep is None else keep * mask
-        if keep is not None:
-            p.mul_(keep)
-        dout32 = _contiguous(dout, f32)
-        dv = torch.matmul(p.to(half).transpose(-1, -2), _contiguous(dout, half))
-        delta = (dout32 * out).sum(-1, keepdim=True)  # (B, H, T, 1): rowsum(dP * P) = rowsum(dO * O)
-        dp = torch.matmul(dout32, _contiguous(v, f32).transpose(-1, -2))  # (B, H, T, S)
-        ds = p.mul_(dp.sub_(delta)).to(half)  # the scores' gradient, before the scale
-        dq = torch.matmul(ds, _contiguous(k, half)).mul_(ctx.scale)
-        dk = torch.matmul(ds.transpose(-1, -2), _contiguous(q, half)).mul_(ctx.scale)
-        return dq, dk, dv, None, None
+        b, h, t, _ = q.shape
+        rows = max(1, MAX_SCORES // (h * t * k.size(2)))  # batch rows per chunk
+        if rows >= b:
+            return *_backward(q, k, v, out, lse, mask, dout, ctx.causal, ctx.scale), None, None
+        parts = []
+        for i in range(0, b, rows):
+            r = slice(i, i + rows)
+            m = mask if mask is None or mask.size(0) == 1 else mask[r]
+            parts.append(_backward(q[r], k[r], v[r], out[r], lse[r], m, dout[r], ctx.causal, ctx.scale))
+        return *(torch.cat(g) for g in zip(*parts)), None, None
+
+
+def _backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor | None, dout: Tensor,
+              causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of q, k and v for a chunk of batch rows."""
+    t, s = q.size(2), k.size(2)
+    f32, half = torch.float32, q.dtype
+    q32, k32 = _contiguous(q, f32), _contiguous(k, f32)
+    lse = lse.masked_fill(lse == float("-inf"), 0.0).unsqueeze(-1)  # (B, H, T, 1); -inf: a fully masked row
+    # P = exp(scale * Q K^T - lse), (B, H, T, S) fp32
+    p = torch.matmul(q32, k32.transpose(-1, -2)).mul_(scale).sub_(lse).clamp_(LOW, 0.0).exp_()
+    # Zero the masked positions by multiplying with a 0/1 keep mask (4x a masked_fill's speed here);
+    # the clamp at 0 (where an allowed score cannot exceed its row's log-sum-exp) keeps them finite.
+    keep = None
+    if causal:
+        keep = torch.ones(t, s, dtype=f32).tril_()
+    if mask is not None:
+        keep = mask.to(f32) if keep is None else keep * mask
+    if keep is not None:
+        p.mul_(keep)
+    dout32 = _contiguous(dout, f32)
+    dv = torch.matmul(p.to(half).transpose(-1, -2), _contiguous(dout, half))
+    delta = (dout32 * out).sum(-1, keepdim=True)  # (B, H, T, 1): rowsum(dP * P) = rowsum(dO * O)
+    dp = torch.matmul(dout32, _contiguous(v, f32).transpose(-1, -2))  # (B, H, T, S)
+    ds = p.mul_(dp.sub_(delta)).to(half)  # the scores' gradient, before the scale
+    dq = torch.matmul(ds, _contiguous(k, half)).mul_(scale)
+    dk = torch.matmul(ds.transpose(-1, -2), _contiguous(q, half)).mul_(scale)
+    return dq, dk, dv
 
 
 def uses_cpu_backward(q: Tensor, dropout_p: float) -> bool:

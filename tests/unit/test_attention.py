@@ -154,3 +154,16 @@ def _counting(fn, calls):
         calls.append(1)
         return fn(*args)
     return staticmethod(wrapped)
+
+
+@pytest.mark.parametrize("case", ["key padding", "causal and padded", "unmasked"])
+def test_the_backward_in_chunks_of_batch_rows_equals_it_in_one(monkeypatch, case):
+    import bart_ext.attention as att
+
+    c = CASES[case]
+    q, k, v, grad = _inputs(s=c["s"])
+    _, whole = _grads(lambda q, k, v: attention(q, k, v, c["mask"], c["causal"]), q, k, v, grad)
+    monkeypatch.setattr(att, "MAX_SCORES", H * T * c["s"] * 2)  # 2 rows a chunk: chunks of 2 and 1
+    _, chunked = _grads(lambda q, k, v: attention(q, k, v, c["mask"], c["causal"]), q, k, v, grad)
+    for a, b in zip(chunked, whole):
+        assert torch.equal(a, b)
