@@ -11,15 +11,15 @@ at -90, and 4 ms when all are ``-inf``, which is what masked and causal position
 bf16 CPU tensors, computes the backward from the saved log-sum-exp with batched matmuls: scores
 and ``dO V^T`` in fp32 (the precision of the flash kernel's fp32 accumulation), the probabilities'
 exponent clamped to [``LOW``, 0] and masked positions zeroed after it, the products with the inputs
-in bf16. Everything else (CUDA, fp32, dropout on the attention weights, packed nested tensors,
-``torch.compile``'s tracing, ``BART_EXT_ATTENTION_BACKWARD=torch``) calls SDPA as before.
+in bf16. Both halves are custom operators (``torch.library``), so ``torch.compile``d layers call them
+as they are. Everything else (CUDA, fp32, dropout on the attention weights, packed nested tensors,
+``BART_EXT_ATTENTION_BACKWARD=torch``) calls SDPA as before.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from bart_ext.switches import ATTENTION_BACKWARD
 
@@ -45,29 +45,59 @@ def _contiguous(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.to(dtype, memory_format=torch.contiguous_format)
 
 
-class _Bf16CpuAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        scale = q.size(-1) ** -0.5
-        out, lse = _flash(q, k, v, mask, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse, mask)
-        ctx.causal, ctx.scale = causal, scale
-        return out
+# Custom operators rather than an autograd.Function, so that `torch.compile`d layers call them as
+# they are (dynamo cannot trace the Function; inductor would otherwise emit SDPA's backward).
+@torch.library.custom_op("bart_ext::bf16_cpu_attention", mutates_args=())
+def _attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> tuple[Tensor, Tensor]:
+    """The output and the log-sum-exp of each query's scaled scores, both stored batch, position,
+    head (the layouts the model's own (B, T, H, D) projections give: no copy there)."""
+    out, lse = _flash(q, k, v, mask, causal, q.size(-1) ** -0.5)
+    return out.transpose(1, 2).contiguous().transpose(1, 2), lse.transpose(1, 2).contiguous().transpose(1, 2)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout: Tensor):
-        q, k, v, out, lse, mask = ctx.saved_tensors
-        b, h, t, _ = q.shape
-        rows = max(1, MAX_SCORES // (h * t * k.size(2)))  # batch rows per chunk
-        if rows >= b:
-            return *_backward(q, k, v, out, lse, mask, dout, ctx.causal, ctx.scale), None, None
-        parts = []
-        for i in range(0, b, rows):
-            r = slice(i, i + rows)
-            m = mask if mask is None or mask.size(0) == 1 else mask[r]
-            parts.append(_backward(q[r], k[r], v[r], out[r], lse[r], m, dout[r], ctx.causal, ctx.scale))
-        return *(torch.cat(g) for g in zip(*parts)), None, None
+
+@_attention_op.register_fake
+def _(q, k, v, mask, causal):
+    b, h, t, _ = q.shape
+    return (q.new_empty(b, t, h, v.size(-1)).transpose(1, 2),
+            q.new_empty(b, t, h, dtype=torch.float32).transpose(1, 2))
+
+
+@torch.library.custom_op("bart_ext::bf16_cpu_attention_backward", mutates_args=())
+def _attention_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor | None,
+                           dout: Tensor, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of q, k and v, in chunks of batch rows of at most ``MAX_SCORES`` scores."""
+    b, h, t, _ = q.shape
+    scale = q.size(-1) ** -0.5
+    rows = max(1, MAX_SCORES // (h * t * k.size(2)))  # batch rows per chunk
+    if rows >= b:
+        return _backward(q, k, v, out, lse, mask, dout, causal, scale)
+    parts = []
+    for i in range(0, b, rows):
+        r = slice(i, i + rows)
+        m = mask if mask is None or mask.size(0) == 1 else mask[r]
+        parts.append(_backward(q[r], k[r], v[r], out[r], lse[r], m, dout[r], causal, scale))
+    dq, dk, dv = (torch.cat(g) for g in zip(*parts))
+    return dq, dk, dv
+
+
+@_attention_backward_op.register_fake
+def _(q, k, v, out, lse, mask, dout, causal):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
+        k, memory_format=torch.contiguous_format), torch.empty_like(v, memory_format=torch.contiguous_format)
+
+
+def _save(ctx, inputs, output) -> None:
+    q, k, v, mask, causal = inputs
+    ctx.save_for_backward(q, k, v, *output, mask)
+    ctx.causal = causal
+
+
+def _attention_backward(ctx, dout: Tensor, _dlse):
+    q, k, v, out, lse, mask = ctx.saved_tensors
+    return *_attention_backward_op(q, k, v, out, lse, mask, dout, ctx.causal), None, None
+
+
+_attention_op.register_autograd(_attention_backward, setup_context=_save)
 
 
 def _backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor | None, dout: Tensor,
@@ -101,8 +131,7 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: T
 def uses_cpu_backward(q: Tensor, dropout_p: float) -> bool:
     """Whether ``attention`` takes the bf16 CPU backward for these arguments."""
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0.0 and not q.is_nested
-            and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and ATTENTION_BACKWARD.get() == "auto")
+            and torch.is_grad_enabled() and ATTENTION_BACKWARD.get() == "auto")
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False,
@@ -114,4 +143,4 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causa
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention: mask must be boolean (True where allowed), got {mask.dtype}")
-    return _Bf16CpuAttention.apply(q, k, v, mask, causal)
+    return _attention_op(q, k, v, mask, causal)[0]
