@@ -12,8 +12,10 @@ the masks are other draws than ``F.dropout``'s for the same seed.
 
 It applies to fp32 and bf16 CPU tensors when the kernel is built (the same draws for both, so a
 bf16-autocast run and an fp32 run of one seed drop the same elements); everything else (CUDA,
-fp16, ``torch.compile``'s tracing, ``BART_EXT_DROPOUT=torch``, no C compiler or
-``BART_EXT_NO_CPU_KERNEL=1``) goes to ``F.dropout``.
+fp16, ``BART_EXT_DROPOUT=torch``, no C compiler or ``BART_EXT_NO_CPU_KERNEL=1``) goes to
+``F.dropout``. The kernel's forward and backward are custom operators (``torch.library``), so
+``torch.compile``d layers call them too; there the key comes from the compiled graph's random
+numbers (as ``F.dropout``'s masks do), so compiled and eager runs of one seed drop other elements.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import ctypes
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from bart_ext import cpu_kernels, switches
 
@@ -89,25 +90,54 @@ def masked_gradient(grad: torch.Tensor, bits: torch.Tensor, p: float) -> torch.T
     return out
 
 
-class _CounterDropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float, k0: int, k1: int) -> torch.Tensor:
-        y, bits = apply_mask(x, p, (k0, k1))
-        ctx.p, ctx.dtype = p, x.dtype
-        ctx.save_for_backward(bits)
-        return y
+# Custom operators rather than an autograd.Function with a ctypes call, so that `torch.compile`d
+# layers call the kernel as it is (dynamo can trace neither).
+@torch.library.custom_op("bart_ext::counter_dropout", mutates_args=())
+def _dropout_op(x: torch.Tensor, key: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``apply_mask`` under the key held in ``key`` (two int64 values below 2^32)."""
+    k0, k1 = key.tolist()
+    return apply_mask(x, p, (k0, k1))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        (bits,) = ctx.saved_tensors
-        return masked_gradient(grad.to(ctx.dtype), bits, ctx.p), None, None, None
+
+@_dropout_op.register_fake
+def _(x, key, p):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(((x.numel() + 7) // 8,),
+                                                                                  dtype=torch.uint8)
+
+
+@torch.library.custom_op("bart_ext::counter_dropout_backward", mutates_args=())
+def _dropout_backward_op(grad: torch.Tensor, bits: torch.Tensor, p: float) -> torch.Tensor:
+    return masked_gradient(grad, bits, p)
+
+
+@_dropout_backward_op.register_fake
+def _(grad, bits, p):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def _save(ctx, inputs, output) -> None:
+    x, _key, p = inputs
+    ctx.p, ctx.dtype = p, x.dtype
+    ctx.save_for_backward(output[1])
+
+
+def _dropout_backward(ctx, grad: torch.Tensor, _grad_bits):
+    (bits,) = ctx.saved_tensors
+    return _dropout_backward_op(grad.to(ctx.dtype), bits, ctx.p), None, None
+
+
+_dropout_op.register_autograd(_dropout_backward, setup_context=_save)
 
 
 def uses_kernel(x: torch.Tensor, p: float) -> bool:
     """Whether ``dropout(x, p, True)`` takes the counter-based kernel."""
-    return (0.0 < p < 1.0 and x.device.type == "cpu" and x.dtype in DTYPES
-            and not torch.compiler.is_compiling() and switches.DROPOUT.get() == "auto" and load() is not None)
+    return (0.0 < p < 1.0 and x.device.type == "cpu" and x.dtype in DTYPES and _kernel_on())
+
+
+@torch.compiler.assume_constant_result
+def _kernel_on() -> bool:
+    """The switch and the built kernel (read once when a compiled graph is traced)."""
+    return switches.DROPOUT.get() == "auto" and load() is not None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -116,5 +146,5 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if not uses_kernel(x, p):
         return F.dropout(x, p, True)
-    k0, k1 = torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist()
-    return _CounterDropout.apply(x, p, k0, k1)
+    key = torch.randint(0, 2**32, (2,), dtype=torch.int64)  # one draw from PyTorch's generator per call
+    return _dropout_op(x, key, p)[0]

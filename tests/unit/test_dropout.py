@@ -106,7 +106,7 @@ def test_backward_uses_the_mask_kept_as_bits():
     y.backward(g)
     kept = (y != 0).float()
     torch.testing.assert_close(x.grad, g * kept / 0.75, rtol=1e-6, atol=0)
-    assert y.grad_fn is not None and type(y.grad_fn).__name__.startswith("_CounterDropout")
+    assert y.grad_fn is not None and "counter_dropout" in y.grad_fn.name()
 
 
 @needs_kernel
@@ -185,10 +185,35 @@ def test_the_model_uses_it_and_its_training_step_is_reproducible():
         grads.append(x.grad.clone())
     assert torch.equal(grads[0], grads[1])
     calls = []
-    real = cd._CounterDropout.apply
-    cd._CounterDropout.apply = lambda *a: calls.append(a[1]) or real(*a)
+    real = cd.apply_mask
+    cd.apply_mask = lambda *a: calls.append(a[1]) or real(*a)
     try:
         layer(x, None)
     finally:
-        cd._CounterDropout.apply = real
+        cd.apply_mask = real
     assert calls == [0.3, 0.3]  # after self-attention and after the feed-forward sublayer
+
+
+@needs_kernel
+def test_compiled_code_calls_the_kernel_and_its_backward(monkeypatch):
+    """Under torch.compile the custom operators run the kernel: the output is the input masked and
+    scaled, and the gradient is the same mask and scale."""
+    calls = []
+    real = cd.apply_mask
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(cd, "apply_mask", counting)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: cd.dropout(x * 2, 0.25, True), dynamic=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(64, 96).to(dtype).requires_grad_()
+        y = f(x)
+        y.float().sum().backward()
+        kept = y != 0
+        assert 0.65 < kept.float().mean() < 0.85  # 0.75 kept
+        torch.testing.assert_close(y[kept], (x * 2 / 0.75).to(dtype)[kept])
+        torch.testing.assert_close(x.grad, torch.where(kept, 2 / 0.75, 0.0).to(dtype))
+    assert len(calls) == 2
