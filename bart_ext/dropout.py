@@ -134,10 +134,20 @@ def uses_kernel(x: torch.Tensor, p: float) -> bool:
     return (0.0 < p < 1.0 and x.device.type == "cpu" and x.dtype in DTYPES and _kernel_on())
 
 
-@torch.compiler.assume_constant_result
 def _kernel_on() -> bool:
-    """The switch and the built kernel (read once when a compiled graph is traced)."""
+    """The switch and the built kernel."""
     return switches.DROPOUT.get() == "auto" and load() is not None
+
+
+def prepare_compile() -> None:
+    """Before ``torch.compile`` traces code that calls ``dropout``: the kernel check is read once at
+    tracing instead of being traced (it looks for the compiler and the cached library on disk, which
+    dynamo cannot follow: a graph break at every dropout). Not done at import, because importing
+    ``torch._dynamo`` changes the environment (``TORCHINDUCTOR_CACHE_DIR``), which the plugin must not."""
+    global _kernel_on
+    if not getattr(_kernel_on, "_bart_ext_constant", False):
+        _kernel_on = torch.compiler.assume_constant_result(_kernel_on)
+        _kernel_on._bart_ext_constant = True
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

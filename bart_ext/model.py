@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bart_ext import dropout as dropout_kernel
 from bart_ext.attention import attention
 from bart_ext.dropout import dropout as _dropout
 from bart_ext.switches import ATTENTION
@@ -513,6 +514,7 @@ def compile_layers(model: nn.Module) -> list[nn.Module]:
     sizes as symbols, so new batch shapes do not recompile (masked or unmasked batches are two
     graph variants). Returns the compiled layers (``uncompile_layers`` reverts them).
     """
+    dropout_kernel.prepare_compile()
     layers = [m for m in model.modules() if isinstance(m, _Layer)]
     for layer in layers:
         layer.compile(dynamic=True)

@@ -205,8 +205,12 @@ def test_compiled_code_calls_the_kernel_and_its_backward(monkeypatch):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(cd, "apply_mask", counting)
     torch._dynamo.reset()
+    cd.prepare_compile()  # as compile_layers does: no graph break at the kernel check
+    explained = torch._dynamo.explain(lambda x: cd.dropout(x, 0.25, True))(torch.randn(8, 8, requires_grad=True))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    monkeypatch.setattr(cd, "apply_mask", counting)
     f = torch.compile(lambda x: cd.dropout(x * 2, 0.25, True), dynamic=True)
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(64, 96).to(dtype).requires_grad_()
