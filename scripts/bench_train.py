@@ -51,7 +51,7 @@ from fairseq.models.bart.model import bart_base_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.hardware import cpu_bf16_matmul  # noqa: E402
+from bart_ext.hardware import cpu_bf16_matmul, matmul_gflops  # noqa: E402
 from user_dir.bart_cross_entropy import BartCrossEntropy  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 from user_dir.bart_preln import BartPreln  # noqa: E402
@@ -165,17 +165,6 @@ def chosen_configs(names: str | None) -> tuple[str, ...]:
     return tuple(c for c in CONFIGS if "bf16" not in c)
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(times) / 1e9
-
-
 def model_gflop_per_word(model: torch.nn.Module, src_per_tgt: float = 1.0) -> float:
     """6 x (non-embedding parameters + output projection) FLOPs per target token, the usual estimate
     (encoder work counted per source token, which here equals the target length)."""
@@ -204,7 +193,9 @@ def main() -> None:
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     torch.manual_seed(0)
     default_data = load(args.data, args.steps, args.max_tokens)
-    peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
+    # Best of 10 (of 1 where bf16 is emulated: about 8 s a product); fewer reps read low on a busy VM.
+    peaks = {"bf16": matmul_gflops(torch.bfloat16, reps=1 if cpu_bf16_matmul() is False else 10),
+             "fp32": matmul_gflops(torch.float32, reps=10)}
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} steps "
         f"per configuration; matmul peak bf16 {peaks['bf16']:.0f} / fp32 {peaks['fp32']:.0f} GFLOP/s")
     configs = chosen_configs(args.configs)

@@ -363,11 +363,22 @@ def check_precision(cfg) -> None:
         raise ValueError(
             f"--bf16-autocast (model.bf16_autocast) cannot be combined with {' and '.join(clash)}: pick one "
             "precision (--bf16-autocast on Ampere and later GPUs and on CPUs; --amp or --fp16 on V100/T4)")
-    if not uses_cuda(cfg) and hardware.cpu_bf16_matmul() is False:
+    if uses_cuda(cfg):
+        return
+    native = hardware.cpu_bf16_matmul()
+    if native is False:
         logger.warning(
             "--bf16-autocast on a CPU without bf16 matrix instructions (%s): PyTorch emulates bf16 "
             "matmuls here and a step runs many times slower than in fp32; train in fp32 on this machine",
             " / ".join(hardware.BF16_FLAGS))
+    elif native:
+        bf16, fp32 = hardware.bf16_matmul_speedup()
+        if bf16 < fp32:
+            logger.warning(
+                "--bf16-autocast: on this CPU a 1,024-square matmul ran at %.0f GFLOP/s in bf16 against %.0f in "
+                "fp32 (bf16 instructions without matrix units that outrun fp32's, e.g. AVX512-BF16 without "
+                "AMX), so a bf16 step is likely slower than fp32's; measure with scripts/bench_train.py "
+                "--sizes mid, or train in fp32", bf16, fp32)
 
 
 def torchrun_call_main(call_main):

@@ -413,20 +413,44 @@ def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path, flags_line, nat
     assert hardware.cpu_bf16_matmul(tmp_path / "absent") is None  # not Linux: unknown, no warning
 
 
-@pytest.mark.parametrize("native", [True, False, None])
-def test_bf16_autocast_on_a_cpu_without_bf16_instructions_warns(data_dir, monkeypatch, caplog, native):
+@pytest.mark.parametrize("native,speeds,warning", [
+    (True, (1200.0, 300.0), None),  # AMX: bf16 pays
+    (True, (165.0, 320.0), "ran at 165 GFLOP/s in bf16 against 320"),  # AVX512-BF16 without AMX
+    (False, None, "without bf16 matrix instructions"),  # emulated: not even measured
+    (None, None, None),  # flags unknown (not Linux): no warning
+])
+def test_bf16_autocast_warns_where_bf16_is_slower_than_fp32(data_dir, monkeypatch, caplog, native, speeds, warning):
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.distributed import utils as dist_utils
 
     from bart_ext import hardware
 
+    measured = []
+
+    def speedup():
+        measured.append(True)
+        return speeds
+
     monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: native)
+    monkeypatch.setattr(hardware, "bf16_matmul_speedup", speedup)
     argv = [str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln", "--bf16-autocast", "--cpu"]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     ran = []
     with caplog.at_level("WARNING"):
         dist_utils.call_main(cfg, lambda cfg, **kw: ran.append(cfg))
-    assert ran and ("without bf16 matrix instructions" in caplog.text) == (native is False)
+    assert ran and bool(measured) == (native is True)
+    bf16_warnings = [r.getMessage() for r in caplog.records if "--bf16-autocast" in r.getMessage()]
+    if warning is None:
+        assert not bf16_warnings
+    else:
+        assert len(bf16_warnings) == 1 and warning in bf16_warnings[0]
+
+
+def test_the_bf16_probe_measures_both_precisions():
+    from bart_ext import hardware
+
+    bf16, fp32 = hardware.bf16_matmul_speedup(n=64, reps=2)
+    assert bf16 > 0 and fp32 > 0
 
 
 def test_checkpoints_from_before_new_model_options_still_load(data_dir, tmp_path):
