@@ -30,6 +30,7 @@ peer-test: install
 
 bench: data
 	@$(PY) scripts/bench_train.py
+	@$(PY) scripts/bench_loss.py
 	@$(PY) scripts/bench_noise.py
 	@$(PY) scripts/bench_nvlamb.py
 	@$(PY) scripts/bench_dropout.py

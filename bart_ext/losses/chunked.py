@@ -40,6 +40,22 @@ def _compute_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
     return default
 
 
+def add_through(acc: Tensor, low: Tensor, staging: Tensor) -> None:
+    """``acc += low`` for an fp32 ``acc`` and a bf16/fp16 ``low`` of the same 2-d shape, casting ``low``
+    block by block of rows into ``staging``'s memory (any contiguous tensor of ``acc``'s dtype, whose
+    contents are overwritten). On a CPU a mixed-dtype ``add_`` first allocates a full fp32 copy of
+    ``low``; for the (V x C) weight gradient its page faults cost 8x the add itself (18.6k x 512 on a
+    2-core Xeon: 12.4 against 1.5 ms). Where ``staging`` cannot hold one row, the plain ``add_``."""
+    flat = staging.view(-1)
+    rows = flat.numel() // max(acc.size(1), 1)
+    if rows == 0:
+        acc.add_(low)
+        return
+    for start in range(0, acc.size(0), rows):
+        block = low[start : start + rows]
+        acc[start : start + rows].add_(flat[: block.numel()].view_as(block).copy_(block))
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, ignore_index: int, eps: float,
@@ -74,7 +90,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             t_safe = t.masked_fill(~keep, 0).unsqueeze(1)  # (c, 1)
             z, lp = logits[:c], lprobs[:c]
             torch.mm(h, w.t(), out=z)  # (c, V)
-            torch.log_softmax(z, dim=-1, dtype=acc, out=lp)
+            if dev.type == "cpu":
+                # bf16/fp16 logits: cast into the fp32 buffer, then the log-softmax in place there.
+                # ``log_softmax(z, dtype=fp32)`` allocates a fresh fp32 copy every chunk, whose page
+                # faults made it 3x slower (11.8 against 3.9 ms for 450 x 18.6k on a 2-core Xeon).
+                if z.data_ptr() != lp.data_ptr():
+                    lp.copy_(z)
+                torch.log_softmax(lp, dim=-1, out=lp)
+            else:
+                torch.log_softmax(z, dim=-1, dtype=acc, out=lp)
             chunk_nll = -lp.gather(1, t_safe).squeeze(1) * keep
             if count_correct:
                 n_correct += (lp.argmax(-1).eq(t) & keep).sum()
@@ -102,7 +126,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                     grad_h[start : start + chunk] = grad @ w
             if need_w:
                 if low:
-                    grad_w.add_(torch.mm(grad.t(), h, out=low_w))  # (V, C), accumulated in fp32
+                    torch.mm(grad.t(), h, out=low_w)  # (V, C), accumulated in fp32:
+                    if dev.type == "cpu":  # through the fp32 buffer, free again here
+                        add_through(grad_w, low_w, lprobs)
+                    else:  # CUDA's add casts inside its kernel
+                        grad_w.add_(low_w)
                 else:
                     grad_w.addmm_(grad.t(), h)
         ctx.save_for_backward(grad_h, grad_w)

@@ -10,6 +10,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 
 from bart_ext.adapters.fairseq_criteria import output_weight
 from bart_ext.losses import auto_chunk_tokens, fused_linear_cross_entropy, reference_linear_cross_entropy
+from bart_ext.losses.chunked import add_through
 from tests.helpers import dictionary, fake_task, preln_args
 from tests.unit.test_model import batch, fairseq_bart
 from user_dir.bart_cross_entropy import BartCrossEntropy
@@ -75,6 +76,35 @@ def test_bf16_autocast_matmuls_in_bf16_log_sum_exp_in_fp32():
     assert abs(float(loss.detach()) - float(fp32_loss.detach())) / float(fp32_loss) < 0.02  # bf16 rounding, not a different loss
     fh, fw = torch.autograd.grad(fp32_loss, (hidden, weight))
     assert torch.nn.functional.cosine_similarity(gw.flatten(), fw.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("staging_elements", [7, 32, 100, 250, 10_000])  # no row, 1 row, several blocks, one
+def test_adding_bf16_through_a_staging_buffer_equals_a_mixed_add(staging_elements):
+    g = torch.Generator().manual_seed(3)
+    acc = torch.randn(25, 32, generator=g)
+    low = torch.randn(25, 32, generator=g).bfloat16()
+    staging = torch.full((staging_elements,), float("nan"))
+    want = acc + low  # PyTorch's mixed-dtype add: low cast to fp32, then added
+    add_through(acc, low, staging)
+    assert torch.equal(acc, want)
+
+
+def test_bf16_weight_gradient_through_the_staging_buffer_equals_the_plain_mixed_add(monkeypatch):
+    """Chunks of 8 tokens x 300 entries: the fp32 buffer holds 75 rows of 32, so each chunk's weight
+    gradient goes through it in 4 blocks, while the buffer still serves the next chunk's log-softmax.
+    Bit-equal to adding each chunk's bf16 product with PyTorch's mixed-dtype add_."""
+    from bart_ext.losses import chunked
+
+    hidden, weight, target = _inputs(n=64, width=32, vocab=300, dtype=torch.float32)
+    out = []
+    for add in (chunked.add_through, lambda acc, low, staging: acc.add_(low)):
+        monkeypatch.setattr(chunked, "add_through", add)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, nll, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=0.1,
+                                                      chunk_tokens=8)
+        out.append((loss, nll, *torch.autograd.grad(loss, (hidden, weight))))
+    for got, want in zip(*out):
+        assert torch.equal(got, want)
 
 
 def test_auto_chunk_sizes():
