@@ -5,8 +5,8 @@
 """
 
 
-def load(checkpoint, data=None, device=None):
+def load(checkpoint, data=None, device=None, bf16=None):
     """A trained ``bart_*_preln`` checkpoint as a ``bart_ext.hub.BartHub`` (see ``bart_ext/hub.py``)."""
     from bart_ext.hub import load as _load
 
-    return _load(checkpoint, data, device)
+    return _load(checkpoint, data, device, bf16)

@@ -56,3 +56,19 @@ def bf16_matmul_speedup(n: int = 1024, reps: int = 3) -> tuple[float, float]:
     about 8 s per 1,024-square product. (At 512 the Xeon without AMX gave 160 against 177: too close
     to call.)"""
     return matmul_gflops(torch.bfloat16, n, reps), matmul_gflops(torch.float32, n, reps)
+
+
+def bf16_slower_than_fp32() -> str | None:
+    """Why bf16 matmuls are slower than fp32's on this CPU (for a log line), or None where they are
+    not, or where the flags cannot be read. Measures (``bf16_matmul_speedup``) only where the flags
+    promise bf16."""
+    native = cpu_bf16_matmul()
+    if native is False:
+        return (f"this CPU has no bf16 matrix instructions ({' / '.join(BF16_FLAGS)}), so PyTorch emulates "
+                "bf16 matmuls, many times slower than fp32")
+    if native:
+        bf16, fp32 = bf16_matmul_speedup()
+        if bf16 < fp32:
+            return (f"on this CPU a 1,024-square matmul ran at {bf16:.0f} GFLOP/s in bf16 against {fp32:.0f} in "
+                    "fp32 (bf16 instructions without matrix units that outrun fp32's, e.g. AVX512-BF16 without AMX)")
+    return None

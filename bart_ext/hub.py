@@ -15,6 +15,7 @@ and bart_ext's beam search, so outputs equal ``fairseq-generate``'s with the sam
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 MASK = "<mask>"
+logger = logging.getLogger(__name__)
 
 
 def _rows(texts: Sequence[str] | str, method: str) -> tuple[list[str], bool]:
@@ -166,7 +168,8 @@ class BartHub:
         return logits[0] if single else logits
 
 
-def load(checkpoint: str | Path, data: str | Path | None = None, device: str | None = None) -> BartHub:
+def load(checkpoint: str | Path, data: str | Path | None = None, device: str | None = None,
+         bf16: bool | None = None) -> BartHub:
     """A checkpoint of a ``bart_*_preln`` model (any of our tasks, or ``convert.py from-hf``'s) as a
     ``BartHub``.
 
@@ -175,6 +178,10 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
         data: the folder with the model's dictionary and GPT-2 files (default: the checkpoint's
             ``task.data``).
         device: where to run it (default: where torch puts new tensors, the CPU).
+        bf16: run the model's matmuls in bf16 (True) or fp32 (False). Default: as the checkpoint
+            was trained (``--bf16-autocast``), except on a CPU where bf16 matmuls are slower than
+            fp32's (no bf16 instructions, or AVX512-BF16 without AMX: measured at load), where a
+            bf16-trained model runs in fp32 and a warning says so.
 
     Raises:
         FileNotFoundError: the checkpoint or the data folder's files are missing (names them).
@@ -194,4 +201,24 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
                                                                      state=state)
     folder = Path(str(cfg.task.data).split(":")[0])
     hub = BartHub(models[0], task, cfg, folder, leading_space=text_has_leading_space(state, None))
-    return hub.to(device) if device else hub
+    hub = hub.to(device) if device else hub
+    _choose_precision(hub.model, bf16, checkpoint)
+    return hub
+
+
+def _choose_precision(model, bf16: bool | None, checkpoint: Path) -> None:
+    if not hasattr(model, "bf16_autocast"):
+        if bf16:
+            raise ValueError(f"bf16=True: the model of {checkpoint} ({type(model).__name__}) has no bf16 autocast switch")
+        return
+    if bf16 is None:
+        bf16 = bool(model.bf16_autocast)
+        if bf16 and next(model.parameters()).device.type == "cpu":
+            from bart_ext import hardware
+
+            slower = hardware.bf16_slower_than_fp32()
+            if slower:
+                logger.warning("%s was trained with --bf16-autocast, but %s; running it in fp32 (bf16=True keeps bf16)",
+                               checkpoint, slower)
+                bf16 = False
+    model.bf16_autocast = bf16

@@ -49,7 +49,7 @@ from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator
 from torch import Tensor
 
-from bart_ext import switches
+from bart_ext import hardware, switches
 
 logger = logging.getLogger(__name__)
 
@@ -295,11 +295,31 @@ class BeamSequenceGenerator(SequenceGenerator):
         return finalized
 
 
+_bf16_decoding_checked = False
+
+
+def warn_if_bf16_decoding_is_slower(models) -> None:
+    """A checkpoint trained with ``--bf16-autocast`` decodes with bf16 matmuls too; on a CPU where
+    those are slower than fp32's, say so once per process, with the way to decode in fp32."""
+    global _bf16_decoding_checked
+    if _bf16_decoding_checked:
+        return
+    if not any(getattr(m, "bf16_autocast", False) and next(m.parameters()).device.type == "cpu" for m in models):
+        return
+    _bf16_decoding_checked = True
+    slower = hardware.bf16_slower_than_fp32()
+    if slower:
+        logger.warning("the model was trained with --bf16-autocast and decodes with bf16 matmuls, but %s; "
+                       "--model-overrides \"{'bf16_autocast': False}\" (bart_ext.load(..., bf16=False)) decodes in fp32",
+                       slower)
+
+
 class BeamGeneratorTask:
     """Task mixin: fairseq's ``build_generator`` with ``BeamSequenceGenerator``, unless a generator class
     is asked for, alignments are printed, or ``BART_EXT_GENERATOR=fairseq``."""
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        warn_if_bf16_decoding_is_slower(models)
         if seq_gen_cls is None and not getattr(args, "print_alignment", False) and switches.GENERATOR.get() == "bart_ext":
             seq_gen_cls = BeamSequenceGenerator
         elif switches.CONSTRAINT_SCORES.get() == "renormalized":

@@ -365,20 +365,10 @@ def check_precision(cfg) -> None:
             "precision (--bf16-autocast on Ampere and later GPUs and on CPUs; --amp or --fp16 on V100/T4)")
     if uses_cuda(cfg):
         return
-    native = hardware.cpu_bf16_matmul()
-    if native is False:
-        logger.warning(
-            "--bf16-autocast on a CPU without bf16 matrix instructions (%s): PyTorch emulates bf16 "
-            "matmuls here and a step runs many times slower than in fp32; train in fp32 on this machine",
-            " / ".join(hardware.BF16_FLAGS))
-    elif native:
-        bf16, fp32 = hardware.bf16_matmul_speedup()
-        if bf16 < fp32:
-            logger.warning(
-                "--bf16-autocast: on this CPU a 1,024-square matmul ran at %.0f GFLOP/s in bf16 against %.0f in "
-                "fp32 (bf16 instructions without matrix units that outrun fp32's, e.g. AVX512-BF16 without "
-                "AMX), so a bf16 step is likely slower than fp32's; measure with scripts/bench_train.py "
-                "--sizes mid, or train in fp32", bf16, fp32)
+    slower = hardware.bf16_slower_than_fp32()
+    if slower:
+        logger.warning("--bf16-autocast: %s; a training step is likely slower than in fp32 (measure with "
+                       "scripts/bench_train.py --sizes mid), so train in fp32 on this machine", slower)
 
 
 def torchrun_call_main(call_main):

@@ -463,3 +463,40 @@ def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, 
         model.fill_mask(masked, topk=0)
     with pytest.raises(TypeError, match=r"predict: text 0 is not a str but int"):
         model.predict("head", [3])
+
+
+def test_hub_runs_a_bf16_trained_model_in_fp32_where_bf16_is_slower(tmp_path, data_dir, monkeypatch, caplog):
+    """bart_ext.load(bf16=None) keeps a checkpoint's --bf16-autocast where bf16 pays and turns it off,
+    with a warning, on a CPU where bf16 matmuls are slower; bf16=True/False decide; fairseq-generate's
+    path (the task's build_generator) warns once where a bf16 model decodes on such a CPU."""
+    import bart_ext
+    from bart_ext import hardware
+    from bart_ext.adapters import beam_generator
+
+    path = write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=1)
+    state = torch.load(path, weights_only=True)
+    state["cfg"]["model"]["bf16_autocast"] = True
+    torch.save(state, path)
+
+    monkeypatch.setattr(hardware, "bf16_slower_than_fp32", lambda: None)  # bf16 pays (AMX, or a GPU)
+    assert bart_ext.load(path).model.bf16_autocast is True
+    assert bart_ext.load(path, bf16=False).model.bf16_autocast is False
+
+    monkeypatch.setattr(hardware, "bf16_slower_than_fp32", lambda: "bf16 ran at half fp32's speed")
+    with caplog.at_level("WARNING"):
+        model = bart_ext.load(path)
+    assert model.model.bf16_autocast is False
+    assert "trained with --bf16-autocast, but bf16 ran at half fp32's speed; running it in fp32" in caplog.text
+
+    caplog.clear()
+    monkeypatch.setattr(beam_generator, "_bf16_decoding_checked", False)
+    model = bart_ext.load(path, bf16=True)
+    assert model.model.bf16_autocast is True and not caplog.records
+    with caplog.at_level("WARNING"):
+        fp32 = bart_ext.load(path, bf16=False).summarize(["We propose a parser."], preset="xsum", max_len_b=6, min_len=2)
+        assert not caplog.records  # an fp32 model: nothing to say
+        model.summarize(["We propose a parser."], preset="xsum", max_len_b=6, min_len=2)
+        model.summarize(["We propose a parser."], preset="xsum", max_len_b=6, min_len=2)
+    warned = [r.getMessage() for r in caplog.records if "decodes with bf16 matmuls" in r.getMessage()]
+    assert len(warned) == 1 and "bart_ext.load(..., bf16=False)" in warned[0]
+    assert isinstance(fp32[0], str)

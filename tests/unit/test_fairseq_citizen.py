@@ -416,7 +416,7 @@ def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path, flags_line, nat
 @pytest.mark.parametrize("native,speeds,warning", [
     (True, (1200.0, 300.0), None),  # AMX: bf16 pays
     (True, (165.0, 320.0), "ran at 165 GFLOP/s in bf16 against 320"),  # AVX512-BF16 without AMX
-    (False, None, "without bf16 matrix instructions"),  # emulated: not even measured
+    (False, None, "no bf16 matrix instructions"),  # emulated: not even measured
     (None, None, None),  # flags unknown (not Linux): no warning
 ])
 def test_bf16_autocast_warns_where_bf16_is_slower_than_fp32(data_dir, monkeypatch, caplog, native, speeds, warning):
