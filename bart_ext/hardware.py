@@ -7,7 +7,7 @@ ran at 164-167 GFLOP/s in bf16 against 318-321 in fp32 (oneDNN's AVX512-BF16 ker
 fp32 one), and a mid-size bf16 training step was 1.7x slower than fp32's. Without any bf16
 instruction PyTorch emulates bf16 matmuls, many times slower again (an AVX2-only AMD EPYC: 0.27
 GFLOP/s in bf16 against 96 in fp32, a bart_small_preln step 25x slower). So where the flags
-promise bf16, ``bf16_matmul_speedup`` measures it.
+promise bf16, ``bf16_and_fp32_gflops`` measures it.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def bf16_matmul_speedup(n: int = 1024, reps: int = 3) -> tuple[float, float]:
+def bf16_and_fp32_gflops(n: int = 1024, reps: int = 3) -> tuple[float, float]:
     """(bf16, fp32) GFLOP/s of an ``n``-square matmul on this CPU: under 0.1 s where bf16 has
     matrix instructions. Call it only where ``cpu_bf16_matmul()`` is not False: emulated bf16 takes
     about 8 s per 1,024-square product. (At 512 the Xeon without AMX gave 160 against 177: too close
@@ -60,14 +60,14 @@ def bf16_matmul_speedup(n: int = 1024, reps: int = 3) -> tuple[float, float]:
 
 def bf16_slower_than_fp32() -> str | None:
     """Why bf16 matmuls are slower than fp32's on this CPU (for a log line), or None where they are
-    not, or where the flags cannot be read. Measures (``bf16_matmul_speedup``) only where the flags
+    not, or where the flags cannot be read. Measures (``bf16_and_fp32_gflops``) only where the flags
     promise bf16."""
     native = cpu_bf16_matmul()
     if native is False:
         return (f"this CPU has no bf16 matrix instructions ({' / '.join(BF16_FLAGS)}), so PyTorch emulates "
                 "bf16 matmuls, many times slower than fp32")
     if native:
-        bf16, fp32 = bf16_matmul_speedup()
+        bf16, fp32 = bf16_and_fp32_gflops()
         if bf16 < fp32:
             return (f"on this CPU a 1,024-square matmul ran at {bf16:.0f} GFLOP/s in bf16 against {fp32:.0f} in "
                     "fp32 (bf16 instructions without matrix units that outrun fp32's, e.g. AVX512-BF16 without AMX)")

@@ -427,12 +427,12 @@ def test_bf16_autocast_warns_where_bf16_is_slower_than_fp32(data_dir, monkeypatc
 
     measured = []
 
-    def speedup():
+    def gflops():
         measured.append(True)
         return speeds
 
     monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: native)
-    monkeypatch.setattr(hardware, "bf16_matmul_speedup", speedup)
+    monkeypatch.setattr(hardware, "bf16_and_fp32_gflops", gflops)
     argv = [str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln", "--bf16-autocast", "--cpu"]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     ran = []
@@ -449,7 +449,7 @@ def test_bf16_autocast_warns_where_bf16_is_slower_than_fp32(data_dir, monkeypatc
 def test_the_bf16_probe_measures_both_precisions():
     from bart_ext import hardware
 
-    bf16, fp32 = hardware.bf16_matmul_speedup(n=64, reps=2)
+    bf16, fp32 = hardware.bf16_and_fp32_gflops(n=64, reps=2)
     assert bf16 > 0 and fp32 > 0
 
 
