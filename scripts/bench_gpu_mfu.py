@@ -20,8 +20,17 @@ single-A100 bf16 figures for the recipe are printed beside it (326.5 sequences/s
 at 512). Target on an H200: at least 50% MFU. `--device cpu` runs the same code on the CPU (a
 smoke test of the script; the MFU there is meaningless).
 
+`--profile N` then runs N more steps of the first length (again on batches it has timed, whose
+shapes are compiled already) under the PyTorch profiler and prints
+where the time went: the step's phases (fairseq's "forward" and "backward" ranges, the optimizer
+step) in wall time, how busy the GPU was over those steps (its kernels' time over wall time; far
+below 100% means the step waits on the host: launches, syncs, Python), and the operators with the
+most time on the device. `--trace DIR` also writes the profile as a Chrome trace there. (The
+fused loss computes its gradients during the forward, so "forward" holds that share of backward work.)
+
 Usage: python scripts/bench_gpu_mfu.py DATA [--arch bart_large_preln] [--lengths 128,512]
            [--batch 128,32] [--steps 20] [--warmup 5] [--compile] [--unfused] [--device cuda]
+           [--profile N [--trace DIR]]
 """
 from __future__ import annotations
 
@@ -96,7 +105,9 @@ def measure(task, model, criterion, optimizer, batches: list[dict], warmup: int,
             torch.cuda.synchronize()
 
     times = []
+    graphs = 0  # graphs torch.compile built during the timed steps (a new shape): their time is in `times`
     for i, sample in enumerate(batches):
+        before = compiled_graphs()
         sync()
         t0 = time.perf_counter()
         task.train_step(sample, model, criterion, optimizer, update_num=i)
@@ -105,7 +116,55 @@ def measure(task, model, criterion, optimizer, batches: list[dict], warmup: int,
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            graphs += compiled_graphs() - before
+    return statistics.median(times), graphs
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has built in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def profile_steps(task, model, criterion, optimizer, batches: list[dict], device: str, trace: Path | None,
+                  rows: int = 20) -> dict:
+    """Run ``batches`` as training steps under the profiler; print and return where the time went."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for i, sample in enumerate(batches):
+            task.train_step(sample, model, criterion, optimizer, update_num=i)  # "forward", "backward" ranges
+            with record_function("optimizer"):
+                optimizer.step()
+                optimizer.zero_grad()
+        sync()
+    wall = time.perf_counter() - t0
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    phases: dict[str, float] = {}
+    busy = 0.0
+    for e in prof.events():  # the raw events: the host's ranges, and the device's kernels and copies
+        if e.device_type == cpu and e.name in ("forward", "backward", "optimizer"):
+            phases[e.name] = phases.get(e.name, 0.0) + e.cpu_time_total / 1e6
+        elif e.device_type == cuda and not e.is_user_annotation:  # not the ranges mirrored on the device
+            busy += e.device_time_total / 1e6
+    n = len(batches)
+    report = {"steps": n, "wall_s_per_step": wall / n, "phases_s_per_step": {k: v / n for k, v in phases.items()},
+              "device_busy": busy / wall if device == "cuda" else None}
+    print(f"profile of {n} steps: {wall / n * 1e3:,.1f} ms per step; "
+          + ", ".join(f"{k} {v / n * 1e3:,.1f} ms (host)" for k, v in phases.items())
+          + (f"; GPU busy {busy / wall:.0%} of the wall time" if device == "cuda" else ""))
+    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows), flush=True)
+    if trace is not None:
+        trace.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace / "bench_gpu_mfu_trace.json"))
+        print(f"Chrome trace: {trace / 'bench_gpu_mfu_trace.json'}")
+    return report
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -120,7 +179,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--unfused", action="store_true", help="fairseq's cross_entropy instead of bart_cross_entropy")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="then profile N more steps at the first length and print where the time went")
+    ap.add_argument("--trace", type=Path, help="with --profile: write a Chrome trace into this folder")
     args = ap.parse_args(argv)
+    if args.trace is not None and not args.profile:
+        sys.exit("--trace needs --profile N")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu_mfu.py needs a CUDA GPU (or --device cpu for a smoke test)")
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -133,7 +197,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         task, model, criterion, optimizer = setup(args.data, args.arch, length, args.compile, args.unfused,
                                                   args.device)
         batches = real_batches(task, batch, args.warmup + args.steps, args.device)
-        t = measure(task, model, criterion, optimizer, batches, args.warmup, args.device)
+        t, graphs = measure(task, model, criterion, optimizer, batches, args.warmup, args.device)
         measured = batches[args.warmup:]
         step_flops = statistics.mean(flops(model, b) for b in measured)
         real = statistics.mean(int(b["target"].ne(model.decoder.padding_idx).sum()) for b in measured)
@@ -141,13 +205,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tflops = step_flops / t / 1e12
         row = {"length": length, "batch": batch, "seconds_per_step": t, "sequences_per_s": batch / t,
                "target_tokens_per_s": real / t, "target_padding": 1 - real / slots, "tflops": tflops,
-               "mfu": tflops / args.peak_tflops}
+               "mfu": tflops / args.peak_tflops, "graphs_compiled_while_timed": graphs}
         results.append(row)
         print(f"{name}: {args.arch}, bf16 autocast, {'fairseq loss' if args.unfused else 'fused loss'}"
               f"{', compiled' if args.compile else ''}, NVLAMB; length {length}, batch {batch}: "
               f"{row['sequences_per_s']:,.1f} sequences/s, {row['target_tokens_per_s']:,.0f} target tokens/s "
               f"({row['target_padding']:.0%} padding), {tflops:,.1f} TFLOP/s = {row['mfu']:.1%} MFU "
-              f"(NVIDIA A100 bf16: {NVIDIA_A100_SEQ_PER_S.get(length, '-')} sequences/s)", flush=True)
+              f"(NVIDIA A100 bf16: {NVIDIA_A100_SEQ_PER_S.get(length, '-')} sequences/s)"
+              + (f"; {graphs} graph(s) compiled during the {args.steps} timed steps (new shapes): their compile time"
+                 f" is in the figure, use more --warmup" if graphs else ""), flush=True)
+        if args.profile and not results[:-1]:
+            # Batches that have run already: their shapes are compiled, so no compile lands in the profile.
+            again = [measured[i % len(measured)] for i in range(args.profile)]
+            row["profile"] = profile_steps(task, model, criterion, optimizer, again, args.device, args.trace)
     return results
 
 

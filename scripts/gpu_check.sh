@@ -133,16 +133,21 @@ run() {
 
   echo "[gpu_check] training throughput (bench_gpu_mfu.py)"
   echo -e "\n## Training throughput, bf16 autocast, fused loss, compiled, NVLAMB (bench_gpu_mfu.py)" >> "$report"
-  local runs=("bart_base_preln 128,512 256,64" "bart_large_preln 128,512 128,32")
+  # The base run then profiles 3 steps at length 128 (bench_gpu_mfu.py --profile): the phases, how busy
+  # the GPU was, and the top operators by device time, for the next look at the MFU.
+  local runs=("bart_base_preln 128,512 256,64 3" "bart_large_preln 128,512 128,32 0")
   local steps=(--steps 10 --warmup 4)
-  if [ "$smoke" = 1 ]; then runs=("bart_tiny_preln 32,64 4,2"); steps=(--steps 2 --warmup 1); fi
+  if [ "$smoke" = 1 ]; then runs=("bart_tiny_preln 32,64 4,2 1"); steps=(--steps 2 --warmup 1); fi
   local rc_bench=0
   for r in "${runs[@]}"; do
     set -- $r
     local log=/tmp/gpu_check_bench_$1.log
     if timeout 200 "$P" scripts/bench_gpu_mfu.py data/aclsum/bin --arch "$1" --lengths "$2" --batch "$3" \
-        "${steps[@]}" --compile --device "$device" > "$log" 2>&1; then
+        "${steps[@]}" --profile "$4" --compile --device "$device" > "$log" 2>&1; then
       grep "sequences/s" "$log" | tee -a "$report"
+      if [ "$4" != 0 ]; then  # the profile's summary line and its table (the table's 25 lines after it)
+        { echo; grep -A 25 "^profile of" "$log"; } | tee -a "$report"
+      fi
     else
       rc_bench=1
       { echo "$1: failed (rc $?), last lines of $log:"; tail -5 "$log"; } | tee -a "$report"

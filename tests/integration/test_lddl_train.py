@@ -89,16 +89,24 @@ def test_lddl_own_pipeline_shards_load_and_train(data_dir, cli_env, tmp_path):
     assert min(losses[u] for u in range(5, 9)) < losses[1]
 
 
-def test_gpu_mfu_benchmark_runs_real_lddl_batches_through_the_training_step(shards):
+def test_gpu_mfu_benchmark_runs_real_lddl_batches_through_the_training_step(shards, tmp_path):
     """scripts/bench_gpu_mfu.py on the CPU (its smoke test): real LDDL batches with padding,
     the registered model, the fused criterion and fairseq's NVLAMB wrapper."""
     from scripts.bench_gpu_mfu import main
 
     rows = main([str(shards), "--device", "cpu", "--arch", "bart_tiny_preln", "--lengths", str(LENGTH),
-                 "--batch", "8", "--steps", "2", "--warmup", "1"])
+                 "--batch", "8", "--steps", "2", "--warmup", "1", "--profile", "2", "--trace", str(tmp_path)])
     assert len(rows) == 1 and rows[0]["length"] == LENGTH and rows[0]["batch"] == 8
     assert 0 < rows[0]["target_padding"] < 0.5  # bins keep padding low, but real batches have some
     assert rows[0]["sequences_per_s"] > 0 and rows[0]["tflops"] > 0
+    assert rows[0]["graphs_compiled_while_timed"] == 0  # eager: torch.compile built nothing
+    # --profile: the step's phases as fairseq's train_step and the optimizer name them, and a trace
+    prof = rows[0]["profile"]
+    assert prof["steps"] == 2 and prof["device_busy"] is None  # no GPU kernels on the CPU
+    assert set(prof["phases_s_per_step"]) == {"forward", "backward", "optimizer"}
+    assert sum(prof["phases_s_per_step"].values()) <= prof["wall_s_per_step"] * 1.05
+    assert all(v > 0 for v in prof["phases_s_per_step"].values())
+    assert json.loads((tmp_path / "bench_gpu_mfu_trace.json").read_text())["traceEvents"]
 
 
 def test_dropout_benchmark_runs_on_real_lddl_batches(shards):
