@@ -127,6 +127,18 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def graph_breaks(since: dict[str, int] | None = None) -> dict[str, int]:
+    """torch.compile's graph breaks in this process, by reason (its first line), less those in ``since``."""
+    from torch._dynamo.utils import counters
+
+    out: dict[str, int] = {}
+    for reason, n in counters["graph_break"].items():
+        key = str(reason).strip().splitlines()[0][:120]
+        out[key] = out.get(key, 0) + n
+    since = since or {}
+    return {k: n - since.get(k, 0) for k, n in out.items() if n > since.get(k, 0)}
+
+
 def profile_steps(task, model, criterion, optimizer, batches: list[dict], device: str, trace: Path | None,
                   rows: int = 20) -> dict:
     """Run ``batches`` as training steps under the profiler; print and return where the time went."""
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sys.exit(f"--batch gives {len(sizes)} sizes for {len(lengths)} lengths")
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     results = []
+    breaks_before = graph_breaks()  # a process that compiled before (a test run): not this run's
     for length, batch in zip(lengths, sizes):
         task, model, criterion, optimizer = setup(args.data, args.arch, length, args.compile, args.unfused,
                                                   args.device)
@@ -205,7 +218,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tflops = step_flops / t / 1e12
         row = {"length": length, "batch": batch, "seconds_per_step": t, "sequences_per_s": batch / t,
                "target_tokens_per_s": real / t, "target_padding": 1 - real / slots, "tflops": tflops,
-               "mfu": tflops / args.peak_tflops, "graphs_compiled_while_timed": graphs}
+               "mfu": tflops / args.peak_tflops, "graphs_compiled_while_timed": graphs,
+               "graph_breaks": graph_breaks(breaks_before)}
         results.append(row)
         print(f"{name}: {args.arch}, bf16 autocast, {'fairseq loss' if args.unfused else 'fused loss'}"
               f"{', compiled' if args.compile else ''}, NVLAMB; length {length}, batch {batch}: "
@@ -214,6 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"(NVIDIA A100 bf16: {NVIDIA_A100_SEQ_PER_S.get(length, '-')} sequences/s)"
               + (f"; {graphs} graph(s) compiled during the {args.steps} timed steps (new shapes): their compile time"
                  f" is in the figure, use more --warmup" if graphs else ""), flush=True)
+        if args.compile and row["graph_breaks"]:  # each splits a compiled layer's graph
+            print("  graph breaks in this run: " + "; ".join(f"{n} x {r}" for r, n in row["graph_breaks"].items()))
         if args.profile and not results[:-1]:
             # Batches that have run already: their shapes are compiled, so no compile lands in the profile.
             again = [measured[i % len(measured)] for i in range(args.profile)]

@@ -144,7 +144,7 @@ run() {
     local log=/tmp/gpu_check_bench_$1.log
     if timeout 200 "$P" scripts/bench_gpu_mfu.py data/aclsum/bin --arch "$1" --lengths "$2" --batch "$3" \
         "${steps[@]}" --profile "$4" --compile --device "$device" > "$log" 2>&1; then
-      grep "sequences/s" "$log" | tee -a "$report"
+      grep -E "sequences/s|graph breaks" "$log" | tee -a "$report"
       if [ "$4" != 0 ]; then  # the profile's summary line and its table (the table's 25 lines after it)
         { echo; grep -A 25 "^profile of" "$log"; } | tee -a "$report"
       fi

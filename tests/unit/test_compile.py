@@ -26,9 +26,15 @@ def test_compiled_layers_equal_eager_and_keep_parameter_names(caplog):
     compiled.load_state_dict(eager.state_dict())
     assert len(compiled.compiled_layers) == 4
     src, lengths, tgt = batch(d)
+    from torch._dynamo.utils import counters
+
+    breaks = sum(counters["graph_break"].values())
     with caplog.at_level(logging.INFO):
         out_c, g_c = _grads(compiled, src, lengths, tgt)
     assert any("layers compiled in" in r.message for r in caplog.records)
+    # each layer one graph: the masked path (the CPU's) breaks none (the packed one, CUDA's, does:
+    # scripts/bench_gpu_mfu.py counts them)
+    assert sum(counters["graph_break"].values()) == breaks
     out_e, g_e = _grads(eager, src, lengths, tgt)
     torch.testing.assert_close(out_c, out_e, atol=1e-5, rtol=1e-5)
     for name in g_e:
