@@ -21,6 +21,10 @@
  * Built by bart_ext/cpu_kernels.py.
  */
 #include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define BLOCK 16384 /* elements per thread's chunk: a multiple of 2 * LANES and of 8 */
 #define LANES 128   /* counters per vectorised batch */
@@ -69,9 +73,58 @@ static inline uint16_t bf16_store(float f) {
 }
 static inline float f32_load(float x) { return x; }
 static inline float f32_store(float x) { return x; }
+/* STORE(x) where keep is all ones, +0 where it is 0: a select without a branch (a branch on a
+ * 10%-dropped mask mispredicts; x * 0 would turn a dropped inf or NaN gradient into NaN). */
+static inline float f32_keep(float x, uint32_t keep) {
+    union { float f; uint32_t u; } v = {x};
+    v.u &= keep;
+    return v.f;
+}
+static inline uint16_t bf16_keep(float x, uint32_t keep) { return bf16_store(x) & (uint16_t)keep; }
 
-/* forward and backward for one element type T, read and written through LOAD and STORE */
-#define DROPOUT_KERNELS(SUFFIX, T, LOAD, STORE)                                                          \
+/* The backward's 16-element step with AVX-512, where the compiler targets it: the mask bits are
+ * AVX-512's mask-register layout (bit i % 16 of two bytes is element i), so one masked multiply
+ * does what the scalar loop does, with the same results (a multiply, round to nearest even). The
+ * scalar loop did not vectorise and took 2x the forward's time (1.2 ms for a million fp32
+ * elements on a 2-core Xeon). Returns the index it stopped at. */
+#if defined(__AVX512F__)
+static inline __mmask16 mask16(const uint8_t *bits, int64_t i) {
+    uint16_t k;
+    memcpy(&k, bits + (i >> 3), 2); /* i is a multiple of 16 */
+    return (__mmask16)k;
+}
+static int64_t backward16(const float *grad, const uint8_t *bits, float *out, int64_t i, int64_t end,
+                          float scale) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (; i + 16 <= end; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_maskz_mul_ps(mask16(bits, i), _mm512_loadu_ps(grad + i), vs));
+    return i;
+}
+static int64_t backward16_bf16(const uint16_t *grad, const uint8_t *bits, uint16_t *out, int64_t i,
+                               int64_t end, float scale) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x40);
+    for (; i + 16 <= end; i += 16) {
+        __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(grad + i))), 16);
+        __m512i x = _mm512_castps_si512(_mm512_maskz_mul_ps(mask16(bits, i), _mm512_castsi512_ps(u), vs));
+        __m512i hi = _mm512_srli_epi32(x, 16);
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, half), _mm512_and_si512(hi, one)), 16);
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, abs), inf);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, quiet));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(r));
+    }
+    return i;
+}
+#define BACKWARD16(SUFFIX, grad, bits, out, i, end, scale) backward16##SUFFIX(grad, bits, out, i, end, scale)
+#else
+#define BACKWARD16(SUFFIX, grad, bits, out, i, end, scale) (i)
+#endif
+
+/* forward and backward for one element type T, read and written through LOAD and STORE (KEEP: a
+ * STORE that zeroes where its mask is 0) */
+#define DROPOUT_KERNELS(SUFFIX, T, LOAD, STORE, KEEP)                                                    \
     void dropout_forward##SUFFIX(const T *x, T *y, uint8_t *bits, int64_t n, uint32_t k0, uint32_t k1,   \
                                  uint32_t threshold, float scale, int threads) {                         \
         _Pragma("omp parallel for num_threads(threads) if (n > 4 * BLOCK) schedule(static)")           \
@@ -98,10 +151,10 @@ static inline float f32_store(float x) { return x; }
         _Pragma("omp parallel for num_threads(threads) if (n > 4 * BLOCK) schedule(static)")           \
         for (int64_t b = 0; b < n; b += BLOCK) {                                                         \
             int64_t end = b + BLOCK < n ? b + BLOCK : n;                                                 \
-            for (int64_t i = b; i < end; i++)                                                            \
-                out[i] = STORE((bits[i >> 3] >> (i & 7)) & 1 ? LOAD(grad[i]) * scale : 0.0f);            \
+            for (int64_t i = BACKWARD16(SUFFIX, grad, bits, out, b, end, scale); i < end; i++)           \
+                out[i] = KEEP(LOAD(grad[i]) * scale, -(uint32_t)((bits[i >> 3] >> (i & 7)) & 1));        \
         }                                                                                                \
     }
 
-DROPOUT_KERNELS(, float, f32_load, f32_store)
-DROPOUT_KERNELS(_bf16, uint16_t, bf16_load, bf16_store)
+DROPOUT_KERNELS(, float, f32_load, f32_store, f32_keep)
+DROPOUT_KERNELS(_bf16, uint16_t, bf16_load, bf16_store, bf16_keep)

@@ -110,6 +110,41 @@ def test_backward_uses_the_mask_kept_as_bits():
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 70001])  # the 16-wide steps, their tails, threads
+@pytest.mark.parametrize("p", [0.1, 1 / 3])
+def test_backward_kernel_is_the_masked_scaled_gradient_bit_for_bit(dtype, n, p):
+    """``masked_gradient`` against PyTorch's ``where(kept, grad * scale, 0)``: the same bits (a
+    dropped inf or NaN gives +0, as the scalar loop did; -0, subnormals and values that round
+    to inf kept), a NaN wherever the reference has one. With p = 1/3 (scale 1.5) the values
+    (1 + 2^-7) * 2^k times the scale lie halfway between two bf16 values: ties to even."""
+    g = torch.Generator().manual_seed(n)
+    grad = torch.randn(n, generator=g) * 10 ** torch.randint(-40, 39, (n,), generator=g).float()
+    ties = (1 + 2**-7) * 2.0 ** torch.randint(-20, 20, (n,), generator=g).float()
+    grad = torch.where(torch.rand(n, generator=g) < 0.3, ties * grad.sign(), grad)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-39, -1e-42,
+                             3.3e38, -3.3e38, 1.0])
+    grad[: min(n, len(specials))] = specials[: min(n, len(specials))]
+    grad = grad.to(dtype)
+    kept = torch.rand(n, generator=g) > 0.3
+    kept[1::7] = False  # inf, -0 and 1e-39 among the dropped, nan and -inf among the kept (n >= 10)
+    kept[::5] = True
+    bits = torch.zeros((n + 7) // 8, dtype=torch.uint8)
+    for byte in range((n + 7) // 8):
+        chunk = kept[8 * byte : 8 * byte + 8]
+        bits[byte] = int(sum(int(b) << i for i, b in enumerate(chunk.tolist())))
+    out = cd.masked_gradient(grad, bits, p)
+    scale = torch.tensor(1 / (1 - p), dtype=torch.float32)  # the kernel's float
+    ref = torch.where(kept, grad.float() * scale, torch.zeros(())).to(dtype)
+    assert out.dtype == dtype and out.shape == grad.shape
+    nan = ref.isnan()
+    assert torch.equal(out.isnan(), nan)
+    as_int = torch.int32 if dtype == torch.float32 else torch.int16
+    assert torch.equal(out[~nan].view(as_int), ref[~nan].view(as_int))  # -0 and +0 told apart
+    assert not out[~kept].view(as_int).any()  # dropped: +0, whatever the gradient was
+
+
+@needs_kernel
 def test_bf16_drops_the_elements_fp32_drops_and_rounds_like_torch():
     """Under --bf16-autocast the residual stream's dropout sees bf16 tensors: the same draws as fp32
     (so the precision test compares like with like), values rounded as PyTorch rounds."""
