@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{row['sequences_per_s']:,.1f} sequences/s, {row['target_tokens_per_s']:,.0f} target tokens/s "
               f"({row['target_padding']:.0%} padding), {tflops:,.1f} TFLOP/s = {row['mfu']:.1%} MFU "
               f"(NVIDIA A100 bf16: {NVIDIA_A100_SEQ_PER_S.get(length, '-')} sequences/s)"
-              + (f"; {graphs} graph(s) compiled during the {args.steps} timed steps (new shapes): their compile time"
-                 f" is in the figure, use more --warmup" if graphs else ""), flush=True)
+              + (f"; {graphs} graph(s) compiled during the {args.steps} timed steps (new shapes): the median may"
+                 f" hold compile time, use more --warmup" if graphs else ""), flush=True)
         if args.compile and row["graph_breaks"]:  # each splits a compiled layer's graph
             print("  graph breaks in this run: " + "; ".join(f"{n} x {r}" for r, n in row["graph_breaks"].items()))
         if args.profile and not results[:-1]:
