@@ -8,9 +8,11 @@ One forward and backward of ``hidden (tokens x C) @ weight.T`` -> log-softmax ->
 within each round; the figures are medians over rounds (ms per forward + backward).
 
 Shapes: mid (2,048 tokens x 512, the aclsum dictionary's 18,617 entries) and base (2,048 x 768,
-GPT-2's 50,265).
+GPT-2's 50,265). ``--pad-share`` makes that share of the target tokens padding (chosen at random), as
+in a batch of summaries of different lengths: both computations give them no loss; the fused one
+also leaves them out of its matmuls.
 
-Usage: python scripts/bench_loss.py [--rounds 7] [--shapes mid,base] [--dtypes fp32,bf16]
+Usage: python scripts/bench_loss.py [--rounds 7] [--shapes mid,base] [--dtypes fp32,bf16] [--pad-share 0.25]
 """
 from __future__ import annotations
 
@@ -43,10 +45,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--shapes", default="mid,base")
     ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--pad-share", type=float, default=0.0, help="share of target tokens that are padding")
     args = ap.parse_args()
+    if not 0.0 <= args.pad_share < 1.0:
+        raise SystemExit(f"--pad-share: {args.pad_share} is not in [0, 1)")
     impls = {"unfused": reference_linear_cross_entropy, "fused": fused_linear_cross_entropy}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per forward + backward, "
-          f"median of {args.rounds} rounds")
+          f"median of {args.rounds} rounds; {args.pad_share:.0%} of target tokens are padding")
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             raise SystemExit(f"--shapes: unknown {shape} (known: {', '.join(SHAPES)})")
@@ -55,6 +60,7 @@ def main() -> None:
         hidden = torch.randn(n, width, generator=g, requires_grad=True)
         weight = (0.02 * torch.randn(vocab, width, generator=g)).requires_grad_()
         target = torch.randint(4, vocab, (n,), generator=g)
+        target[torch.rand(n, generator=g) < args.pad_share] = PAD
         for dtype in args.dtypes.split(","):
             if dtype not in ("fp32", "bf16"):
                 raise SystemExit(f"--dtypes: unknown {dtype} (known: fp32, bf16)")

@@ -10,7 +10,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 
 from bart_ext.adapters.fairseq_criteria import output_weight
 from bart_ext.losses import auto_chunk_tokens, fused_linear_cross_entropy, reference_linear_cross_entropy
-from bart_ext.losses.chunked import add_through
+from bart_ext.losses.chunked import _count_correct, add_through
 from tests.helpers import dictionary, fake_task, preln_args
 from tests.unit.test_model import batch, fairseq_bart
 from user_dir.bart_cross_entropy import BartCrossEntropy
@@ -105,6 +105,37 @@ def test_bf16_weight_gradient_through_the_staging_buffer_equals_the_plain_mixed_
         out.append((loss, nll, *torch.autograd.grad(loss, (hidden, weight))))
     for got, want in zip(*out):
         assert torch.equal(got, want)
+
+
+def test_the_correct_count_equals_argmax_with_ties():
+    g = torch.Generator().manual_seed(3)
+    lp = torch.randn(40, 11, generator=g)
+    target = lp.argmax(-1)  # every row correct...
+    target[::3] = torch.randint(0, 11, (14,), generator=g)  # ...but some
+    # tied maxima: the first of the tied entries is argmax's choice, a later one is not
+    lp[1, 2] = lp[1, 7] = lp[1].max() + 1
+    target[1] = 7
+    lp[2, 4] = lp[2, 9] = lp[2].max() + 1
+    target[2] = 4
+    lp[4] = 0.0  # a row of equal entries: only index 0 counts
+    target[4] = 0
+    lp[5] = 0.0
+    target[5] = 3
+    want = int(lp.argmax(-1).eq(target).sum())
+    assert int(_count_correct(lp, target)) == want
+    assert 0 < want < 40
+    assert int(_count_correct(lp, torch.full((40,), 10))) == int(lp.argmax(-1).eq(10).sum())
+
+
+@pytest.mark.parametrize("n", [0, 6])
+def test_a_batch_of_padding_only_gives_zero_loss_and_zero_gradients(n):
+    hidden, weight, _ = _inputs(n=n)
+    target = torch.full((n,), PAD)
+    loss, nll, n_correct = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, chunk_tokens=4)
+    assert float(loss) == float(nll) == 0.0 and int(n_correct) == 0
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    assert gh.shape == hidden.shape and gw.shape == weight.shape
+    assert not gh.any() and not gw.any()
 
 
 def test_auto_chunk_sizes():
