@@ -16,9 +16,10 @@ backward and the optimizer step. Configurations:
 
 Rounds rotate through the configurations so drift in the machine hits all; the figure is the
 median words/s (target tokens) over rounds. `best` is the fastest bart_preln configuration, `fp32_best`
-the fastest one without bf16. On a CPU without bf16 matrix instructions (no AVX512-BF16/AMX; PyTorch
-emulates bf16 there, about 0.04x fp32's speed) the bf16 configurations are left out unless named in
---configs.
+the fastest one without bf16. Each configuration's row also gives the median minor page faults and
+kernel (system) CPU seconds per step: what a step pays the kernel for fresh memory pages. On a CPU
+without bf16 matrix instructions (no AVX512-BF16/AMX; PyTorch emulates bf16 there, about 0.04x
+fp32's speed) the bf16 configurations are left out unless named in --configs.
 
 Memory (--memory): the peak a step's forward, loss and backward add above parameters, gradients
 and optimizer state, measured in a fresh process per configuration as the rise of the peak
@@ -38,6 +39,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -213,6 +215,10 @@ def main() -> None:
         crits = {c: criterion(c, task) for c in configs}
         opts = {c: torch.optim.Adam(m.parameters(), lr=1e-4) for c, m in models.items()}
         wps: dict[str, list[float]] = {c: [] for c in configs}
+        # Page faults and kernel time per step: a step that allocates fresh large tensors (stock's
+        # full logits) pays the kernel for their pages, and how much varies with the VM's state.
+        faults: dict[str, list[float]] = {c: [] for c in configs}
+        sys_s: dict[str, list[float]] = {c: [] for c in configs}
         for c in configs:  # warm-up (and --compile's compilation) on every batch shape
             t0 = time.perf_counter()
             for b in batches:
@@ -221,26 +227,33 @@ def main() -> None:
                 log(f"  {c}: warm-up with compilation {time.perf_counter() - t0:.0f}s")
         for r in range(args.rounds):
             for c in configs[r % len(configs):] + configs[: r % len(configs)]:
-                t0 = time.perf_counter()
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 for b in batches:
                     step(models[c], crits[c], opts[c], b)
                 wps[c].append(words / (time.perf_counter() - t0))
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+                faults[c].append((r1.ru_minflt - r0.ru_minflt) / len(batches))
+                sys_s[c].append((r1.ru_stime - r0.ru_stime) / len(batches))
         med = {c: statistics.median(v) for c, v in wps.items()}
         best = max(configs[1:], key=med.get)
         fp32_best = max((c for c in configs[1:] if "bf16" not in c), key=med.get)
         gflop = model_gflop_per_word(models["fp32"])
         layers, dim, heads, ffn = SIZES[size]
         log(f"\n{size}: {layers}+{layers} x{dim} h{heads} ffn{ffn}, {len(task.dictionary):,} entries")
-        log(f"  {'configuration':<20} {'words/s':>9} {'vs stock':>9} {'MFU bf16':>9} {'MFU fp32':>9}")
+        med_faults = {c: statistics.median(v) for c, v in faults.items()}
+        med_sys = {c: statistics.median(v) for c, v in sys_s.items()}
+        log(f"  {'configuration':<20} {'words/s':>9} {'vs stock':>9} {'MFU bf16':>9} {'MFU fp32':>9} "
+            f"{'faults/step':>12} {'kernel s/step':>14}")
         for c in configs:
             log(f"  {c:<20} {med[c]:>9,.0f} {med[c] / med['stock']:>8.2f}x {100 * med[c] * gflop / peaks['bf16']:>8.1f}% "
-                f"{100 * med[c] * gflop / peaks['fp32']:>8.1f}%", flush=True)
+                f"{100 * med[c] * gflop / peaks['fp32']:>8.1f}% {med_faults[c]:>12,.0f} {med_sys[c]:>14.2f}", flush=True)
         log(f"  best: {best} ({med[best] / med['stock']:.2f}x stock); without bf16: {fp32_best} "
             f"({med[fp32_best] / med['stock']:.2f}x)")
         result = {"size": size, "stock_wps": med["stock"], "fp32_wps": med["fp32"], "best_wps": med[best],
                   "best_config": best, "best_ratio": med[best] / med["stock"], "fp32_ratio": med["fp32"] / med["stock"],
                   "fp32_best_config": fp32_best, "fp32_best_ratio": med[fp32_best] / med["stock"],
-                  "wps": med, "matmul_peak_gflops": peaks, "model_gflop_per_word": gflop}
+                  "wps": med, "matmul_peak_gflops": peaks, "model_gflop_per_word": gflop,
+                  "minor_faults_per_step": med_faults, "kernel_s_per_step": med_sys}
         if args.memory and size == "mid":
             mem = {c: peak_mib(c, size, args) for c in ("stock", "fp32", "fused", "fused+ckpt", "bf16+fused")}
             log(f"  added peak of one step, {GPT2_ENTRIES:,}-entry dictionary: " + ", ".join(
