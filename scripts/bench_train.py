@@ -2,8 +2,10 @@
 """Training words/s and the memory a step adds: bart_preln against stock fairseq `bart` (Pre-LN), side by side.
 
 All models get the same shapes, the same real batches (aclsum through bart_denoising, 128 tokens
-per sample) and the same optimizer (torch Adam); one training step is forward, the criterion,
-backward and the optimizer step. Configurations:
+per sample) and the same optimizer (torch Adam; with --optimizer fairseq, each side's
+implementation of fairseq's `adam` update: fairseq's own for stock, bart_ext's fused `bart_adam`
+for bart_preln); one training step is forward, the criterion, backward and the optimizer step.
+Configurations:
 
     stock      fairseq `bart` with the Pre-LN flags, fp32, fairseq's `cross_entropy`
     fp32       bart_preln, fp32, fairseq's `cross_entropy` (full logits)
@@ -31,7 +33,7 @@ Sizes: tiny (2+2 x36), 3x256, mid (6+6 x512) on 128-token samples with the data'
 (bart_base_preln, 6+6 x768) on 512-token samples with the dictionary padded to GPT-2's 50,265 entries
 (`--sizes base --rounds 1 --steps 1`: one step of each configuration, about 5 minutes on 2 cores).
 
-Usage: python scripts/bench_train.py [--rounds 5] [--steps 2] [--sizes tiny,mid] [--configs C1,C2,...] [--memory] [--json]
+Usage: python scripts/bench_train.py [--rounds 5] [--steps 2] [--sizes tiny,mid] [--configs C1,C2,...] [--optimizer torch|fairseq] [--memory] [--json]
 """
 from __future__ import annotations
 
@@ -50,9 +52,11 @@ import torch
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture
+from fairseq.optim.adam import Adam as FairseqAdam
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.adam import Adam as BartAdam  # noqa: E402
 from bart_ext.hardware import cpu_bf16_matmul, matmul_gflops  # noqa: E402
 from user_dir.bart_cross_entropy import BartCrossEntropy  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
@@ -98,6 +102,20 @@ def forward_backward(model, crit, batch) -> None:
     loss.backward()
 
 
+OPTIMIZERS = {
+    "torch": "torch.optim.Adam for every configuration (the model's speed alone)",
+    "fairseq": "fairseq's --optimizer adam for stock (fairseq.optim.adam.Adam, what it runs without apex), "
+               "bart_ext's --optimizer bart_adam (the same update, fused) for bart_preln",
+}
+
+
+def optimizer(kind: str, config: str, params) -> torch.optim.Optimizer:
+    """The step's optimizer, lr 1e-4: see ``OPTIMIZERS``."""
+    if kind == "fairseq":
+        return (FairseqAdam if config == "stock" else BartAdam)(params, lr=1e-4)
+    return torch.optim.Adam(params, lr=1e-4)
+
+
 def step(model, crit, opt, batch) -> None:
     opt.zero_grad(set_to_none=True)
     forward_backward(model, crit, batch)
@@ -134,7 +152,7 @@ def peak_child(config: str, size: str, data: Path, max_tokens: int) -> None:
     torch.manual_seed(0)
     task, batches = load(data, 1, max_tokens, GPT2_ENTRIES)
     model, crit = build(config, size, task).train(), criterion(config, task)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # the memory a step adds does not depend on it
     step(model, crit, opt, batches[0])  # gradients and optimizer state exist from here on
     opt.zero_grad(set_to_none=False)
     before = _rss_kib("VmRSS")
@@ -182,6 +200,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="training steps per configuration per round")
     ap.add_argument("--sizes", default="tiny,mid")
     ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="torch",
+                    help="; ".join(f"{k}: {v}" for k, v in OPTIMIZERS.items()))
     ap.add_argument("--configs", help="configurations to run (stock and fp32 always run); default: all, less the "
                                       "bf16 ones on a CPU without bf16 matrix instructions")
     ap.add_argument("--memory", action="store_true", help="also measure each configuration's added peak memory")
@@ -200,6 +220,7 @@ def main() -> None:
              "fp32": matmul_gflops(torch.float32, reps=10)}
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} steps "
         f"per configuration; matmul peak bf16 {peaks['bf16']:.0f} / fp32 {peaks['fp32']:.0f} GFLOP/s")
+    log(f"optimizer: {OPTIMIZERS[args.optimizer]}")
     configs = chosen_configs(args.configs)
     for size in args.sizes.split(","):
         if size not in SIZES:
@@ -213,7 +234,7 @@ def main() -> None:
             f"({batches[0]['net_input']['src_tokens'].size(1)} tokens per sample)")
         models = {c: build(c, size, task).train() for c in configs}
         crits = {c: criterion(c, task) for c in configs}
-        opts = {c: torch.optim.Adam(m.parameters(), lr=1e-4) for c, m in models.items()}
+        opts = {c: optimizer(args.optimizer, c, m.parameters()) for c, m in models.items()}
         wps: dict[str, list[float]] = {c: [] for c in configs}
         # Page faults and kernel time per step: a step that allocates fresh large tensors (stock's
         # full logits) pays the kernel for their pages, and how much varies with the VM's state.
@@ -252,7 +273,7 @@ def main() -> None:
         result = {"size": size, "stock_wps": med["stock"], "fp32_wps": med["fp32"], "best_wps": med[best],
                   "best_config": best, "best_ratio": med[best] / med["stock"], "fp32_ratio": med["fp32"] / med["stock"],
                   "fp32_best_config": fp32_best, "fp32_best_ratio": med[fp32_best] / med["stock"],
-                  "wps": med, "matmul_peak_gflops": peaks, "model_gflop_per_word": gflop,
+                  "optimizer": args.optimizer, "wps": med, "matmul_peak_gflops": peaks, "model_gflop_per_word": gflop,
                   "minor_faults_per_step": med_faults, "kernel_s_per_step": med_sys}
         if args.memory and size == "mid":
             mem = {c: peak_mib(c, size, args) for c in ("stock", "fp32", "fused", "fused+ckpt", "bf16+fused")}

@@ -59,13 +59,14 @@ class FairseqNVLAMB(FairseqOptimizer):
         return False
 
 
-def parse_betas(betas) -> tuple:
-    """``(0.9, 0.999)`` from the command line's string, hydra's string or a sequence; never ``eval``."""
+def parse_betas(betas, field: str = "lamb_betas") -> tuple:
+    """``(0.9, 0.999)`` from the command line's string, hydra's string or a sequence; never ``eval``.
+    ``field`` names the option in the error."""
     try:
         value = ast.literal_eval(betas) if isinstance(betas, str) else betas
         value = tuple(float(b) for b in value)
     except (ValueError, TypeError, SyntaxError):
         value = None
     if value is None or len(value) != 2:
-        raise ValueError(f"lamb_betas must be two numbers such as '(0.9, 0.999)', got {betas!r}")
+        raise ValueError(f"{field} must be two numbers such as '(0.9, 0.999)', got {betas!r}")
     return value

@@ -330,7 +330,7 @@ def _amp_step(clip_grad_norm, optimizer_name, device="cpu"):
     return model, ref_model
 
 
-@pytest.mark.parametrize("optimizer_name", ["nvlamb", "adam"])
+@pytest.mark.parametrize("optimizer_name", ["nvlamb", "adam", "bart_adam"])
 def test_amp_unscales_gradients_once(optimizer_name):
     from fairseq.optim.amp_optimizer import AMPOptimizer
 
@@ -341,7 +341,7 @@ def test_amp_unscales_gradients_once(optimizer_name):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("optimizer_name", ["nvlamb", "adam"])
+@pytest.mark.parametrize("optimizer_name", ["nvlamb", "adam", "bart_adam"])
 def test_amp_unscales_gradients_once_on_cuda(optimizer_name):
     from fairseq.optim.amp_optimizer import AMPOptimizer
 
