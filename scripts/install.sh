@@ -28,9 +28,10 @@ if ! have fairseq; then
   pipi --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
 stamp="$VENV/.bart_ext-deps"
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   echo "[install] runtime dependencies and bart_ext (editable)"
-  pipi -r requirements.txt
+  # constraints.txt: the versions the tests and the demo were last verified with
+  pipi -r requirements.txt -c constraints.txt
   echo "[install] (a pip ERROR that fairseq-fixed requires torchaudio is expected: fairseq-fixed is installed"
   echo "[install]  without its dependencies, torchaudio would pull a second torch, and only fairseq's speech tasks use it)"
   # NVIDIA's LDDL without its 2021 pins (../shared/ENVIRONMENT.md)
