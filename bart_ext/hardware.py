@@ -4,7 +4,10 @@ bf16 autocast pays on CPUs whose bf16 matrix units outrun fp32: with AMX, a 1,02
 ran at 1,045-1,310 GFLOP/s in bf16 against 266-320 in fp32 (a 2-core Xeon, 2026-12-06). The flags
 alone do not say that: on a Xeon whose hypervisor showed AVX512-BF16 but not AMX, the same matmul
 ran at 164-167 GFLOP/s in bf16 against 318-321 in fp32 (oneDNN's AVX512-BF16 kernel against MKL's
-fp32 one), and a mid-size bf16 training step was 1.7x slower than fp32's. Without any bf16
+fp32 one), and a mid-size bf16 training step was 1.7x slower than fp32's. The instructions say
+why (``scripts/bench_isa.py``): there AVX512-BF16's ``vdpbf16ps`` issued at a quarter of the fp32
+FMA's rate, so its 64 FLOP per instruction gave half the fp32 peak (85 against 174 GFLOP/s per
+core). Without any bf16
 instruction PyTorch emulates bf16 matmuls, many times slower again (an AVX2-only AMD EPYC: 0.27
 GFLOP/s in bf16 against 96 in fp32, a bart_small_preln step 25x slower). So where the flags
 promise bf16, ``bf16_and_fp32_gflops`` measures it.
