@@ -270,6 +270,9 @@ def main() -> None:
                 f"{100 * med[c] * gflop / peaks['fp32']:>8.1f}% {med_faults[c]:>12,.0f} {med_sys[c]:>14.2f}", flush=True)
         log(f"  best: {best} ({med[best] / med['stock']:.2f}x stock); without bf16: {fp32_best} "
             f"({med[fp32_best] / med['stock']:.2f}x)")
+        if peaks["bf16"] < peaks["fp32"]:
+            log(f"  (MFU bf16 is against this CPU's bf16 matmul peak, {peaks['bf16']:.0f} GFLOP/s, below its fp32 "
+                f"peak ({peaks['fp32']:.0f}): it can pass 100% for fp32 configurations; scripts/bench_isa.py says why)")
         result = {"size": size, "stock_wps": med["stock"], "fp32_wps": med["fp32"], "best_wps": med[best],
                   "best_config": best, "best_ratio": med[best] / med["stock"], "fp32_ratio": med["fp32"] / med["stock"],
                   "fp32_best_config": fp32_best, "fp32_best_ratio": med[fp32_best] / med["stock"],
