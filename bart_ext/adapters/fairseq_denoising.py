@@ -22,6 +22,7 @@ from fairseq.tasks import FairseqTask
 
 from bart_ext import lddl_data
 from bart_ext.adapters.beam_generator import BeamGeneratorTask
+from bart_ext.adapters.eval_batches import batch_multiple
 from bart_ext.adapters.fairseq_lddl import LDDLDataset, LDDLEpochBatchIterator, batch_size_for
 from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines
 from bart_ext.denoising_data import DenoisingSamples, collate
@@ -248,7 +249,8 @@ class BartDenoisingTaskBase(BeamGeneratorTask, FairseqTask):
             return super().get_batch_iterator(
                 dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
                 ignore_invalid_inputs=ignore_invalid_inputs,
-                required_batch_size_multiple=required_batch_size_multiple, seed=seed, num_shards=num_shards,
+                required_batch_size_multiple=batch_multiple(self, dataset, required_batch_size_multiple),
+                seed=seed, num_shards=num_shards,
                 shard_id=shard_id, num_workers=num_workers, epoch=epoch, **kwargs)
         cfg = dataclasses.replace(
             dataset.cfg, batch_size=batch_size_for(max_sentences, max_tokens, self.cfg.tokens_per_sample))

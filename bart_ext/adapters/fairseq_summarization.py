@@ -17,6 +17,7 @@ does), so a pretrained checkpoint's embedding fits unchanged.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
@@ -34,6 +35,7 @@ from fairseq.data import (
 from fairseq.tasks.translation import TranslationTask
 
 from bart_ext.adapters.beam_generator import BeamGeneratorTask
+from bart_ext.adapters.eval_batches import batch_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,14 @@ class BartSummarizationTaskBase(BeamGeneratorTask, TranslationTask):
                 t = torch.cat([t[: self.cfg.max_source_positions - 1], t[-1:]])
             rows.append(t)
         return super().build_dataset_for_inference(rows, [len(t) for t in rows], constraints)
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's, except that splits other than the training one are batched with a multiple of 1,
+        so that ``fairseq-generate`` and validation see every sentence (``eval_batches``)."""
+        call = inspect.signature(super().get_batch_iterator).bind(dataset, *args, **kwargs)
+        call.arguments["required_batch_size_multiple"] = batch_multiple(
+            self, dataset, call.arguments.get("required_batch_size_multiple", 1))
+        return super().get_batch_iterator(*call.args, **call.kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         if self.cfg.force_bos and prefix_tokens is None:

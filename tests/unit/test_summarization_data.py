@@ -123,6 +123,38 @@ def _summ_task(**overrides):
     return cls.setup_task(cfg)
 
 
+def _sentences_batched(task, split: str, *args, **kwargs) -> list[int]:
+    itr = task.get_batch_iterator(task.dataset(split), *args, **kwargs)
+    return [len(batch["id"]) for batch in itr.next_epoch_itr(shuffle=False)]
+
+
+def test_every_sentence_outside_the_training_split_is_batched():
+    """fairseq drops a last batch that is not a multiple of --required-batch-size-multiple (fairseq
+    #5036): fairseq-generate and validation lose sentences. The task keeps every one outside the
+    training split, whose batches stay stock fairseq's."""
+    from fairseq.tasks.translation import TranslationTask
+
+    ours, stock = _summ_task(), _summ_task()
+    batching = dict(max_sentences=16, max_positions=(1024, 1024), ignore_invalid_inputs=True,
+                    required_batch_size_multiple=8)
+    for task in (ours, stock):
+        task.load_dataset("train")
+        task.load_dataset("valid")
+    n_valid, n_train = len(ours.dataset("valid")), len(ours.dataset("train"))
+    assert n_valid % 16 % 8 and n_train % 16 % 8  # both splits end in a short batch
+    stock_valid = sum(len(b["id"]) for b in TranslationTask.get_batch_iterator(
+        stock, dataset=stock.dataset("valid"), **batching).next_epoch_itr(shuffle=False))
+    assert stock_valid < n_valid  # what fairseq does
+    assert sum(_sentences_batched(ours, "valid", **batching)) == n_valid
+    # positionally, as (max_tokens, max_sentences, max_positions, ignore_invalid_inputs, multiple)
+    fresh = _summ_task()
+    fresh.load_dataset("valid")
+    assert sum(_sentences_batched(fresh, "valid", None, 16, (1024, 1024), True, 8)) == n_valid
+    stock_train = [len(b["id"]) for b in TranslationTask.get_batch_iterator(
+        stock, dataset=stock.dataset("train"), **batching).next_epoch_itr(shuffle=False)]
+    assert _sentences_batched(ours, "train", **batching) == stock_train and sum(stock_train) < n_train
+
+
 def test_inference_datasets_begin_with_bos_once():
     task = _summ_task()
     bos = task.src_dict.bos()
