@@ -18,6 +18,36 @@ from tests.conftest import ROOT
 from tests.helpers import dictionary, fake_task
 
 
+# --- evaluation batches keep every sentence (bart_ext/adapters/eval_batches.py) ------------------------
+
+def test_bart_denoising_validation_batches_every_sample(data_dir):
+    """fairseq drops a last batch that is not a multiple of --required-batch-size-multiple (fairseq
+    #5036); on fairseq-binarized data bart_denoising validates on every sample, and its training
+    batches stay stock fairseq's. (bart_summarization: tests/unit/test_summarization_data.py.)"""
+    from fairseq.tasks import FairseqTask
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln", "--optimizer", "nvlamb",
+        "--lr", "0.01", "--criterion", "cross_entropy"])
+    t = tasks.setup_task(args)
+    t.load_dataset("train")
+    t.load_dataset("valid")
+    n_train, n_valid = len(t.dataset("train")), len(t.dataset("valid"))
+    bsz = next(b for b in range(9, 64) if n_train % b % 8 and n_valid % b % 8)  # both end in a short batch
+
+    def batches(get, split):
+        itr = get(dataset=t.dataset(split), max_sentences=bsz, max_positions=(10**6, 10**6),
+                  ignore_invalid_inputs=True, required_batch_size_multiple=8, disable_iterator_cache=True)
+        return [len(b["id"]) for b in itr.next_epoch_itr(shuffle=False)]
+
+    def stock(**kwargs):
+        return FairseqTask.get_batch_iterator(t, **kwargs)
+
+    assert sum(batches(stock, "valid")) < n_valid  # what fairseq does
+    assert sum(batches(t.get_batch_iterator, "valid")) == n_valid
+    assert batches(t.get_batch_iterator, "train") == batches(stock, "train")
+
+
 # --- the argparse path: every registered option from a Namespace with only what a user typed -------------
 
 @pytest.mark.parametrize("task,data", [("bart_denoising", "aclsum/bin"), ("bart_summarization", "aclsum_summ/bin")])
