@@ -96,17 +96,44 @@ class BartSummarizationTaskBase(BeamGeneratorTask, TranslationTask):
                     prepend_bos, target_bos)
         return self.datasets[split]
 
+    def build_model(self, cfg, from_checkpoint=False):
+        """fairseq's; remembers the fewest source positions of the models built, which ``truncate_source``
+        cuts inference sources to when ``max_source_positions`` asks for more."""
+        model = super().build_model(cfg, from_checkpoint)
+        positions = model.max_positions()
+        positions = positions[0] if isinstance(positions, tuple) else positions
+        if positions is not None:
+            self._model_source_positions = min(positions, getattr(self, "_model_source_positions", positions))
+        return model
+
+    def _inference_source_limit(self) -> int:
+        """``max_source_positions``, or the model's own source positions where they are fewer: the README's
+        ``--max-source-positions 1024`` (bart.large's) on a model of 512 positions, such as the demo's, cut a
+        long text to 1,024 tokens, and fairseq-interactive then refused it as an invalid size."""
+        limit = int(self.cfg.max_source_positions)
+        model_limit = getattr(self, "_model_source_positions", None)
+        if model_limit is not None and model_limit < limit:
+            if not getattr(self, "_warned_source_limit", False):
+                logger.warning("--truncate-source: the model has %d source positions, fewer than "
+                               "--max-source-positions %d; sources are cut to %d tokens", model_limit, limit,
+                               model_limit)
+                self._warned_source_limit = True
+            limit = model_limit
+        return limit
+
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
         """Sources given as tokens (fairseq-interactive, ``bart_ext.load``), shaped as ``load_dataset`` shapes
-        the binarized ones: ``<s>`` first, and with ``truncate_source`` cut to ``max_source_positions``
-        keeping the final ``</s>`` (fairseq-interactive refused a longer text as an invalid size)."""
+        the binarized ones: ``<s>`` first, and with ``truncate_source`` cut to ``max_source_positions`` (or the
+        model's positions, where fewer) keeping the final ``</s>`` (fairseq-interactive refused a longer text
+        as an invalid size)."""
         bos = self.src_dict.bos()
+        limit = self._inference_source_limit() if self.cfg.truncate_source else None
         rows = []
         for t in src_tokens:
             if self.cfg.prepend_bos and not (len(t) and t[0] == bos):
                 t = torch.cat([t.new_tensor([bos]), t])
-            if self.cfg.truncate_source and len(t) > self.cfg.max_source_positions:
-                t = torch.cat([t[: self.cfg.max_source_positions - 1], t[-1:]])
+            if limit is not None and len(t) > limit:
+                t = torch.cat([t[: limit - 1], t[-1:]])
             rows.append(t)
         return super().build_dataset_for_inference(rows, [len(t) for t in rows], constraints)
 

@@ -130,10 +130,12 @@ def test_python_api_from_a_script_outside_the_repository(converted, cli_env, tmp
     assert re.search(r"^summary: \['.*'\]$", out.stdout, re.M), out.stdout
 
 
-def test_interactive_reads_running_text_and_cuts_long_sources(converted, cli_env, tmp_path):
+@pytest.mark.parametrize("max_source_positions", [32, 1024])
+def test_interactive_reads_running_text_and_cuts_long_sources(converted, cli_env, tmp_path, max_source_positions):
     """fairseq-interactive with --bpe bart_gpt2 encodes a line as our data preparation does (a space before
     its first word), and --truncate-source cuts a text longer than the model's 64 positions as the
-    binarized data is cut (it was refused as an invalid size)."""
+    binarized data is cut (it was refused as an invalid size), to --max-source-positions or, where that
+    asks for more than the model has (the README's 1024, bart.large's, on a smaller model), to the model's."""
     from bart_ext.bpe import GPT2Encoder
     from bart_ext.summarization_data import encode_lines
 
@@ -142,12 +144,16 @@ def test_interactive_reads_running_text_and_cuts_long_sources(converted, cli_env
     (tmp_path / "in.txt").write_text(text + "\n")
     out = run(["fairseq-interactive", str(data), "--user-dir", USER_DIR, "--task", "bart_summarization", "--path",
                str(ckpt), "--bpe", "bart_gpt2", "--gpt2-encoder-json", str(data / "encoder.json"),
-               "--gpt2-vocab-bpe", str(data / "vocab.bpe"), "--truncate-source", "--max-source-positions", "32",
-               "--beam", "2", "--max-len-b", "5", "--cpu", "--input", str(tmp_path / "in.txt")], cli_env)
+               "--gpt2-vocab-bpe", str(data / "vocab.bpe"), "--truncate-source", "--max-source-positions",
+               str(max_source_positions), "--beam", "2", "--max-len-b", "5", "--cpu", "--input",
+               str(tmp_path / "in.txt")], cli_env)
     source = re.search(r"^S-0\t(.*)$", out, re.M).group(1).split()
     ours = encode_lines([text], GPT2Encoder(data / "encoder.json", data / "vocab.bpe"))[0].split()
-    assert len(ours) > 64 and source == ours[:30], (source, ours[:30])  # (<s>) + 30 tokens + (</s>): 32
+    kept = min(max_source_positions, 64) - 2  # <s> and </s> take two of the positions
+    assert len(ours) > 64 and source == ours[:kept], (source, ours[:kept])
     assert re.search(r"^H-0\t", out, re.M)
+    assert ("the model has 64 source positions, fewer than --max-source-positions 1024" in out) == (
+        max_source_positions > 64)
 
 
 if __name__ == "__main__":
