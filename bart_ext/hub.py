@@ -94,6 +94,20 @@ class BartHub:
         return {"id": torch.arange(len(rows)), "net_input": {"src_tokens": src, "src_lengths": src.ne(
             self.dictionary.pad()).sum(1)}}
 
+    def _positions(self) -> int:
+        """The longest input, ``<s>`` and ``</s>`` included, that both the encoder and the decoder can place."""
+        positions = self.model.max_positions()
+        return int(min(positions)) if isinstance(positions, tuple) else int(positions)
+
+    def _check_lengths(self, rows: Sequence[Tensor], method: str) -> None:
+        """One ``ValueError`` naming the first input longer than the model's positions (the embedding
+        lookup failed with ``IndexError: index out of range in self``)."""
+        limit = self._positions()
+        for i, row in enumerate(rows):
+            if len(row) > limit:
+                raise ValueError(f"{method}: text {i} is {len(row)} tokens with <s> and </s>, more than the "
+                                 f"model's {limit} positions; shorten it (summarize and predict cut long texts)")
+
     @torch.no_grad()
     def generate(self, rows: Sequence[Tensor], **settings) -> list[list[dict]]:
         """fairseq's hypotheses (``tokens``, ``score``, ...) for each row of encoded input, best first.
@@ -110,6 +124,7 @@ class BartHub:
             if not hasattr(gen, key):
                 raise ValueError(f"unknown generation setting {key!r}")
             setattr(gen, key, value)
+        self._check_lengths(rows, "generate")
         generator = self.task.build_generator([self.model], gen)
         sample = self._batch(rows)
         prefix = sample["net_input"]["src_tokens"].new_full((len(rows), 1), self.dictionary.bos())
@@ -152,18 +167,26 @@ class BartHub:
                 raise ValueError(f"fill_mask: no {MASK} in {text!r}")
         if not texts:
             return []
-        hypos = self.generate([self.encode(t) for t in texts], beam=topk, match_source_len=match_source_len, **settings)
+        rows = [self.encode(t) for t in texts]
+        self._check_lengths(rows, "fill_mask")
+        hypos = self.generate(rows, beam=topk, match_source_len=match_source_len, **settings)
         filled = [[(self.decode(h["tokens"]), float(h["score"])) for h in hs[:topk]] for hs in hypos]
         return filled[0] if single else filled
 
     @torch.no_grad()
     def predict(self, head: str, texts: Sequence[str] | str) -> Tensor:
         """Logits ``(len(texts), num_classes)`` of classification head ``head`` (a model fine-tuned
-        with ``--task sentence_prediction``); ``(num_classes,)`` for one string."""
+        with ``--task sentence_prediction``); ``(num_classes,)`` for one string. A text longer than the
+        model's positions keeps its first tokens and its final ``</s>``, whose state the head reads, as
+        ``scripts/classify.py`` cuts it."""
         texts, single = _rows(texts, "predict")
         if not texts:
             raise ValueError("predict: no texts")
-        sample = self._batch([self.encode(t) for t in texts])
+        limit, rows = self._positions(), []
+        for text in texts:
+            ids = self.encode(text)
+            rows.append(torch.cat([ids[: limit - 1], ids[-1:]]) if len(ids) > limit else ids)
+        sample = self._batch(rows)
         logits = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
         return logits[0] if single else logits
 

@@ -465,6 +465,31 @@ def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, 
         model.predict("head", [3])
 
 
+def test_hub_names_a_text_longer_than_the_model_and_cuts_it_where_fairseq_tools_do(tmp_path, data_dir):
+    """A text longer than the model's 64 positions: fill_mask and generate stop with one ValueError naming it
+    (the embedding lookup raised "IndexError: index out of range in self"); summarize cuts it as fine-tuning
+    cut sources, and predict as scripts/classify.py cuts it: the first tokens and the final </s>."""
+    import bart_ext
+
+    model = bart_ext.load(write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=1))
+    long = " ".join(["We propose a parser for trees."] * 20)
+    masked = long + " We propose a <mask> for parsing."
+    assert len(model.encode(masked)) > 64
+    with pytest.raises(ValueError, match=rf"fill_mask: text 1 is {len(model.encode(masked))} tokens with <s> and "
+                                         r"</s>, more than the model's 64 positions"):
+        model.fill_mask(["We propose a <mask> for parsing.", masked], topk=2, max_len_b=8)
+    with pytest.raises(ValueError, match=r"generate: text 0 is \d+ tokens with <s> and </s>, more than the model's 64"):
+        model.generate([model.encode(long)], beam=2, max_len_b=4)
+    assert isinstance(model.summarize(long, preset="xsum", max_len_b=6, min_len=2), str)
+    model.model.register_classification_head("roles", num_classes=3)
+    ids = model.encode(long)
+    cut = torch.cat([ids[:63], ids[-1:]])
+    with torch.no_grad():
+        expected = model.model(cut[None], torch.tensor([64]), features_only=True,
+                               classification_head_name="roles")[0][0]
+    assert torch.allclose(model.predict("roles", long), expected, atol=1e-6)
+
+
 def test_hub_runs_a_bf16_trained_model_in_fp32_where_bf16_is_slower(tmp_path, data_dir, monkeypatch, caplog):
     """bart_ext.load(bf16=None) keeps a checkpoint's --bf16-autocast where bf16 pays and turns it off,
     with a warning, on a CPU where bf16 matmuls are slower; bf16=True/False decide; fairseq-generate's
