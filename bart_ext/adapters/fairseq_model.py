@@ -39,6 +39,9 @@ FINAL_LAYER_NORM_KEYS = (
 # generation only) carries ``[tensor([k, expanded])]``, a CPU tensor. Its rows are sentences;
 # ``expanded`` is 0 until the generator's first reorder has spread each sentence over its ``k``
 # hypotheses (and 1 after): from then on the decoder reads one encoder row per ``k`` of its rows.
+# ``k`` is fixed at that first reorder by its size (rows per sentence), not by ``set_beam_size``:
+# fairseq's SequenceGenerator calls ``set_beam_size`` only for beams above 1, so a model that had
+# run a beam of 5 kept 5 while a later greedy search expanded each sentence once.
 BEAM = "bart_ext_beam"
 
 
@@ -78,11 +81,17 @@ class BartEncoder(core.Encoder, FairseqEncoder):
         index = new_order
         if BEAM in encoder_out:
             k, expanded = encoder_out[BEAM][0].tolist()
-            if new_order.numel() % k != 0:
-                raise ValueError(f"a beam-shared encoder_out cannot be reordered by {new_order.numel()} rows "
-                                 f"with beam size {k}")
-            index = new_order.view(-1, k)[:, 0] // (k if expanded else 1)
-            out[BEAM] = [torch.tensor([k, 1])]
+            if not expanded:  # the expansion: each of the B sentences repeated k times, k the search's beam
+                rows = encoder_out["encoder_out"][0].size(1)
+                k = new_order.numel() // rows if rows and new_order.numel() % rows == 0 else 1
+            if k == 1:  # a search of one hypothesis per sentence (greedy, sampling of one): rows as they come
+                del out[BEAM]
+            else:
+                if new_order.numel() % k != 0:
+                    raise ValueError(f"a beam-shared encoder_out cannot be reordered by {new_order.numel()} rows "
+                                     f"with beam size {k}")
+                index = new_order.view(-1, k)[:, 0] // (k if expanded else 1)
+                out[BEAM] = [torch.tensor([k, 1])]
         out["encoder_out"] = [t.index_select(1, index) for t in encoder_out["encoder_out"]]
         for key in ("encoder_padding_mask", "src_lengths"):
             out[key] = [t.index_select(0, index) for t in encoder_out[key]]
@@ -157,10 +166,11 @@ class BartDecoder(core.Decoder, FairseqIncrementalDecoder):
         for i in range(len(self.layers)):
             cache = self.get_incremental_state(incremental_state, f"layer{i}")
             if cache:
+                if rows is None and "shared_k" in cache:  # k: hypotheses per sentence, as the encoder fixed it
+                    k = cache["self_k"].size(0) // cache["shared_k"].size(0) if "self_k" in cache else self.beam_size
+                    rows = new_order.view(-1, k)[:, 0] // k
                 for key, value in cache.items():
                     if key.startswith("shared_"):
-                        if rows is None:
-                            rows = new_order.view(-1, self.beam_size)[:, 0] // self.beam_size
                         cache[key] = value.index_select(0, rows)
                     else:
                         cache[key] = value.index_select(0, new_order)

@@ -99,3 +99,35 @@ def test_a_model_left_in_beam_mode_scores_and_trains_per_row(monkeypatch):
     model.train()
     assert BEAM not in model.encoder(src)
     model(src, None, prev)[0].sum().backward()
+
+
+def test_beam_of_a_search_is_its_own_not_the_last_set_beam_size(monkeypatch):
+    """fairseq's SequenceGenerator calls ``set_beam_size`` only for beams above 1, and every generator
+    calls it when built: a greedy search after a beam of 4 (bart_ext.load(...).sample after summarize), or
+    a beam of 4 run by a generator built before one of 3, read the last size set. The greedy search
+    failed ("cannot be reordered by 2 rows with beam size 5"); the beam of 4 under a size of 3 could
+    group the wrong rows. Each search's beam now comes from its own first reorder."""
+    d = dictionary(60)
+    torch.manual_seed(3)
+    src = torch.randint(d.nspecial, len(d), (3, 9))
+    src[:, -1] = d.eos()
+    src[1, :2] = d.pad()
+    sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(d.pad()).sum(1)}}
+
+    def outputs(shared: bool):
+        monkeypatch.setenv("BART_EXT_BEAM_SHARED", "1" if shared else "0")
+        torch.manual_seed(3)
+        model = BartPreln.build_model(preln_args(), fake_task(d)).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 1.0)
+        four = SequenceGenerator([model], d, beam_size=4, max_len_b=10)
+        SequenceGenerator([model], d, beam_size=3, max_len_b=10)  # leaves set_beam_size(3)
+        greedy = SequenceGenerator([model], d, beam_size=1, max_len_b=10)
+        with torch.no_grad():
+            runs = [four.generate([model], sample), greedy.generate([model], sample)]
+        if shared:
+            assert model.encoder.beam_size == 3
+        return [[[h["tokens"].tolist() for h in hyps] for hyps in run] for run in runs]
+
+    assert outputs(shared=True) == outputs(shared=False)
