@@ -3,6 +3,7 @@
     import bart_ext
     model = bart_ext.load("runs/demo/finetune/checkpoint_best.pt")   # ours, or `convert.py from-hf`'s
     model.summarize(["A paper's text ..."], preset="xsum")
+    model.sample(["A paper's text ..."], beam=4, lenpen=2.0, max_len_b=140, min_len=55)  # fairseq's hub spelling
     model.fill_mask(["Neural machine <mask> is a task."], topk=3)     # [(text, score), ...] per input
     model.encode("text"), model.decode(tokens)                         # <s> ... </s> ids and back
     model.predict("sentence_classification_head", ["We propose ..."])  # logits of a fine-tuned head
@@ -130,25 +131,48 @@ class BartHub:
         prefix = sample["net_input"]["src_tokens"].new_full((len(rows), 1), self.dictionary.bos())
         return self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)
 
-    def summarize(self, texts: Sequence[str] | str, preset: str = "xsum", **settings) -> list[str] | str:
-        """Summaries of ``texts`` with a decoding preset of configs/generate (``xsum``, ``cnn_dm``); the
-        sources are cut as fine-tuning cut them (``truncate_source``, ``max_source_positions``). One
-        string in, one summary out."""
-        from bart_ext.summarization_data import load_preset, source_length_limit
+    def _best(self, texts: Sequence[str] | str, method: str, verbose: bool = False, **settings) -> list[str] | str:
+        """The best hypothesis of each text, decoded; sources cut as fine-tuning cut them
+        (``truncate_source``, ``max_source_positions``), else to the model's positions."""
+        from bart_ext.summarization_data import source_length_limit
 
-        texts, single = _rows(texts, "summarize")
-        settings = {**load_preset(preset), **settings}
+        texts, single = _rows(texts, method)
         if not texts:
             return []
-        limit = source_length_limit(self.cfg.task, self.model.max_positions()[0])
+        limit = source_length_limit(self.cfg.task, self._positions())
         rows = []
         for text in texts:
             ids = self.encode(text)
             if len(ids) > limit:
                 ids = torch.cat([ids[: limit - 1], ids[-1:]])
             rows.append(ids)
-        summaries = [self.decode(h[0]["tokens"]) for h in self.generate(rows, **settings)]
-        return summaries[0] if single else summaries
+        hypos = [h[0] for h in self.generate(rows, **settings)]
+        out = [self.decode(h["tokens"]) for h in hypos]
+        if verbose:  # as fairseq's hub logs them
+            for text, hypo, decoded in zip(texts, hypos, out):
+                logger.info("S\t%s", text)
+                logger.info("H\t%s\t%s", float(hypo["score"]), decoded)
+        return out[0] if single else out
+
+    def summarize(self, texts: Sequence[str] | str, preset: str = "xsum", **settings) -> list[str] | str:
+        """Summaries of ``texts`` with a decoding preset of configs/generate (``xsum``, ``cnn_dm``); the
+        sources are cut as fine-tuning cut them (``truncate_source``, ``max_source_positions``). One
+        string in, one summary out."""
+        from bart_ext.summarization_data import load_preset
+
+        return self._best(texts, "summarize", **{**load_preset(preset), **settings})
+
+    def sample(self, texts: Sequence[str] | str, beam: int = 1, verbose: bool = False, **settings) -> list[str] | str:
+        """fairseq's BART hub ``sample``: the best output of each text under fairseq's generation settings
+        (``beam`` 1 unless given, ``lenpen``, ``max_len_b``, ``min_len``, ``no_repeat_ngram_size``, ...), so
+        that code written for ``BARTModel.from_pretrained(...).sample`` runs unchanged; ``<s>`` is forced first
+        and long texts are cut as in ``summarize``. One string in, one output out."""
+        return self._best(texts, "sample", verbose=verbose, beam=beam, **settings)
+
+    def translate(self, texts: Sequence[str] | str, beam: int = 5, verbose: bool = False,
+                  **settings) -> list[str] | str:
+        """fairseq's hub ``translate``: ``sample`` with 5 beams unless given."""
+        return self._best(texts, "translate", verbose=verbose, beam=beam, **settings)
 
     def fill_mask(self, texts: Sequence[str] | str, topk: int = 3, match_source_len: bool = True,
                   **settings) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -463,6 +464,34 @@ def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, 
         model.fill_mask(masked, topk=0)
     with pytest.raises(TypeError, match=r"predict: text 0 is not a str but int"):
         model.predict("head", [3])
+
+
+def test_hub_sample_and_translate_as_fairseqs_bart_hub(tmp_path, data_dir, caplog):
+    """fairseq's README calls bart.sample(lines, beam=4, lenpen=2.0, ...): the same call works here, giving the
+    best hypothesis of generate (beam 1 unless given; translate: 5), the same as summarize with those
+    settings, a str for a str, and with verbose=True fairseq's S/H log lines."""
+    import logging
+
+    import bart_ext
+    from bart_ext.summarization_data import load_preset
+
+    model = bart_ext.load(write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=2))
+    texts = ["We propose a parser for trees.", "Our results improve the state of the art."]
+    settings = dict(lenpen=2.0, max_len_b=12, min_len=3, no_repeat_ngram_size=3)
+    for beam, method in ((1, model.sample), (5, model.translate)):
+        best = [model.decode(h[0]["tokens"]) for h in model.generate([model.encode(t) for t in texts], beam=beam,
+                                                                      **settings)]
+        assert method(texts, **settings) == best and method(texts, beam=beam, **settings) == best
+        assert method(texts[1], **settings) == best[1]
+    beams = [model.sample(texts, beam=b, **settings) for b in (1, 4)]
+    assert all(isinstance(t, str) and t for row in beams for t in row)
+    xsum = {**load_preset("xsum"), "max_len_b": 12}
+    assert model.sample(texts, **xsum) == model.summarize(texts, preset="xsum", max_len_b=12)
+    with caplog.at_level(logging.INFO, logger="bart_ext.hub"):
+        out = model.sample(texts[0], beam=2, verbose=True, max_len_b=6)
+    assert f"S\t{texts[0]}" in caplog.text and re.search(rf"H\t-?[0-9.]+\t{re.escape(out)}", caplog.text)
+    with pytest.raises(ValueError, match=r"sample: text 1 is empty \(of 2\)"):
+        model.sample([texts[0], " "])
 
 
 def test_hub_names_a_text_longer_than_the_model_and_cuts_it_where_fairseq_tools_do(tmp_path, data_dir):
