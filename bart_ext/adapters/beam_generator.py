@@ -316,10 +316,17 @@ def warn_if_bf16_decoding_is_slower(models) -> None:
 
 class BeamGeneratorTask:
     """Task mixin: fairseq's ``build_generator`` with ``BeamSequenceGenerator``, unless a generator class
-    is asked for, alignments are printed, or ``BART_EXT_GENERATOR=fairseq``."""
+    is asked for, alignments are printed, or ``BART_EXT_GENERATOR=fairseq``; and fairseq's diverse beam
+    search given the batch positions it indexes (``inference_step``)."""
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         warn_if_bf16_decoding_is_slower(models)
+        if getattr(args, "print_alignment", False):
+            from bart_ext.adapters.fairseq_model import BartEncoderDecoder
+
+            if any(isinstance(m, BartEncoderDecoder) for m in models):
+                raise ValueError("--print-alignment needs attention weights, which the bart_preln models do not "
+                                 "materialise (scaled_dot_product_attention): generate without --print-alignment")
         if seq_gen_cls is None and not getattr(args, "print_alignment", False) and switches.GENERATOR.get() == "bart_ext":
             seq_gen_cls = BeamSequenceGenerator
         elif switches.CONSTRAINT_SCORES.get() == "renormalized":
@@ -327,3 +334,17 @@ class BeamGeneratorTask:
                              f"{switches.GENERATOR.name}=fairseq, --print-alignment or another generator class replaces")
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
                                        extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """fairseq's, except under ``--diverse-beam-groups``: fairseq's SequenceGenerator passes the sample's
+        dataset ids (``sample["id"]``) to ``DiverseBeamSearch``, which indexes its per-sentence overlap
+        counts (one row per sentence of the batch) with them, so fairseq-generate failed with "index 34
+        is out of bounds for dimension 0 with size 16" on the second batch of any split. The search is
+        given the batch positions it means; the caller's sample, and the ids it writes, are unchanged."""
+        if isinstance(getattr(generator, "search", None), search.LexicallyConstrainedBeamSearch) and constraints is None:
+            raise ValueError("--constraints: this batch has no constraints (fairseq-interactive reads them after a tab "
+                             "on each input line; binarized data, as fairseq-generate reads it, has none)")
+        if isinstance(getattr(generator, "search", None), search.DiverseBeamSearch) and "id" in sample:
+            ids = sample["id"]
+            sample = {**sample, "id": torch.arange(len(ids), device=ids.device if torch.is_tensor(ids) else None)}
+        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens, constraints=constraints)

@@ -121,19 +121,17 @@ def test_nan_log_probabilities_are_replaced_as_fairseq_replaces_them():
     assert all(torch.isfinite(h["score"]) for hyps in ours for h in hyps)
 
 
-def test_equals_fairseq_on_fairseqs_transformer_with_its_attention():
-    """Any fairseq encoder-decoder, not only bart_preln; fairseq's transformer also returns the
-    cross-attention, which both generators carry along with the hypotheses."""
+def _fairseq_transformer(d):
+    """fairseq's own transformer, large random weights, and a likelier </s>: sentences finish at different steps."""
     from fairseq.models.transformer import TransformerModel, base_architecture
 
-    d = dictionary(60)
     args = argparse.Namespace(encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=1,
                               encoder_attention_heads=2, decoder_embed_dim=16, decoder_ffn_embed_dim=32,
                               decoder_layers=2, decoder_attention_heads=2, dropout=0.0, max_source_positions=64,
                               max_target_positions=64)
     base_architecture(args)
 
-    def eos_boost(module, inputs, logits):  # a likelier </s>: sentences finish at different steps
+    def eos_boost(module, inputs, logits):
         logits[..., d.eos()] += 16.0
         return logits
 
@@ -143,6 +141,14 @@ def test_equals_fairseq_on_fairseqs_transformer_with_its_attention():
         for p in model.parameters():
             p.normal_(0, 1.0)
     model.decoder.output_projection.register_forward_hook(eos_boost)
+    return model
+
+
+def test_equals_fairseq_on_fairseqs_transformer_with_its_attention():
+    """Any fairseq encoder-decoder, not only bart_preln; fairseq's transformer also returns the
+    cross-attention, which both generators carry along with the hypotheses."""
+    d = dictionary(60)
+    model = _fairseq_transformer(d)
     theirs, ours = _both(model, d, _sample(d), beam_size=4, max_len_b=12, min_len=2, no_repeat_ngram_size=2)
     _assert_equal(ours, theirs)
     assert len({len(h["tokens"]) for hyps in ours for h in hyps}) > 1
@@ -199,7 +205,12 @@ def test_bart_tasks_build_it_unless_told_otherwise(data_dir, monkeypatch):
     task = BartDenoisingTask.from_data(data_dir / "bin", tokens_per_sample=32)
     model = _model(task.target_dictionary)
     assert type(task.build_generator([model], GenerationConfig(beam=3))) is BeamSequenceGenerator
-    assert type(task.build_generator([model], GenerationConfig(beam=3, print_alignment="hard"))).__name__ \
+    # fairseq's alignment generator reads attention weights, which bart_preln does not materialise: it failed
+    # with "IndexError: Dimension out of range" inside fairseq; fairseq's transformer has them
+    with pytest.raises(ValueError, match="--print-alignment needs attention weights, which the bart_preln models"):
+        task.build_generator([model], GenerationConfig(beam=3, print_alignment="hard"))
+    assert type(task.build_generator([_fairseq_transformer(task.target_dictionary)],
+                                     GenerationConfig(beam=3, print_alignment="hard"))).__name__ \
         == "SequenceGeneratorWithAlignment"
     monkeypatch.setenv("BART_EXT_GENERATOR", "fairseq")
     assert type(task.build_generator([model], GenerationConfig(beam=3))) is SequenceGenerator
@@ -353,3 +364,45 @@ def test_renormalized_constraint_scores_refuse_fairseqs_loop(data_dir, monkeypat
     monkeypatch.setenv("BART_EXT_CONSTRAINT_SCORES", "ctranslate2")
     with pytest.raises(ValueError, match="BART_EXT_CONSTRAINT_SCORES='ctranslate2'"):
         BeamSequenceGenerator([model], d, beam_size=2)
+
+
+def test_diverse_beam_search_is_given_batch_positions_not_dataset_ids(data_dir):
+    """fairseq's SequenceGenerator hands DiverseBeamSearch the sample's dataset ids, which it uses as rows of
+    its per-sentence overlap counts: fairseq-generate --diverse-beam-groups failed on any batch whose ids
+    were not 0..n-1 ("index 34 is out of bounds for dimension 0 with size 16"). Through the bart tasks a
+    batch of ids 7, 3, 9, ... gives what fairseq gives the same batch numbered 0..n-1; the sample is kept."""
+    from fairseq.dataclass.configs import GenerationConfig
+    from fairseq.tasks import FairseqTask
+
+    from user_dir.bart_denoising import BartDenoisingTask
+
+    task = BartDenoisingTask.from_data(data_dir / "bin", tokens_per_sample=32)
+    d = task.target_dictionary
+    model = _model(d)
+    numbered = _sample(d, n=4)
+    ids = torch.tensor([7, 3, 9, 5])
+    sample = {**numbered, "id": ids}
+    settings = GenerationConfig(beam=4, diverse_beam_groups=2, diverse_beam_strength=0.5, max_len_b=10)
+    gen = task.build_generator([model], settings)
+    assert type(gen.search) is search.DiverseBeamSearch
+    with torch.no_grad():
+        ours = task.inference_step(gen, [model], sample)
+        with pytest.raises(IndexError):  # what fairseq's own step does with these ids
+            FairseqTask.inference_step(task, task.build_generator([model], settings), [model], sample)
+        theirs = FairseqTask.inference_step(task, task.build_generator([model], settings), [model], numbered)
+    assert sample["id"] is ids
+    _assert_equal(ours, theirs)
+
+
+def test_constrained_search_without_constraints_is_a_clear_error(data_dir):
+    """fairseq-generate --constraints on binarized data (which holds no constraints) failed inside fairseq with
+    "TypeError: 'NoneType' object is not iterable"; the bart tasks say where constraints come from."""
+    from fairseq.dataclass.configs import GenerationConfig
+
+    from user_dir.bart_denoising import BartDenoisingTask
+
+    task = BartDenoisingTask.from_data(data_dir / "bin", tokens_per_sample=32)
+    model = _model(task.target_dictionary)
+    gen = task.build_generator([model], GenerationConfig(beam=2, constraints="ordered", max_len_b=6))
+    with pytest.raises(ValueError, match="--constraints: this batch has no constraints \\(fairseq-interactive reads"):
+        task.inference_step(gen, [model], _sample(task.target_dictionary, n=2))
