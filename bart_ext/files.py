@@ -29,3 +29,22 @@ def copy_atomic(src: Path | str, dst: Path | str) -> Path:
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
     return dst
+
+
+class InputError(ValueError):
+    """Input data that cannot be used as it is; the message names the file (and line) and what to fix."""
+
+
+def read_lines(path: Path | str) -> list[str]:
+    """The lines of UTF-8 text file ``path``, without their ends, as fairseq-preprocess reads them: Python's
+    universal newlines, so ``\\n``, ``\\r\\n`` or a lone ``\\r`` ends a line, and nothing else does.
+
+    ``str.splitlines`` also ends a line at U+2028, U+2029, U+0085 and ``\\x0b``, ``\\x0c``, ``\\x1c``-``\\x1e``,
+    which news text (CNN-DM, XSum) carries inside a document: one-document-per-line files then had more
+    "lines" than ``wc -l`` and fairseq count, a document and its summary no longer had the same line
+    number, and where both files held such a character the pairs after it were silently shifted."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bart_ext.files import write_atomic
+from bart_ext.files import InputError, read_lines, write_atomic
 from bart_ext.text import aclsum_split
 
 logger = logging.getLogger(__name__)
@@ -71,15 +71,14 @@ def read_pairs(folder: Path, split: str) -> list[Pair]:
     for path in (src, tgt):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found (expected {{train,valid,test}}.{{source,target}} in {folder})")
-    sources = src.read_text(encoding="utf-8").splitlines()
-    targets = tgt.read_text(encoding="utf-8").splitlines()
+    sources, targets = read_lines(src), read_lines(tgt)
     if len(sources) != len(targets):
-        raise ValueError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}: they must be aligned")
+        raise InputError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}: they must be aligned")
     pairs = []
     for i, (s, t) in enumerate(zip(sources, targets), 1):
         for path, text in ((src, s), (tgt, t)):
             if not text.strip():
-                raise ValueError(f"{path}:{i}: empty line (every document and summary needs text)")
+                raise InputError(f"{path}:{i}: empty line (every document and summary needs text)")
         pairs.append(Pair(f"{split}-{i}", _one_line(s), _one_line(t)))
     return pairs
 
@@ -133,7 +132,7 @@ def binarize(bpe_dir: Path, dictionary: Path, dest: Path, workers: int = 2, max_
 def read_generate_output(path: Path) -> dict[int, dict[str, list[str]]]:
     """fairseq-generate's ``S-``/``T-``/``H-``/``P-`` lines by sample id: the symbols of each."""
     rows: dict[int, dict[str, list[str]]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path):
         tag, _, rest = line.partition("\t")
         if len(tag) > 2 and tag[0] in "STHP" and tag[1] == "-" and tag[2:].isdigit():
             fields = rest.split("\t")

@@ -70,7 +70,7 @@ def aclsum_split(wheel: Path, split: str) -> list[dict]:
             raw = zf.read(name).decode("utf-8")
         except KeyError as e:
             raise ValueError(f"{wheel}: missing {name}") from e
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+    return [json.loads(line) for line in raw.split("\n") if line.strip()]  # JSON strings may hold U+2028
 
 
 def gpt2_detokenize(symbols: list[str], decode) -> str:

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> list[str]:
 
     bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))
     text = args.input.read_text(encoding="utf-8") if args.input else sys.stdin.read()
-    sentences = [line.strip() for line in text.splitlines() if line.strip()]
+    # "\n" ends a sentence's line, not U+2028 and the other breaks str.splitlines knows (files.read_lines)
+    sentences = [line.strip() for line in text.split("\n") if line.strip()]
     labels = predict_sentences(model, task, head, sentences,
                                lambda s: " ".join(map(str, bpe.encode(" " + s))), args.batch_size)
     for label, sentence in zip(labels, sentences):

@@ -28,7 +28,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from bart_ext.files import copy_atomic, write_atomic
+from bart_ext.files import copy_atomic, read_lines, write_atomic
 from bart_ext.summarization_data import aclsum_test_ids
 from bart_ext.text import aclsum_papers, split_sentences
 
@@ -122,7 +122,7 @@ def _encode_line(line: str) -> str:
 
 def bpe_encode(src: Path, dst: Path, gpt2: Path, workers: int) -> None:
     """GPT-2 BPE-encode ``src`` line by line (blank lines kept) into ``dst``."""
-    lines = src.read_text(encoding="utf-8").splitlines()
+    lines = read_lines(src)
     t0 = time.time()
     args = (str(gpt2 / "encoder.json"), str(gpt2 / "vocab.bpe"))
     with mp.Pool(workers, initializer=_init_encoder, initargs=args) as pool:

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines  # noqa: E402
-from bart_ext.files import write_atomic  # noqa: E402
+from bart_ext.files import read_lines, write_atomic  # noqa: E402
 from bart_ext.summarization_data import aclsum_pairs, binarize, encode_lines, read_pairs, write_pairs  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
         for side in ("source", "target"):
             dst = bpe / f"{split}.{side}"
             if (raw / f"{split}.{side}").exists() and not dst.exists():
-                lines = (raw / f"{split}.{side}").read_text(encoding="utf-8").splitlines()
+                lines = read_lines(raw / f"{split}.{side}")
                 write_atomic(dst, "".join(x + "\n" for x in encode_lines(lines, encoder)))
     have = bin_dir / "dict.source.txt"
     if not have.exists() or have.read_bytes() != dictionary.read_bytes():

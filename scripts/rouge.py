@@ -17,13 +17,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.rouge import METRICS, bootstrap, per_document  # noqa: E402
+from bart_ext.files import read_lines as read_text_lines  # noqa: E402
 from bart_ext.text import gpt2_detokenize  # noqa: E402
 
 
 def read_lines(path: Path) -> list[str]:
     if not path.exists():
         raise SystemExit(f"rouge.py: {path} not found")
-    return path.read_text(encoding="utf-8").splitlines()
+    return read_text_lines(path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -74,6 +74,8 @@ def check_label_files(raw, splits=SPLITS) -> dict[str, int]:
     """
     from pathlib import Path
 
+    from bart_ext.files import InputError, read_lines
+
     raw = Path(raw)
     counts, known = {}, None
     for split in splits:
@@ -81,16 +83,15 @@ def check_label_files(raw, splits=SPLITS) -> dict[str, int]:
         for f in (inputs, labels):
             if not f.is_file():
                 raise FileNotFoundError(f"{f} not found")
-        n_in = len(inputs.read_text(encoding="utf-8").splitlines())
-        lines = labels.read_text(encoding="utf-8").splitlines()
+        n_in, lines = len(read_lines(inputs)), read_lines(labels)
         if n_in != len(lines):
-            raise ValueError(f"{labels}: {len(lines)} labels for {n_in} sentences in {inputs}")
+            raise InputError(f"{labels}: {len(lines)} labels for {n_in} sentences in {inputs}")
         if known is None:
             known = set(lines)
         else:
             for i, label in enumerate(lines, start=1):
                 if label not in known:
-                    raise ValueError(f"{labels}, line {i}: label {label!r} does not occur in the training labels "
+                    raise InputError(f"{labels}, line {i}: label {label!r} does not occur in the training labels "
                                      f"({', '.join(sorted(known))})")
         counts[split] = n_in
     return counts

@@ -149,6 +149,9 @@ def test_label_files_are_checked_before_binarization(tmp_path):
         (tmp_path / f"{split}.input0").write_text("".join(f"sentence {i}\n" for i in range(len(rows))))
         (tmp_path / f"{split}.label").write_text("".join(r + "\n" for r in rows))
     assert check_label_files(tmp_path) == {"train": 2, "valid": 1, "test": 2}
+    # a sentence holding U+2028 (news text does) is one line, as fairseq-preprocess reads it; it was two
+    (tmp_path / "train.input0").write_text("sentence\u2028zero\nsentence 1\n", encoding="utf-8")
+    assert check_label_files(tmp_path) == {"train": 2, "valid": 1, "test": 2}
     (tmp_path / "test.label").write_text("b\nc\n")
     with pytest.raises(ValueError, match=r"test.label, line 2: label 'c' does not occur in the training labels \(a, b\)"):
         check_label_files(tmp_path)

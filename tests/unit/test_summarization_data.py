@@ -1,6 +1,7 @@
 """Summarization data: aclsum pairs, held-out test papers, bad input named, BPE and binarized form."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,37 @@ def test_read_pairs_names_bad_input(tmp_path):
         read_pairs(tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="valid.source"):
         read_pairs(tmp_path, "valid")
+
+
+def test_a_line_is_what_fairseq_preprocess_and_wc_count(tmp_path):
+    """News text carries U+2028, U+2029, U+0085 and form feeds inside documents. str.splitlines ends a line
+    at each: one of them in a source and another in a later target shifted every pair between them
+    (silently: both files still had as many "lines"), and one alone made aligned files disagree. A line is
+    what fairseq-preprocess reads (Python's universal newlines), and the script says what is wrong in
+    one line."""
+    from bart_ext.files import InputError, read_lines
+
+    sources = ["Doc one says\u2028hello .", "Doc two\x0cgoes on .", "Doc three ."]
+    targets = ["Sum one .", "Sum two .", "Sum\u2029three ."]
+    (tmp_path / "train.source").write_text("".join(t + "\n" for t in sources), encoding="utf-8")
+    (tmp_path / "train.target").write_bytes("".join(t + "\r\n" for t in targets).encode("utf-8"))
+    for path in (tmp_path / "train.source", tmp_path / "train.target"):
+        with open(path, encoding="utf-8") as f:  # how fairseq's binarizer and a Python loop read lines
+            assert read_lines(path) == [line.rstrip("\n") for line in f]
+    assert len((tmp_path / "train.source").read_text(encoding="utf-8").splitlines()) == 5  # the old count
+    pairs = read_pairs(tmp_path, "train")
+    assert [(p.source, p.target) for p in pairs] == [
+        ("Doc one says hello .", "Sum one ."), ("Doc two goes on .", "Sum two ."), ("Doc three .", "Sum three .")]
+    (tmp_path / "valid.source").write_text("a\nb\n")
+    (tmp_path / "valid.target").write_text("a\n")
+    with pytest.raises(InputError):
+        read_pairs(tmp_path, "valid")
+    proc = __import__("subprocess").run(
+        [sys.executable, str(ROOT / "scripts" / "prepare_summarization.py"), "--raw", str(tmp_path), "--out",
+         str(tmp_path / "out"), "--gpt2", str(ROOT / "data" / "aclsum" / "gpt2")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (f"prepare_summarization.py: {tmp_path / 'valid.source'} has 2 lines but "
+                                   f"{tmp_path / 'valid.target'} has 1: they must be aligned")
 
 
 def test_binarized_data_and_wrong_dictionary(tmp_path):
