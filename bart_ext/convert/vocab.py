@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from bart_ext.convert.hf import ConversionError
+from bart_ext.files import read_lines
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 MASK = "<mask>"
@@ -31,7 +32,7 @@ def read_dictionary(path: Path) -> list[str]:
     if not path.is_file():
         raise ConversionError(f"{path}: dictionary not found")
     symbols = list(SPECIALS)
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_lines(path), 1):  # as fairseq's Dictionary reads it (no U+2028 breaks)
         parts = line.rsplit(" ", 2)
         if not parts[0]:
             raise ConversionError(f"{path}:{n}: empty dictionary line")

@@ -554,3 +554,15 @@ def test_hub_runs_a_bf16_trained_model_in_fp32_where_bf16_is_slower(tmp_path, da
     warned = [r.getMessage() for r in caplog.records if "decodes with bf16 matmuls" in r.getMessage()]
     assert len(warned) == 1 and "bart_ext.load(..., bf16=False)" in warned[0]
     assert isinstance(fp32[0], str)
+
+
+def test_dictionary_symbols_are_read_as_fairseq_reads_them(tmp_path):
+    """A symbol holding U+2028 or a form feed (a sentencepiece piece can) is one dictionary line for fairseq's
+    Dictionary; str.splitlines made it two and numbered every later symbol one off."""
+    from fairseq.data import Dictionary
+
+    from bart_ext.convert.vocab import read_dictionary
+
+    path = tmp_path / "dict.txt"
+    path.write_text("▁the 100\na\u2028b 50\nc\x0cd 40\n▁of 30\n", encoding="utf-8")
+    assert read_dictionary(path) == Dictionary.load(str(path)).symbols
