@@ -63,10 +63,19 @@ class BartHub:
         self.model.to(device)
         return self
 
-    def encode(self, text: str) -> Tensor:
-        """``<s>`` + the text's tokens + ``</s>``; each ``<mask>`` in the text becomes the mask token."""
+    def encode(self, text: str, *more: str) -> Tensor:
+        """``<s>`` + the text's tokens + ``</s>``, and each further text's tokens + ``</s>`` (fairseq's BART hub
+        ``encode(sentence, *addl_sentences)``); each ``<mask>`` in a text becomes the mask token."""
         d = self.dictionary
         ids = [d.bos()]
+        for t in (text, *more):
+            ids += self._tokens(t) + [d.eos()]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _tokens(self, text: str) -> list[int]:
+        """The text's tokens, without ``<s>`` and ``</s>``."""
+        d = self.dictionary
+        ids = []
         for i, piece in enumerate(text.split(MASK)):
             if i:
                 ids.append(d.index(MASK))
@@ -78,7 +87,7 @@ class BartHub:
             piece = piece.rstrip()
             if piece.strip():
                 ids += [d.index(str(t)) for t in self.bpe.encode(piece)]
-        return torch.tensor(ids + [d.eos()], dtype=torch.long)
+        return ids
 
     def decode(self, tokens: Tensor) -> str:
         """Text of ``tokens``, without ``<s>``, ``</s>`` and padding."""
@@ -198,25 +207,43 @@ class BartHub:
         return filled[0] if single else filled
 
     @torch.no_grad()
-    def predict(self, head: str, texts: Sequence[str] | str) -> Tensor:
+    def predict(self, head: str, texts: Sequence[str | tuple[str, ...]] | str | tuple[str, ...]) -> Tensor:
         """Logits ``(len(texts), num_classes)`` of classification head ``head`` (a model fine-tuned
-        with ``--task sentence_prediction``); ``(num_classes,)`` for one string. A text longer than the
-        model's positions keeps its first tokens and its final ``</s>``, whose state the head reads, as
-        ``scripts/classify.py`` cuts it."""
-        texts, single = _rows(texts, "predict")
-        if not texts:
+        with ``--task sentence_prediction``); ``(num_classes,)`` for one string or one pair. A pair of texts
+        (``(premise, hypothesis)``: MNLI, RTE, ...) is fed as fine-tuning fed ``input0`` and ``input1``:
+        the task's ``init_token``, each text and its ``</s>``, its ``separator_token`` between them. An
+        input longer than the model's positions keeps its first tokens and its final ``</s>``, whose state
+        the head reads, as ``scripts/classify.py`` cuts it."""
+        from bart_ext.classify.predict import batches_by_eos, classifier_input
+
+        single = isinstance(texts, (str, tuple))
+        entries = [texts] if single else list(texts)
+        if not entries:
             raise ValueError("predict: no texts")
-        limit, rows = self._positions(), []
-        for text in texts:
-            ids = self.encode(text)
-            rows.append(torch.cat([ids[: limit - 1], ids[-1:]]) if len(ids) > limit else ids)
-        sample = self._batch(rows)
-        logits = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
-        return logits[0] if single else logits
+        parts = [[e] if isinstance(e, str) else list(e) if isinstance(e, (tuple, list)) else [e] for e in entries]
+        for i, entry in enumerate(parts):
+            if not entry:
+                raise ValueError(f"predict: text {i} is an empty pair")
+            for j, text in enumerate(entry):
+                where = f"text {i}" if len(entry) == 1 else f"text {i}, part {j}"
+                if not isinstance(text, str):
+                    raise TypeError(f"predict: {where} is not a str but {type(text).__name__}")
+                if not text.strip():
+                    raise ValueError(f"predict: {where} is empty")
+        eos, limit = self.dictionary.eos(), self._positions()
+        rows = [classifier_input(self.task, [torch.tensor(self._tokens(t) + [eos], dtype=torch.long) for t in entry],
+                                 limit) for entry in parts]
+        logits: list[Tensor | None] = [None] * len(rows)
+        for group in batches_by_eos(rows, eos, len(rows)):  # single texts and pairs apart, then in order
+            sample = self._batch([rows[i] for i in group])
+            out = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+            for i, row in zip(group, out):
+                logits[i] = row
+        return logits[0] if single else torch.stack(logits)
 
 
 def load(checkpoint: str | Path, data: str | Path | None = None, device: str | None = None,
-         bf16: bool | None = None) -> BartHub:
+         bf16: bool | None = None, prefix_space: bool | None = None) -> BartHub:
     """A checkpoint of a ``bart_*_preln`` model (any of our tasks, or ``convert.py from-hf``'s) as a
     ``BartHub``.
 
@@ -229,6 +256,10 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
             was trained (``--bf16-autocast``), except on a CPU where bf16 matmuls are slower than
             fp32's (no bf16 instructions, or AVX512-BF16 without AMX: measured at load), where a
             bf16-trained model runs in fp32 and a warning says so.
+        prefix_space: whether texts get a space before their first word, as the model's training data had
+            it. Default: yes for a model trained here (bart_ext's data preparation gives every text one), as
+            its source tokenizer did for a ``from-hf`` checkpoint not trained since. False for a model
+            fine-tuned on data binarized with fairseq's own tools (its GLUE script, ``multiprocessing_bpe_encoder``).
 
     Raises:
         FileNotFoundError: the checkpoint or the data folder's files are missing (names them).
@@ -247,7 +278,7 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides,
                                                                      state=state)
     folder = Path(str(cfg.task.data).split(":")[0])
-    hub = BartHub(models[0], task, cfg, folder, leading_space=text_has_leading_space(state, None))
+    hub = BartHub(models[0], task, cfg, folder, leading_space=text_has_leading_space(state, prefix_space))
     hub = hub.to(device) if device else hub
     _choose_precision(hub.model, bf16, checkpoint)
     return hub

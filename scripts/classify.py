@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Labels for raw sentences from a fine-tuned classifier (``--task sentence_prediction``).
 
-Reads one sentence per line (FILE, or standard input) and prints ``label<TAB>sentence``. The
-sentences are GPT-2 BPE-encoded with DATA's ``encoder.json`` / ``vocab.bpe`` (as
-scripts/prepare_roles.py prepared the training data) and fed as training fed them (``<s>`` first
-when the task's --init-token was 0).
+Reads one sentence per line (FILE, or standard input) and prints ``label<TAB>line``; a line with a tab
+is a pair of sentences (``premise<TAB>hypothesis``, for MNLI, RTE, ... fine-tuned on ``input0/`` and
+``input1/``). The sentences are GPT-2 BPE-encoded with DATA's ``encoder.json`` / ``vocab.bpe`` (as
+scripts/prepare_roles.py prepared the training data: a space before each text's first word;
+``--no-prefix-space`` for data binarized with fairseq's own tools, such as its GLUE script) and fed as
+training fed them (``<s>`` first when the task's --init-token was 0, its --separator-token between a
+pair's sentences).
 
 Usage: python scripts/classify.py --path runs/roles/pretrained/checkpoint_best.pt \\
            --data data/aclsum_roles/bin [--head sentence_classification_head] [FILE]
@@ -26,6 +29,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     ap.add_argument("--data", type=Path, required=True, help="its data folder (input0/, label/, encoder.json, vocab.bpe)")
     ap.add_argument("--head", default=None, help="classification head (default: the task's)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--no-prefix-space", action="store_true",
+                    help="no space before each text's first word (data binarized with fairseq's own tools)")
     ap.add_argument("input", nargs="?", type=Path, help="one sentence per line (default: standard input)")
     args = ap.parse_args(argv)
     for name in ("encoder.json", "vocab.bpe"):
@@ -42,11 +47,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))
     text = args.input.read_text(encoding="utf-8") if args.input else sys.stdin.read()
     # "\n" ends a sentence's line, not U+2028 and the other breaks str.splitlines knows (files.read_lines)
-    sentences = [line.strip() for line in text.split("\n") if line.strip()]
-    labels = predict_sentences(model, task, head, sentences,
-                               lambda s: " ".join(map(str, bpe.encode(" " + s))), args.batch_size)
-    for label, sentence in zip(labels, sentences):
-        print(f"{label}\t{sentence}")
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    inputs = [tuple(p.strip() for p in line.split("\t")) if "\t" in line else line for line in lines]
+    space = "" if args.no_prefix_space else " "
+    labels = predict_sentences(model, task, head, inputs,
+                               lambda s: " ".join(map(str, bpe.encode(space + s))), args.batch_size)
+    for label, line in zip(labels, lines):
+        print(f"{label}\t{line}")
     return labels
 
 

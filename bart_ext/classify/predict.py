@@ -66,28 +66,58 @@ def label_names(task) -> list[str]:
     return [d[i + d.nspecial] for i in range(task.cfg.num_classes)]
 
 
+def classifier_input(task, parts: Sequence[torch.Tensor], limit: int) -> torch.Tensor:
+    """One input as ``sentence_prediction`` builds it from its binarized ``input0`` (and ``input1``): the
+    task's ``init_token`` (``<s>``; a task without that field, such as a head added to a denoising model,
+    gets ``<s>``), each part's tokens with its ``</s>``, the task's ``separator_token`` (if any) before the
+    second part; cut to ``limit`` tokens keeping the final ``</s>``, whose state the head reads."""
+    cfg = task.cfg
+    init = getattr(cfg, "init_token", task.source_dictionary.bos())
+    pieces = []
+    if init is not None:
+        pieces.append(parts[0].new_tensor([init]))
+    for i, part in enumerate(parts):
+        if i and getattr(cfg, "separator_token", None) is not None:
+            pieces.append(part.new_tensor([cfg.separator_token]))
+        pieces.append(part)
+    ids = torch.cat(pieces)
+    return torch.cat([ids[: limit - 1], ids[-1:]]) if len(ids) > limit else ids
+
+
+def batches_by_eos(rows: Sequence[torch.Tensor], eos: int, batch_size: int) -> list[list[int]]:
+    """Indices of ``rows`` in batches of at most ``batch_size`` whose rows hold as many ``</s>`` each: the
+    classification head reads the last one and the model wants the same count in every row of a batch
+    (fairseq's BART too), so single texts and pairs are batched apart."""
+    counts = [int(r.eq(eos).sum()) for r in rows]
+    batches = []
+    for n in sorted(set(counts)):
+        group = [i for i, c in enumerate(counts) if c == n]
+        batches += [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
+    return batches
+
+
 @torch.no_grad()
-def predict_sentences(model, task, head: str, sentences: Sequence[str], encode: Callable[[str], str],
+def predict_sentences(model, task, head: str, sentences: Sequence[str | Sequence[str]], encode: Callable[[str], str],
                       batch_size: int = 64) -> list[str]:
-    """Labels of raw ``sentences``; ``encode`` maps text to the data's BPE string (GPT-2 ids as words)."""
+    """Labels of raw ``sentences``; ``encode`` maps text to the data's BPE string (GPT-2 ids as words). An
+    entry that is a pair of texts (``(premise, hypothesis)``: MNLI, RTE, ...) is fed as fine-tuning fed
+    ``input0`` and ``input1``."""
     from fairseq.data import data_utils
 
-    d, cfg = task.source_dictionary, task.cfg
+    d = task.source_dictionary
     limit = model.max_positions()[0] if isinstance(model.max_positions(), tuple) else model.max_positions()
     rows = []
     for s in sentences:
-        ids = d.encode_line(encode(s), append_eos=True, add_if_not_exist=False).long()
-        if cfg.init_token is not None:
-            ids = torch.cat([ids.new_tensor([cfg.init_token]), ids])
-        if len(ids) > limit:  # keep the first tokens and the final </s> (its state is what the head reads)
-            ids = torch.cat([ids[: limit - 1], ids[-1:]])
-        rows.append(ids)
+        parts = [s] if isinstance(s, str) else list(s)
+        rows.append(classifier_input(task, [d.encode_line(encode(p), append_eos=True, add_if_not_exist=False).long()
+                                            for p in parts], limit))
     names = label_names(task)
-    out = []
-    for i in range(0, len(rows), batch_size):
-        src = data_utils.collate_tokens(rows[i : i + batch_size], d.pad(), left_pad=False)
+    out: list[str] = [""] * len(rows)
+    for batch in batches_by_eos(rows, d.eos(), batch_size):
+        src = data_utils.collate_tokens([rows[i] for i in batch], d.pad(), left_pad=False)
         logits = model(src, src.ne(d.pad()).sum(1), features_only=True, classification_head_name=head)[0]
-        out += [names[j] for j in logits.argmax(-1).tolist()]
+        for i, j in zip(batch, logits.argmax(-1).tolist()):
+            out[i] = names[j]
     return out
 
 

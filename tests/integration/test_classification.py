@@ -89,18 +89,30 @@ def classifier(roles, cli_env, tmp_path_factory) -> Path:
 
 def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_path):
     text = tmp_path / "in.txt"
-    text.write_text("We propose a new parser.\n\nOur results improve the state of the art by 2 points.\n")
+    text.write_text("We propose a new parser.\n\nOur results improve the state of the art by 2 points.\n"
+                    "We propose a new parser.\tIt improves the state of the art.\n")  # a pair (MNLI's layout)
     out = run([sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(classifier), "--data",
                str(roles / "bin"), str(text)], cli_env)
-    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
-    assert [r[1] for r in rows] == ["We propose a new parser.", "Our results improve the state of the art by 2 points."]
+    rows = [line.split("\t", 1) for line in out.splitlines() if "\t" in line]
+    assert [r[1] for r in rows] == ["We propose a new parser.", "Our results improve the state of the art by 2 points.",
+                                    "We propose a new parser.\tIt improves the state of the art."]
     assert {r[0] for r in rows} <= {"none", "approach", "challenge", "outcome"}
     import bart_ext  # the Python API gives the same labels
 
     model = bart_ext.load(classifier, data=roles / "bin")
-    logits = model.predict("sentence_classification_head", [r[1] for r in rows])
+    inputs = [rows[0][1], rows[1][1], tuple(rows[2][1].split("\t"))]
+    logits = model.predict("sentence_classification_head", inputs)
     names = [model.task.label_dictionary[i + 4] for i in range(4)]
-    assert logits.shape == (2, 4) and [names[i] for i in logits.argmax(-1).tolist()] == [r[0] for r in rows]
+    assert logits.shape == (3, 4) and [names[i] for i in logits.argmax(-1).tolist()] == [r[0] for r in rows]
+    from bart_ext.classify.predict import load_classifier
+
+    fs_model, fs_task, head = load_classifier(classifier, roles / "bin")
+    with torch.no_grad():  # the pair as sentence_prediction's input0 + input1 (init_token 0, no separator)
+        a, b = (model.dictionary.encode_line(" ".join(map(str, model.bpe.encode(" " + t))), add_if_not_exist=False).long()
+                for t in inputs[2])
+        direct = fs_model(torch.cat([a.new_tensor([0]), a, b])[None], None, features_only=True,
+                          classification_head_name=head)[0][0]
+    assert torch.allclose(logits[2], direct, atol=1e-5)
     proc = __import__("subprocess").run(
         [sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(classifier), "--data", str(roles / "bin"),
          "--head", "mnli", str(text)], capture_output=True, text=True, env=cli_env, cwd=ROOT)

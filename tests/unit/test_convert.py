@@ -519,6 +519,45 @@ def test_hub_names_a_text_longer_than_the_model_and_cuts_it_where_fairseq_tools_
     assert torch.allclose(model.predict("roles", long), expected, atol=1e-6)
 
 
+def test_hub_encodes_and_classifies_pairs_as_sentence_prediction_fed_them(tmp_path, data_dir):
+    """MNLI, RTE and the other pair tasks of the GLUE configs: encode(a, b) is fairseq's BART hub layout
+    (<s> a </s> b </s>), predict takes (premise, hypothesis) pairs and builds them as sentence_prediction
+    builds input0 + input1 (init_token, separator_token); prefix_space=False encodes as fairseq's own data
+    tools did (no space before a text's first word)."""
+    from types import SimpleNamespace
+
+    import bart_ext
+    from bart_ext.classify.predict import classifier_input
+
+    ckpt = write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=1)
+    model = bart_ext.load(ckpt)
+    d = model.dictionary
+    a, b = model._tokens("We propose a parser."), model._tokens("It works.")
+    assert model.encode("We propose a parser.", "It works.").tolist() == [d.bos(), *a, d.eos(), *b, d.eos()]
+    model.model.register_classification_head("nli", num_classes=3)
+    with torch.no_grad():
+        expected = model.model(model.encode("We propose a parser.", "It works.")[None], None, features_only=True,
+                               classification_head_name="nli")[0][0]
+        single = model.model(model.encode("It works.")[None], None, features_only=True,
+                             classification_head_name="nli")[0][0]
+    pair = model.predict("nli", ("We propose a parser.", "It works."))
+    assert torch.allclose(pair, expected, atol=1e-6)
+    both = model.predict("nli", [("We propose a parser.", "It works."), "It works."])
+    assert both.shape == (2, 3) and torch.allclose(both[0], expected, atol=1e-5) and torch.allclose(both[1], single,
+                                                                                                  atol=1e-5)
+    with pytest.raises(ValueError, match=r"predict: text 1, part 1 is empty"):
+        model.predict("nli", ["It works.", ("It works.", " ")])
+    glue = SimpleNamespace(cfg=SimpleNamespace(init_token=0, separator_token=2), source_dictionary=d)
+    ids = classifier_input(glue, [torch.tensor([10, 11, 2]), torch.tensor([12, 2])], limit=64)
+    assert ids.tolist() == [0, 10, 11, 2, 2, 12, 2]  # fairseq's RoBERTa GLUE layout with --separator-token 2
+    assert classifier_input(glue, [torch.tensor([10, 11, 2]), torch.tensor([12, 2])], limit=5).tolist() == [0, 10, 11,
+                                                                                                             2, 2]
+    plain = bart_ext.load(ckpt, prefix_space=False)
+    assert plain._tokens("Handling terms") != model._tokens("Handling terms")
+    assert model._tokens("Handling terms") == [d.index(str(t)) for t in model.bpe.encode(" Handling terms")]
+    assert plain._tokens("Handling terms") == [d.index(str(t)) for t in model.bpe.encode("Handling terms")]
+
+
 def test_hub_runs_a_bf16_trained_model_in_fp32_where_bf16_is_slower(tmp_path, data_dir, monkeypatch, caplog):
     """bart_ext.load(bf16=None) keeps a checkpoint's --bf16-autocast where bf16 pays and turns it off,
     with a warning, on a CPU where bf16 matmuls are slower; bf16=True/False decide; fairseq-generate's
