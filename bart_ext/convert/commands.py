@@ -198,6 +198,10 @@ def to_hf(checkpoint: Path, out_dir: Path, data: Path | None = None, encoder_jso
     with staged(out_dir) as tmp:
         extra = vocab.export_vocab(symbols, encoder_json, vocab_bpe, tmp)
         vocab.save_hf_tokenizer(tmp, source_length_limit(cfg.task, shape.max_positions), add_prefix_space)
+        if head_state is not None:
+            template = vocab.set_classifier_template(tmp, symbols, getattr(cfg.task, "init_token", 0),
+                                                     getattr(cfg.task, "separator_token", None))
+            logger.info("to-hf: the tokenizer joins a pair as %s, as sentence_prediction fed it", template)
         hf_state = hf.state_to_hf(model_state, shape, extra)
         if head_state is not None:
             hf_state = hf.classifier_to_hf(hf_state, head_state)

@@ -87,6 +87,36 @@ def export_vocab(symbols: list[str], encoder_json: Path, vocab_bpe: Path, out_di
     return extra
 
 
+def set_classifier_template(out_dir: Path, symbols: list[str], init_token: int | None,
+                            separator_token: int | None) -> str:
+    """Make ``out_dir``'s tokenizer join a text, or a pair of texts, as ``sentence_prediction`` fed the
+    classifier: ``[init] A </s>`` and ``[init] A </s> [separator] B </s>``. transformers' BART tokenizer
+    joins a pair as RoBERTa's ``<s> A </s></s> B </s>``, where fairseq's BART GLUE recipe (no
+    ``--separator-token``) trained on ``<s> A </s> B </s>``: an exported MNLI or RTE classifier read an extra
+    ``</s>`` in every pair. The folder then loads as transformers' generic fast tokenizer, which keeps the
+    template of its ``tokenizer.json`` (``RobertaTokenizer`` rebuilds its own). Returns the pair template."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    eos = symbols.index("</s>")
+    specials = {"</s>": eos}
+    init = sep = ""
+    if init_token is not None:
+        init, specials[symbols[init_token]] = symbols[init_token] + " ", init_token
+    if separator_token is not None:
+        sep, specials[symbols[separator_token]] = symbols[separator_token] + " ", separator_token
+    single, pair = f"{init}$A </s>", f"{init}$A </s> {sep}$B </s>"
+    tok = AutoTokenizer.from_pretrained(str(out_dir))
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=sorted(specials.items(), key=lambda kv: kv[1]))
+    tok.save_pretrained(str(out_dir))
+    config_path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    return pair
+
+
 def save_hf_tokenizer(out_dir: Path, model_max_length: int, add_prefix_space: bool) -> None:
     """Complete ``out_dir``'s ``vocab.json`` / ``merges.txt`` into a transformers tokenizer folder
     (``BartTokenizer``: byte-level BPE, ``<s> ... </s>``), as ``AutoTokenizer`` loads it;

@@ -213,6 +213,42 @@ def test_glue_configs_train_pairs_and_regression(roles, cli_env, tmp_path, confi
     head = state["model"]["classification_heads.sentence_classification_head.out_proj.weight"]
     assert head.shape[0] == (1 if config == "stsb" else 2)
     assert state["cfg"]["task"]["regression_target"] is (config == "stsb")
+    if config == "rte":
+        exported_pairs_read_as_trained(tmp_path / "ckpt" / "checkpoint_last.pt", data, roles, tmp_path / "hf")
+
+
+def exported_pairs_read_as_trained(ckpt: Path, data: Path, roles: Path, out: Path) -> None:
+    """The transformers export of a pair classifier: its tokenizer joins (sentence, next sentence) as
+    sentence_prediction fed them (<s> A </s> B </s>: the BART GLUE recipe has no separator token), where
+    transformers' BART tokenizer wrote <s> A </s></s> B </s>; the logits equal ours."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import bart_ext
+    from bart_ext.classify.predict import load_classifier
+    from scripts.convert import main as convert
+
+    convert(["to-hf", str(ckpt), str(out), "--gpt2-encoder-json", str(roles / "bin" / "encoder.json"),
+             "--gpt2-vocab-bpe", str(roles / "bin" / "vocab.bpe")])
+    tok = AutoTokenizer.from_pretrained(str(out))
+    theirs = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    model, task, head = load_classifier(ckpt, data)
+    task.load_dataset("test")
+    dataset = task.dataset("test")
+    raw = (roles / "raw" / "test.input0").read_text(encoding="utf-8").splitlines()
+    firsts, seconds = raw[:6], raw[1:7]
+    encoded = tok(firsts, seconds, padding=True, return_tensors="pt")
+    expected = [dataset[i]["net_input.src_tokens"].tolist() for i in range(6)]
+    n = len(task.source_dictionary)  # GPT-2 tokens outside the dictionary: their own ids, <unk>'s embedding row
+    got = [[t if t < n else 3 for t in row[mask.bool()].tolist()]
+           for row, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
+    assert got == expected, (got[0], expected[0])
+    with torch.no_grad():
+        logits = theirs(**encoded).logits
+        sample = dataset.collater([dataset[i] for i in range(6)])
+        ours = model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+    torch.testing.assert_close(logits, ours, atol=1e-5, rtol=1e-5)
+    hub = bart_ext.load(ckpt, data=roles / "bin")  # the Python API reads the pairs the same way
+    torch.testing.assert_close(hub.predict(head, list(zip(firsts, seconds))), ours, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", GLUE)
