@@ -98,12 +98,20 @@ class BartSummarizationTaskBase(BeamGeneratorTask, TranslationTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         """fairseq's; remembers the fewest source positions of the models built, which ``truncate_source``
-        cuts inference sources to when ``max_source_positions`` asks for more."""
+        cuts inference sources to when ``max_source_positions`` asks for more. A model built to train
+        (``fairseq-train``, not from a checkpoint) with fewer positions than ``truncate_source`` cuts to is
+        refused: fairseq would skip every longer training document with a warning and stop on the first
+        longer validation one, after the first epoch."""
         model = super().build_model(cfg, from_checkpoint)
         positions = model.max_positions()
         positions = positions[0] if isinstance(positions, tuple) else positions
         if positions is not None:
             self._model_source_positions = min(positions, getattr(self, "_model_source_positions", positions))
+            limit = int(self.cfg.max_source_positions)
+            if not from_checkpoint and self.cfg.truncate_source and positions < limit:
+                raise ValueError(
+                    f"--truncate-source cuts sources to --max-source-positions {limit} (task.max_source_positions), "
+                    f"but the model has {positions} source positions: set it to {positions} or fewer")
         return model
 
     def _inference_source_limit(self) -> int:

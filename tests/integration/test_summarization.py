@@ -290,3 +290,19 @@ def test_python_api_generates_what_fairseq_generate_wrote(demo):
     assert [model.decode(h[0]["tokens"]) for h in hypos] == summaries[:n]
     out = model.summarize(["We propose a new method for parsing. It is fast and accurate on three treebanks."])
     assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_training_refuses_to_cut_sources_beyond_the_models_positions(cli_env, tmp_path):
+    """--truncate-source with --max-source-positions above the model's (the xsum config's 1024 on a 512-position
+    bart_small_preln): fairseq skipped every aclsum training paper with a warning and then failed with
+    "IndexError: list index out of range". Training now stops before it starts, saying what to set."""
+    out = subprocess.run([sys.executable, "-m", "fairseq_cli.train", str(SUMM), "--user-dir", str(ROOT / "user_dir"),
+                          "--task", "bart_summarization", "--arch", "bart_small_preln", "--truncate-source",
+                          "--max-source-positions", "1024", "--criterion", "bart_label_smoothed_cross_entropy",
+                          "--optimizer", "adam", "--lr", "1e-4", "--max-tokens", "2048", "--max-update", "1", "--cpu",
+                          "--save-dir", str(tmp_path / "ft")], capture_output=True, text=True, env=cli_env, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode != 0
+    assert ("ValueError: --truncate-source cuts sources to --max-source-positions 1024 (task.max_source_positions), "
+            "but the model has 512 source positions: set it to 512 or fewer") in out.stderr, out.stderr[-2000:]
+    assert not list((tmp_path / "ft").glob("*.pt"))
