@@ -184,6 +184,18 @@ class BartDenoisingTaskBase(BeamGeneratorTask, FairseqTask):
     def max_positions(self):
         return (self.cfg.max_source_positions, self.cfg.max_target_positions)
 
+    def build_model(self, cfg, from_checkpoint=False):
+        """fairseq's; a model built to train (not from a checkpoint) with fewer positions than a sample's
+        ``tokens_per_sample`` is refused: fairseq skipped every longer sample with a warning (862 of the
+        default data's at 1024 on a 512-position model) and stopped on the first longer validation one."""
+        model = super().build_model(cfg, from_checkpoint)
+        positions = model.max_positions()
+        positions = min(positions) if isinstance(positions, tuple) else positions
+        if not from_checkpoint and positions is not None and self.cfg.tokens_per_sample > positions:
+            raise ValueError(f"--tokens-per-sample {self.cfg.tokens_per_sample} (task.tokens_per_sample) is more than "
+                             f"the model's {positions} positions: set it to {positions} or fewer")
+        return model
+
     def word_start(self) -> np.ndarray:
         if self._word_start is None:
             self._word_start = word_start_table(self.dictionary, self.cfg.word_starts, encoder_json_path(self.cfg))
