@@ -20,6 +20,8 @@ BOUND_S = 60  # the job must end this long after the kill
 
 
 def torchrun_cmd(port: int, *args: str) -> list[str]:
+    # ports of this file's own: make test runs test files two at a time, and test_distributed.py's
+    # 29531-29561 taken at the same moment failed a run with EADDRINUSE
     exe = os.path.join(os.path.dirname(sys.executable), "torchrun")
     return [exe if os.path.exists(exe) else "torchrun", "--nproc-per-node", "2", "--master-port", str(port),
             os.path.join(os.path.dirname(sys.executable), "fairseq-train"), *args]
@@ -44,7 +46,7 @@ def killed_run(shards, cli_env, tmp_path_factory):
     args = lddl_args(shards, tmp / "ck", 1000, "--save-interval-updates", "2", "--keep-interval-updates", "2",
                      "--dropout", "0")
     with open(log, "w") as out:
-        proc = subprocess.Popen(torchrun_cmd(29551, *args), stdout=out, stderr=subprocess.STDOUT, env=cli_env,
+        proc = subprocess.Popen(torchrun_cmd(29571, *args), stdout=out, stderr=subprocess.STDOUT, env=cli_env,
                                 cwd=ROOT)
         try:
             wait_for(log, r"Saved checkpoint .*\(epoch 1 @ 4 updates", proc, 300)
@@ -79,7 +81,7 @@ def test_resume_after_the_kill(killed_run, cli_env, tmp_path, ranks):
         log = fairseq_train(resumed_args, cli_env)
         assert "checkpoint written by 2 ranks, resuming on 1" in log
     else:
-        log = run(torchrun_cmd(29561, *resumed_args), cli_env)
+        log = run(torchrun_cmd(29581, *resumed_args), cli_env)
         assert f"resuming epoch 1 of the LDDL shards at batch {last}" in log
     assert "Loaded checkpoint" in log
     assert sorted(train_losses(log)) == [last + 1, last + 2]
