@@ -26,7 +26,10 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    installs this module first, and ``check_one_job`` makes our models refuse to train as one of
    the independent copies that a stock launch leaves.
    Before that, our model's ``--bf16-autocast`` beside ``--fp16``/``--amp``/``--bf16`` is
-   refused with a clear error (``check_precision``; other models are not looked at).
+   refused with a clear error (``check_precision``; other models are not looked at), and so is
+   training, with any model, in a precision mode whose first step would fail inside fairseq: its
+   ``--bf16`` (TPU mode) without ``torch_xla``, and ``--fp16`` with flattened gradients without a
+   CUDA device (a ``torch.cuda`` call in fairseq's ``FP16Optimizer``).
 4. ``models.distributed_fairseq_model.DistributedDataParallel``: fairseq passes
    ``device_ids=[device_id]``, which torch refuses for CPU modules; for a CPU module the device
    arguments are dropped. It stays a class, and ``isinstance`` against it answers as against
@@ -350,20 +353,21 @@ def check_one_job() -> None:
         "distributed_training.distributed_world_size to WORLD_SIZE where fairseq's own launcher works (GPUs)")
 
 
-def check_precision(cfg) -> None:
+def check_precision(cfg, training: bool = True) -> None:
     """``--bf16-autocast`` is a precision of its own (bf16 autocast over fp32 weights, no loss
     scaling): refuse it beside fairseq's fp16 and bf16 modes, which would cast the weights or scale
-    the loss underneath it."""
-    if not getattr(cfg.model, "bf16_autocast", False):
-        return
-    common = cfg.common
+    the loss underneath it. ``training``: also refuse, for any model, the fairseq precision modes
+    that cannot train on this machine (``check_fairseq_precision``)."""
+    autocast, common = getattr(cfg.model, "bf16_autocast", False), cfg.common
     clash = [flag for flag, on in (("--fp16", common.fp16), ("--memory-efficient-fp16", common.memory_efficient_fp16),
                                    ("--amp", common.amp), ("--bf16", common.bf16)) if on]
-    if clash:
+    if autocast and clash:
         raise ValueError(
             f"--bf16-autocast (model.bf16_autocast) cannot be combined with {' and '.join(clash)}: pick one "
             "precision (--bf16-autocast on Ampere and later GPUs and on CPUs; --amp or --fp16 on V100/T4)")
-    if uses_cuda(cfg):
+    if training:
+        check_fairseq_precision(cfg)
+    if not autocast or uses_cuda(cfg):
         return
     slower = hardware.bf16_slower_than_fp32()
     if slower:
@@ -371,10 +375,44 @@ def check_precision(cfg) -> None:
                        "scripts/bench_train.py --sizes mid), so train in fp32 on this machine", slower)
 
 
+def check_fairseq_precision(cfg) -> None:
+    """Training in a fairseq precision mode that fails at its first step here, refused up front.
+
+    On the command line fairseq's ``--bf16`` and ``--memory-efficient-bf16`` also set ``--tpu``
+    (its bf16 is the TPU mode); without ``torch_xla`` the trainer then stopped with
+    ``AttributeError: 'NoneType' object has no attribute 'xla_device'``. ``--fp16`` (or hydra's
+    ``common.bf16``) without ``--memory-efficient-*`` or ``--fp16-no-flatten-grads`` builds
+    fairseq's ``FP16Optimizer``, whose flattened fp32 master copy asks for the current CUDA device:
+    without one it stopped with ``Torch not compiled with CUDA enabled`` (or, with ``--cpu`` on a
+    GPU machine, put the master copy on the GPU). Both ways work with those flags, so nothing that
+    trains is refused.
+    """
+    import importlib.util
+
+    common = cfg.common
+    if common.tpu and importlib.util.find_spec("torch_xla") is None:
+        bf16 = [flag for flag, on in (("--bf16", common.bf16), ("--memory-efficient-bf16", common.memory_efficient_bf16))
+                if on]
+        given = f"{' and '.join(bf16)}, which in fairseq set --tpu (common.tpu)" if bf16 else "--tpu (common.tpu)"
+        raise ValueError(
+            f"{given}: fairseq then trains on a TPU, and torch_xla is not installed. For bf16 on a GPU or a CPU "
+            "use --bf16-autocast (bart_*_preln models: bf16 matmuls over fp32 weights)")
+    flattened = ((common.fp16 or common.bf16) and not common.tpu and not common.fp16_no_flatten_grads
+                 and not common.memory_efficient_fp16 and not common.memory_efficient_bf16)
+    if flattened and not uses_cuda(cfg):
+        mode = "--fp16 (common.fp16)" if common.fp16 else "common.bf16"
+        raise ValueError(
+            f"{mode} without a CUDA device: fairseq's FP16Optimizer keeps its flattened fp32 master weights on the "
+            "current CUDA device. On a CPU add --fp16-no-flatten-grads (common.fp16_no_flatten_grads=true) or use "
+            "--memory-efficient-fp16 / --memory-efficient-bf16; or train in fp32, or with --bf16-autocast "
+            "(bart_*_preln models) where bf16 matmuls are fast")
+
+
 def torchrun_call_main(call_main):
     @functools.wraps(call_main)
     def wrapped(cfg, main, **kwargs):
-        check_precision(cfg)
+        # fairseq-validate and the like share call_main; only training builds fairseq's optimizer wrappers
+        check_precision(cfg, training=getattr(main, "__module__", None) == "fairseq_cli.train")
         prepare_torchrun(cfg)
         return call_main(cfg, main, **kwargs)
 

@@ -516,3 +516,44 @@ def test_gpt2_decode_passes_escaped_unknowns_through(data_dir):
     assert bpe.decode(f"{ids} <unk> <mask>") == " Handling terminology is an important matter.<unk><mask>"
     # what fairseq-generate writes for a reference's unknown word (Dictionary.string(escape_unk=True))
     assert bpe.decode(f"<<unk>> {ids}") == "<<unk>> Handling terminology is an important matter."
+
+
+@pytest.mark.parametrize("flags,refused", [
+    (["--bf16"], "--bf16, which in fairseq set --tpu .* torch_xla is not installed"),
+    (["--memory-efficient-bf16"], "--memory-efficient-bf16, which in fairseq set --tpu"),
+    (["--fp16"], r"--fp16 \(common.fp16\) without a CUDA device: .* --fp16-no-flatten-grads"),
+    (["--fp16", "--fp16-no-flatten-grads"], None),
+    (["--memory-efficient-fp16"], None),
+    (["--amp"], None),
+])
+def test_fairseq_precisions_that_cannot_train_here_are_refused_before_training(data_dir, flags, refused):
+    """On a CPU, fairseq's --bf16 (TPU mode) stopped in the trainer with "'NoneType' object has no
+    attribute 'xla_device'" and --fp16 in FP16Optimizer with "Torch not compiled with CUDA enabled";
+    fairseq-train (its ``main``) is refused before anything runs, naming the flag and the way that
+    works. fairseq-validate (another ``main``) is not training and keeps fairseq's behaviour."""
+    import importlib.util
+
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.distributed import utils as dist_utils
+
+    from bart_ext.adapters import fairseq_patches
+
+    if torch.cuda.is_available() or importlib.util.find_spec("torch_xla") is not None:
+        pytest.skip("these modes train on this machine")
+    argv = [str(data_dir / "bin"), "--task", "bart_denoising", "--arch", "bart_tiny_preln", "--cpu", *flags]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    ran = []
+
+    def validate_main(cfg, **kwargs):
+        ran.append(cfg)
+
+    validate_main.__module__ = "fairseq_cli.validate"
+    dist_utils.call_main(cfg, validate_main)  # not training: never refused
+    assert ran
+    if refused is None:
+        fairseq_patches.check_precision(cfg, training=True)
+        return
+    import fairseq_cli.train
+
+    with pytest.raises(ValueError, match=refused):
+        dist_utils.call_main(cfg, fairseq_cli.train.main)  # raised before fairseq_cli.train.main starts
