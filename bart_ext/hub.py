@@ -133,6 +133,8 @@ class BartHub:
         for key, value in settings.items():
             if not hasattr(gen, key):
                 raise ValueError(f"unknown generation setting {key!r}")
+            if key in ("beam", "nbest") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"generation setting {key} must be a positive integer, not {value!r}")
             setattr(gen, key, value)
         self._check_lengths(rows, "generate")
         generator = self.task.build_generator([self.model], gen)

@@ -444,7 +444,7 @@ def test_fill_mask_lets_a_span_take_any_length(tmp_path, data_dir):
 
 def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, data_dir):
     """A str gets one result (fairseq's hub does this; before, summarize("text") summarised each
-    character); an empty text, a non-positive topk and a non-str entry are refused naming them."""
+    character); an empty text, a non-positive topk or beam and a non-str entry are refused naming them."""
     import bart_ext
 
     model = bart_ext.load(write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=1))
@@ -462,6 +462,9 @@ def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, 
         model.fill_mask("")
     with pytest.raises(ValueError, match=r"fill_mask: topk must be a positive integer, not 0"):
         model.fill_mask(masked, topk=0)
+    for beam in (0, 2.5, True):  # beam=0 stopped in fairseq's search with ZeroDivisionError
+        with pytest.raises(ValueError, match=rf"generation setting beam must be a positive integer, not {beam!r}"):
+            model.sample(text, beam=beam)
     with pytest.raises(TypeError, match=r"predict: text 0 is not a str but int"):
         model.predict("head", [3])
 
