@@ -155,16 +155,7 @@ def import_vocab(hf_dir: Path, rows: int, out_dir: Path) -> bool:
 
     Raises ``ConversionError`` naming the file for a tokenizer fairseq's ``gpt2`` BPE cannot reproduce.
     """
-    hf_dir = Path(hf_dir)
-    vocab_path, merges_path = hf_dir / "vocab.json", hf_dir / "merges.txt"
-    for f in (vocab_path, merges_path):
-        if not f.is_file():
-            raise ConversionError(f"{f}: not found; from-hf needs the byte-level BPE tokenizer files vocab.json "
-                                  "and merges.txt beside the model")
-    try:
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{vocab_path}: not JSON ({e})") from None
+    vocab, merges, vocab_path = read_bpe_files(Path(hf_dir))
     for i, tok in enumerate(SPECIALS):
         if vocab.get(tok) != i:
             raise ConversionError(
@@ -191,5 +182,61 @@ def import_vocab(hf_dir: Path, rows: int, out_dir: Path) -> bool:
     out_dir = Path(out_dir)
     (out_dir / "dict.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
-    (out_dir / "vocab.bpe").write_text(_merges_text(merges_path), encoding="utf-8")
+    (out_dir / "vocab.bpe").write_text(merges, encoding="utf-8")
     return has_mask
+
+
+def read_bpe_files(hf_dir: Path) -> tuple[dict[str, int], str, Path]:
+    """A byte-level BPE tokenizer's vocabulary (token -> id), its merges as ``vocab.bpe`` text, and the
+    file to name in errors about the vocabulary: ``vocab.json`` + ``merges.txt``, or, where a folder
+    has only ``tokenizer.json`` (what ``save_pretrained`` writes in transformers 5), the same tables
+    from it. A ``tokenizer.json`` that fairseq's ``gpt2`` BPE would not reproduce (another model type,
+    a normalizer, a pre-tokenizer other than GPT-2's byte-level split, subword affixes, BPE dropout) is
+    refused naming the field."""
+    vocab_path, merges_path, joined = hf_dir / "vocab.json", hf_dir / "merges.txt", hf_dir / "tokenizer.json"
+    if not (vocab_path.is_file() and merges_path.is_file()) and joined.is_file():
+        return _read_tokenizer_json(joined)
+    for f in (vocab_path, merges_path):
+        if not f.is_file():
+            raise ConversionError(f"{f}: not found; from-hf needs the byte-level BPE tokenizer files vocab.json "
+                                  "and merges.txt (or a tokenizer.json holding them) beside the model")
+    try:
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{vocab_path}: not JSON ({e})") from None
+    return vocab, _merges_text(merges_path), vocab_path
+
+
+def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], str, Path]:
+    try:
+        tok = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not JSON ({e})") from None
+    model = tok.get("model") or {}
+
+    def refuse(field: str, value, want: str):
+        raise ConversionError(f"{path}: {field} is {value!r}; from-hf reads byte-level BPE tokenizers as GPT-2's "
+                              f"({want}), which fairseq's gpt2 BPE reproduces")
+
+    if model.get("type") != "BPE":
+        refuse("model.type", model.get("type"), "BPE")
+    for field, want in (("dropout", None), ("continuing_subword_prefix", ""), ("end_of_word_suffix", "")):
+        if model.get(field) not in (want, None):
+            refuse(f"model.{field}", model.get(field), f"{want!r}" if want is not None else "none")
+    if model.get("ignore_merges"):
+        refuse("model.ignore_merges", model["ignore_merges"], "false")
+    if tok.get("normalizer") is not None:
+        refuse("normalizer", tok["normalizer"].get("type"), "none")
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or pre.get("use_regex", True) is not True:
+        refuse("pre_tokenizer", {k: pre.get(k) for k in ("type", "use_regex") if k in pre}, "ByteLevel with its regex")
+    vocab = dict(model.get("vocab") or {})
+    for added in tok.get("added_tokens") or []:  # <mask> and the specials may be added tokens only
+        vocab.setdefault(added["content"], added["id"])
+    lines = ["#version: 0.2"]
+    for merge in model.get("merges") or []:  # "a b" (tokenizers < 0.20) or ["a", "b"]
+        pair = merge.split(" ") if isinstance(merge, str) else list(merge)
+        if len(pair) != 2:
+            refuse("a merge", merge, "two tokens")
+        lines.append(" ".join(pair))
+    return vocab, "\n".join(lines) + "\n", path

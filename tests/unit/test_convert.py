@@ -389,18 +389,52 @@ def test_refuses_missing_tokenizer_and_logits_bias(tmp_path, data_dir):
     from safetensors.torch import load_file, save_file
 
     src = make_hf_folder(tmp_path / "hf", data_dir / "gpt2", "mbart")
-    merges = (src / "merges.txt").read_bytes()
+    merges, joined = (src / "merges.txt").read_bytes(), (src / "tokenizer.json").read_bytes()
     (src / "merges.txt").unlink()
+    (src / "tokenizer.json").unlink()  # which holds the merges too (next test)
     with pytest.raises(SystemExit, match=r"merges.txt: not found"):
         convert(["from-hf", str(src), str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     (src / "merges.txt").write_bytes(merges)
+    (src / "tokenizer.json").write_bytes(joined)
     weights = load_file(str(src / "model.safetensors"))
     weights["final_logits_bias"][0, 7] = 0.5
     save_file(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(SystemExit, match=r"final_logits_bias is non-zero \(entry 7"):
         convert(["from-hf", str(src), str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_json_alone_imports_as_vocab_json_and_merges_txt(tmp_path, data_dir, texts):
+    """transformers 5's save_pretrained writes tokenizer.json without vocab.json and merges.txt: from-hf
+    read only those two, and refused such a folder ("vocab.json: not found"). Now it takes the same
+    tables from tokenizer.json (merges as pairs or as "a b" strings) and writes the same fairseq files;
+    a tokenizer.json that fairseq's gpt2 BPE would not reproduce is refused naming the field."""
+    src = make_hf_folder(tmp_path / "hf", data_dir / "gpt2", "mbart")
+    convert(["from-hf", str(src), str(tmp_path / "both")])
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    (src / "vocab.json").unlink()
+    (src / "merges.txt").unlink()
+    joined = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    for style in ("pairs", "strings"):
+        merges = [m if isinstance(m, list) else m.split(" ") for m in joined["model"]["merges"]]
+        joined["model"]["merges"] = merges if style == "pairs" else [" ".join(m) for m in merges]
+        (src / "tokenizer.json").write_text(json.dumps(joined), encoding="utf-8")
+        out = tmp_path / style
+        convert(["from-hf", str(src), str(out)])
+        for name in ("dict.txt", "encoder.json"):
+            assert (out / name).read_bytes() == (tmp_path / "both" / name).read_bytes(), name
+        assert ((out / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]
+                == (tmp_path / "both" / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:])
+        assert [fairseq_ids(out, t) for t in texts] == [hf_tok(t)["input_ids"] for t in texts]
+    for field, value, named in (("normalizer", {"type": "Lowercase"}, "normalizer is 'Lowercase'"),
+                                ("model", {**joined["model"], "end_of_word_suffix": "</w>"},
+                                 "model.end_of_word_suffix is '</w>'"),
+                                ("pre_tokenizer", {"type": "Whitespace"}, "pre_tokenizer is {'type': 'Whitespace'}")):
+        (src / "tokenizer.json").write_text(json.dumps({**joined, field: value}), encoding="utf-8")
+        with pytest.raises(SystemExit, match=re.escape(f"tokenizer.json: {named}")):
+            convert(["from-hf", str(src), str(tmp_path / "refused")])
+        assert not (tmp_path / "refused").exists()
 
 
 def test_refuses_a_dictionary_of_another_size(tmp_path, data_dir):
