@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Models in and out of bart_ext (core: ``bart_ext/convert/``).
 
-    convert.py from-hf HF_DIR OUT_DIR
+    convert.py from-hf HF_DIR OUT_DIR [--head NAME]
         a transformers BART (Post-LN) or mBART-layout (Pre-LN) folder -> OUT_DIR/checkpoint.pt
         (--arch bart_*_preln, --post-ln for BART), dict.txt, encoder.json, vocab.bpe: fine-tune with
         --restore-file / --finetune-from-model OUT_DIR/checkpoint.pt, the data binarized with OUT_DIR's
-        dict.txt and GPT-2 files.
+        dict.txt and GPT-2 files. A *ForSequenceClassification folder (bart-large-mnli's kind) -> a
+        --task sentence_prediction checkpoint with its head (--head NAME; default
+        sentence_classification_head) and labels (OUT_DIR/label/dict.txt): bart_ext.load(...).predict.
     convert.py to-hf CHECKPOINT OUT_DIR [--data DIR] [--preset xsum|cnn_dm] [--no-prefix-space]
         a bart_ext checkpoint -> a save_pretrained folder (mBART classes for Pre-LN, BART for Post-LN)
         with its tokenizer (text spaced and cut as the model's fine-tuning data was) and a
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> Path:
     p = sub.add_parser("from-hf", help="transformers folder -> fairseq checkpoint")
     p.add_argument("hf_dir", type=Path)
     p.add_argument("out_dir", type=Path)
+    p.add_argument("--head", help="name of a *ForSequenceClassification folder's head in the checkpoint "
+                                  "(default: sentence_classification_head, fairseq's --classification-head-name)")
     for name, helptext in (("to-hf", "bart_ext checkpoint -> transformers folder"),
                            ("to-ct2", "bart_ext checkpoint -> CTranslate2 folder")):
         p = sub.add_parser(name, help=helptext)
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     try:
         if args.command == "from-hf":
-            out = commands.from_hf(args.hf_dir, args.out_dir, ROOT / "user_dir")
+            out = commands.from_hf(args.hf_dir, args.out_dir, ROOT / "user_dir", head=args.head)
         else:
             from bart_ext.summarization_data import load_preset
 

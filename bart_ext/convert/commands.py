@@ -72,13 +72,24 @@ def hf_generation_config(preset: dict | None) -> dict:
     return out
 
 
-def from_hf(hf_dir: Path, out_dir: Path, user_dir: Path) -> Path:
-    """A transformers BART/mBART folder -> ``out_dir/checkpoint.pt`` + ``dict.txt``, ``encoder.json``, ``vocab.bpe``."""
+def from_hf(hf_dir: Path, out_dir: Path, user_dir: Path, head: str | None = None) -> Path:
+    """A transformers BART/mBART folder -> ``out_dir/checkpoint.pt`` + ``dict.txt``, ``encoder.json``, ``vocab.bpe``.
+
+    A ``*ForSequenceClassification`` folder becomes a ``--task sentence_prediction`` checkpoint with its
+    head as ``classification_heads.HEAD`` (``head``, default fairseq's ``sentence_classification_head``),
+    ``input0/dict.txt`` and ``label/dict.txt`` (its labels in id order) beside it, and the task's
+    ``init_token`` / ``separator_token`` set to join a pair as the folder's tokenizer does."""
     hf_dir = Path(hf_dir)
     source = str(hf_dir / "config.json")
-    shape = hf.shape_from_hf_config(hf.read_config(hf_dir), source)
+    config = hf.read_config(hf_dir)
+    shape = hf.shape_from_hf_config(config, source)
     weights = hf.read_hf_weights(hf_dir)
+    classifier = hf.split_hf_classifier(weights, config, str(hf_dir))
+    if head is not None and classifier is None:
+        raise ConversionError(f"{hf_dir}: --head {head!r} given, but the folder's weights have no classification_head")
     rows = hf.dictionary_rows(weights, str(hf_dir))
+    if classifier is not None:  # to-hf's rows for GPT-2 tokens outside the dictionary, without the bias that marks them
+        rows = hf.classifier_dictionary_rows(weights, rows, vocab.read_bpe_files(hf_dir)[0].get(vocab.MASK))
     out_dir = Path(out_dir)
     with staged(out_dir) as tmp:
         has_mask = vocab.import_vocab(hf_dir, rows, tmp)
@@ -94,13 +105,37 @@ def from_hf(hf_dir: Path, out_dir: Path, user_dir: Path) -> Path:
         shared = state["encoder.embed_tokens.weight"]
         for key in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
             state[key] = shared
+        task = _import_classifier(classifier, head, hf_dir, state, tmp) if classifier is not None else None
         from bart_ext.convert.fairseq_checkpoint import write_checkpoint
 
         write_checkpoint(tmp / "checkpoint.pt", state, shape, out_dir.resolve(), user_dir,
-                         imported_from=str(hf_dir.resolve()), leading_space=vocab.tokenizer_adds_prefix_space(hf_dir))
-    logger.info("from-hf: %s (%s, %d rows) -> %s", hf_dir, "Post-LN" if shape.post_ln else "Pre-LN",
-                shape.vocab_size, out_dir / "checkpoint.pt")
+                         imported_from=str(hf_dir.resolve()), leading_space=vocab.tokenizer_adds_prefix_space(hf_dir),
+                         task=task)
+    logger.info("from-hf: %s (%s, %d rows%s) -> %s", hf_dir, "Post-LN" if shape.post_ln else "Pre-LN",
+                shape.vocab_size, "" if task is None else "; " + " ".join(task), out_dir / "checkpoint.pt")
     return out_dir / "checkpoint.pt"
+
+
+def _import_classifier(classifier: hf.HfClassifier, head: str | None, hf_dir: Path, state: dict,
+                       tmp: Path) -> list[str]:
+    """Put ``classifier``'s head into ``state`` as ``classification_heads.HEAD``, write ``input0/dict.txt``
+    and ``label/dict.txt`` into ``tmp``; returns the ``sentence_prediction`` options of the checkpoint."""
+    name = head or "sentence_classification_head"  # fairseq's --classification-head-name default
+    for key, value in classifier.state.items():
+        state[f"classification_heads.{name}.{key}"] = value
+    init, separator = vocab.classifier_layout(hf_dir, vocab.read_bpe_files(hf_dir)[0])
+    task = ["--task", "sentence_prediction", "--criterion", "sentence_prediction", "--num-classes",
+            str(classifier.num_classes), "--add-prev-output-tokens",
+            "--classification-head-name", name, "--pooler-dropout", str(classifier.dropout)]
+    task += ["--init-token", str(init)] if init is not None else []
+    task += ["--separator-token", str(separator)] if separator is not None else []
+    (tmp / "input0").mkdir()
+    shutil.copyfile(tmp / "dict.txt", tmp / "input0" / "dict.txt")
+    if classifier.labels is None:
+        return task + ["--regression-target"]
+    (tmp / "label").mkdir()
+    (tmp / "label" / "dict.txt").write_text("".join(f"{label} 1\n" for label in classifier.labels), encoding="utf-8")
+    return task
 
 
 def load_fairseq_checkpoint(path: Path) -> tuple[dict, object]:

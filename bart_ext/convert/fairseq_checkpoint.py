@@ -27,9 +27,11 @@ def arch_for(shape: ModelShape) -> str:
     return next((name for name, preset in PRESETS.items() if preset == key), "bart_preln")
 
 
-def training_argv(data: Path, shape: ModelShape, user_dir: Path) -> list[str]:
-    """The ``fairseq-train`` arguments that build a model of ``shape`` on ``data``."""
-    argv = [str(data), "--user-dir", str(user_dir), "--task", "bart_denoising", "--arch", arch_for(shape)]
+def training_argv(data: Path, shape: ModelShape, user_dir: Path, task: list[str] | None = None) -> list[str]:
+    """The ``fairseq-train`` arguments that build a model of ``shape`` on ``data`` (``task``: the task and
+    its options, ``bart_denoising`` unless given)."""
+    task = task or ["--task", "bart_denoising"]
+    argv = [str(data), "--user-dir", str(user_dir), *task, "--arch", arch_for(shape)]
     for name, value in shape.fairseq_fields().items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -40,7 +42,8 @@ def training_argv(data: Path, shape: ModelShape, user_dir: Path) -> list[str]:
 
 
 def write_checkpoint(path: Path, state: dict[str, Tensor], shape: ModelShape, data: Path, user_dir: Path,
-                     imported_from: str | None = None, leading_space: bool = False) -> None:
+                     imported_from: str | None = None, leading_space: bool = False,
+                     task: list[str] | None = None) -> None:
     """Save ``state`` (our model's keys) at ``path`` with the config of a ``shape`` model on ``data``;
     ``imported_from`` (the source folder of a converted model) and whether its tokenizer put a space
     before a text's first word (``leading_space``) are kept in ``extra_state`` until the checkpoint is
@@ -50,7 +53,7 @@ def write_checkpoint(path: Path, state: dict[str, Tensor], shape: ModelShape, da
     from omegaconf import OmegaConf
 
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, training_argv(data, shape, user_dir))
+    args = options.parse_args_and_arch(parser, training_argv(data, shape, user_dir, task))
     cfg = convert_namespace_to_omegaconf(args)
     torch.save({
         "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),

@@ -281,6 +281,57 @@ def classifier_to_hf(hf_state: dict[str, Tensor], head_state: dict[str, Tensor])
     return out
 
 
+@dataclass
+class HfClassifier:
+    """A ``*ForSequenceClassification`` folder's head: its weights under fairseq's names (``dense.*``,
+    ``out_proj.*``), its labels in id order (none for a regression head), and its dropout."""
+
+    state: dict[str, Tensor]
+    labels: list[str] | None
+    dropout: float
+
+    @property
+    def num_classes(self) -> int:
+        return self.state["out_proj.weight"].size(0)
+
+
+def split_hf_classifier(hf: dict[str, Tensor], config: dict, source: str) -> HfClassifier | None:
+    """Take ``classification_head.*`` out of ``hf`` (a transformers BART/mBART classifier's state);
+    None where there is none. A head that ``sentence_prediction`` cannot train is refused by field."""
+    root = "classification_head."
+    head = {k[len(root):]: hf.pop(k) for k in [k for k in hf if k.startswith(root)]}
+    if not head:
+        return None
+    want = {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"}
+    if set(head) != want:
+        raise ConversionError(f"{source}: classification_head has {sorted(head)}; transformers' BART heads have "
+                              f"{sorted(want)}")
+    problem = config.get("problem_type")
+    if problem not in (None, "single_label_classification", "regression"):
+        raise ConversionError(f"{source}: problem_type is {problem!r}; fairseq's sentence_prediction trains "
+                              "single-label classification and regression")
+    num = head["out_proj.weight"].size(0)
+    labels = None
+    if num > 1 and problem != "regression":
+        names = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+        labels = [names.get(i, f"LABEL_{i}") for i in range(num)]
+        bad = [x for x in labels if not x.strip() or any(c.isspace() for c in x)]
+        if bad or len(set(labels)) != num:
+            raise ConversionError(f"{source}: id2label {names}: fairseq's label dictionary needs {num} distinct "
+                                  "labels without spaces")
+    dropout = config.get("classifier_dropout")
+    return HfClassifier(head, labels, float(dropout) if dropout is not None else 0.0)
+
+
+def classifier_dictionary_rows(hf: dict[str, Tensor], rows: int, mask: int | None, unk: int = 3) -> int:
+    """The dictionary rows of a classifier, whose folder has no ``final_logits_bias`` to mark the rows
+    ``to_hf`` added after ``<mask>`` (copies of ``<unk>``'s embedding): those rows are left out."""
+    if mask is None or mask >= rows - 1:
+        return rows
+    shared = _shared_embedding(hf, "")
+    return mask + 1 if torch.equal(shared[mask + 1: rows], shared[unk].expand(rows - mask - 1, -1)) else rows
+
+
 def save_hf_model(out_dir: Path, shape: ModelShape, hf_state: dict[str, Tensor], generation: dict,
                   classifier: dict | None = None) -> None:
     """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` through transformers'

@@ -130,6 +130,33 @@ def save_hf_tokenizer(out_dir: Path, model_max_length: int, add_prefix_space: bo
     tok.save_pretrained(str(out_dir))
 
 
+def classifier_layout(hf_dir: Path, vocab: dict[str, int]) -> tuple[int | None, int | None]:
+    """``(init_token, separator_token)`` of ``sentence_prediction`` that build a text, or a pair, as the
+    transformers tokenizer folder joins them: RoBERTa's ``<s> A </s></s> B </s>`` (``RobertaProcessing``, and
+    BART's tokenizer without a ``tokenizer.json``) is init ``<s>`` and separator ``</s>``; the
+    ``TemplateProcessing`` that ``to-hf`` writes for a classifier fine-tuned as fairseq's BART GLUE recipe
+    does, ``<s> A </s> B </s>``, has no separator."""
+    path = Path(hf_dir) / "tokenizer.json"
+    post = {}
+    if path.is_file():
+        post = json.loads(path.read_text(encoding="utf-8")).get("post_processor") or {}
+    if post.get("type") == "TemplateProcessing":
+        names = [next(iter(item.values()))["id"] for item in post.get("pair") or []]
+        if "A" in names and "B" in names and names.index("A") <= 1 and names[-1] == "</s>":
+            before, between = names[: names.index("A")], names[names.index("A") + 1: names.index("B")]
+            if between[:1] == ["</s>"] and len(between) <= 2 and names.index("B") == len(names) - 2:
+                missing = [t for t in before + between[1:] if t not in vocab]
+                if missing:
+                    raise ConversionError(f"{path}: the pair template's {missing[0]} is not in the vocabulary")
+                return (vocab[before[0]] if before else None), (vocab[between[1]] if len(between) == 2 else None)
+        raise ConversionError(f"{path}: post_processor's pair template {names} is not [init] A </s> [separator] B </s>, "
+                              "the input fairseq's sentence_prediction builds")
+    if post.get("type") not in (None, "RobertaProcessing"):
+        raise ConversionError(f"{path}: post_processor is {post.get('type')!r}; a BART classifier's tokenizer joins "
+                              "pairs with RobertaProcessing or a TemplateProcessing")
+    return vocab["<s>"], vocab["</s>"]
+
+
 def tokenizer_adds_prefix_space(hf_dir: Path) -> bool:
     """Whether a transformers tokenizer folder puts a space before a text's first word (its
     ``tokenizer_config.json``, else its ``tokenizer.json``'s ByteLevel pre-tokenizer; BART's: no)."""

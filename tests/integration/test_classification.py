@@ -140,6 +140,34 @@ def test_exported_classifier_gives_the_same_logits_in_transformers(classifier, r
         ours = model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
         got = theirs(input_ids=src, attention_mask=src.ne(1)).logits
     torch.testing.assert_close(got, ours, atol=1e-5, rtol=1e-5)
+    return tmp_path / "hf"
+
+
+def test_a_transformers_classifier_comes_back_and_fine_tunes(classifier, roles, cli_env, tmp_path):
+    """from-hf of a *ForSequenceClassification folder (here the export above: a corpus dictionary, so the
+    folder has rows for GPT-2 tokens outside it and no final_logits_bias to mark them) gives a
+    sentence_prediction checkpoint with the same weights, head and labels, that fine-tunes with the roles
+    config from checkpoint.finetune_from_model, its head kept (before: "weights bart_ext has no place for:
+    classification_head.dense.bias, ...")."""
+    from scripts.convert import main as convert
+
+    hf_dir = test_exported_classifier_gives_the_same_logits_in_transformers(classifier, roles, tmp_path)
+    convert(["from-hf", str(hf_dir), str(tmp_path / "back")])
+    before = torch.load(classifier, weights_only=False)["model"]
+    after = torch.load(tmp_path / "back" / "checkpoint.pt", weights_only=False)
+    assert set(after["model"]) == set(before) and all(torch.equal(before[k], after["model"][k]) for k in before)
+    assert after["cfg"]["task"]["_name"] == "sentence_prediction" and after["cfg"]["task"]["num_classes"] == 4
+    assert after["cfg"]["task"]["init_token"] == 0 and after["cfg"]["task"]["separator_token"] is None  # as trained
+    labels = (roles / "bin" / "label" / "dict.txt").read_text().splitlines()
+    assert (tmp_path / "back" / "label" / "dict.txt").read_text().splitlines() == [f"{x.split()[0]} 1" for x in labels[:4]]
+    save = tmp_path / "ft"
+    log = run(["fairseq-hydra-train", "--config-dir", str(ROOT / "configs" / "finetune"), "--config-name", "roles",
+               f"common.user_dir={USER_DIR}", f"task.data={roles / 'bin'}", f"checkpoint.save_dir={save}",
+               f"checkpoint.finetune_from_model={tmp_path / 'back' / 'checkpoint.pt'}", "optimization.max_update=2",
+               "dataset.validate_interval_updates=2", f"hydra.run.dir={save / 'hydra'}"], cli_env)
+    assert f"loading pretrained model from {tmp_path / 'back' / 'checkpoint.pt'}" in log
+    assert "of the checkpoint dropped" not in log  # logged where the head does not fit the task's (started afresh)
+    assert (save / "checkpoint_best.pt").is_file()
 
 
 def pair_data(roles: Path, root: Path, cli_env, regression: bool) -> Path:

@@ -139,6 +139,77 @@ def test_round_trip_keeps_the_source_tokenizers_prefix_space(tmp_path, data_dir,
     assert [model.encode(t).tolist() for t in texts] == [hf_tok(t)["input_ids"] for t in texts]
 
 
+def make_hf_classifier(path: Path, gpt2: Path, layout: str, num_labels: int, **config) -> Path:
+    """``make_hf_folder``'s tokenizer with a randomly initialised ``*ForSequenceClassification``
+    (bart-large-mnli's kind: its tokenizer joins a pair as RoBERTa's <s> A </s></s> B </s>)."""
+    make_hf_folder(path, gpt2, layout)
+    family = {"mbart": "MBart", "bart": "Bart"}[layout]
+    cfg = getattr(transformers, family + "Config")(vocab_size=json.loads((path / "config.json").read_text())["vocab_size"],
+                                                   init_std=0.2, num_labels=num_labels, **WIDTH, **config)
+    torch.manual_seed(3)
+    getattr(transformers, family + "ForSequenceClassification")(cfg).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("layout", ["bart", "mbart"])
+def test_a_transformers_classifier_imports_with_its_head_labels_and_pair_layout(tmp_path, data_dir, texts, layout):
+    """from-hf of a *ForSequenceClassification folder (facebook/bart-large-mnli's kind) was refused ("weights
+    bart_ext has no place for: classification_head..."). It is now a sentence_prediction checkpoint whose
+    head, labels and pair layout give transformers' logits through bart_ext.load(...).predict, and to-hf
+    writes the same folder back."""
+    import bart_ext
+
+    labels = {0: "contradiction", 1: "neutral", 2: "entailment"}
+    src = make_hf_classifier(tmp_path / "hf", data_dir / "gpt2", layout, 3, id2label=labels,
+                             label2id={v: k for k, v in labels.items()})
+    convert(["from-hf", str(src), str(tmp_path / "ours"), "--head", "mnli"])
+    assert (tmp_path / "ours" / "label" / "dict.txt").read_text().split() == ["contradiction", "1", "neutral", "1",
+                                                                                "entailment", "1"]
+    model = bart_ext.load(tmp_path / "ours" / "checkpoint.pt")
+    assert (model.task.cfg.init_token, model.task.cfg.separator_token) == (0, 2)  # RoBERTa's pair layout
+    tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(str(src)).eval()
+    inputs = [texts[1], (texts[0][:80], texts[3]), (texts[2], texts[1])]
+    for item in inputs:
+        ids = tok(*item if isinstance(item, tuple) else (item,))["input_ids"]
+        with torch.no_grad():
+            want = theirs(input_ids=torch.tensor([ids])).logits[0]
+        got = model.predict("mnli", item)
+        assert max_rel(got, want) < 1e-5, (item, got, want)
+    assert float(want.abs().max()) > 0.1  # logits of a size that a layout or weight slip would move
+    convert(["to-hf", str(tmp_path / "ours" / "checkpoint.pt"), str(tmp_path / "back")])
+    back = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "back")).eval()
+    a, b = theirs.state_dict(), back.state_dict()
+    assert type(back) is type(theirs) and set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert back.config.id2label == labels
+    back_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    assert [back_tok(x, y)["input_ids"] for x, y in inputs[1:]] == [tok(x, y)["input_ids"] for x, y in inputs[1:]]
+
+
+def test_a_transformers_regression_head_imports_and_others_are_refused(tmp_path, data_dir, texts):
+    """num_labels 1 (STS-B's kind) is a --regression-target checkpoint without a label dictionary; a
+    multi-label head (which sentence_prediction cannot train) is refused naming problem_type, nothing written."""
+    import bart_ext
+
+    src = make_hf_classifier(tmp_path / "hf", data_dir / "gpt2", "mbart", 1)
+    convert(["from-hf", str(src), str(tmp_path / "ours")])
+    model = bart_ext.load(tmp_path / "ours" / "checkpoint.pt")
+    assert model.task.cfg.regression_target and not (tmp_path / "ours" / "label").exists()
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(str(src)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    with torch.no_grad():
+        want = theirs(input_ids=torch.tensor([tok(texts[0], texts[1])["input_ids"]])).logits[0]
+    assert max_rel(model.predict("sentence_classification_head", (texts[0], texts[1])), want) < 1e-5
+    multi = make_hf_classifier(tmp_path / "multi", data_dir / "gpt2", "bart", 4,
+                               problem_type="multi_label_classification")
+    with pytest.raises(SystemExit, match=r"problem_type is 'multi_label_classification'"):
+        convert(["from-hf", str(multi), str(tmp_path / "refused")])
+    with pytest.raises(SystemExit, match=r"--head 'mnli' given, but the folder's weights have no classification_head"):
+        convert(["from-hf", str(make_hf_folder(tmp_path / "plain", data_dir / "gpt2", "bart")), str(tmp_path / "refused"),
+                 "--head", "mnli"])
+    assert not (tmp_path / "refused").exists()
+
+
 def write_ours(path: Path, data: Path, post_ln: bool = False, seed: int = 0) -> Path:
     """A bart_ext checkpoint on the corpus dictionary of the prepared data (smaller than GPT-2's)."""
     from bart_ext import model as core
