@@ -6,6 +6,7 @@ the end, so a refused or failed conversion leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -254,6 +255,10 @@ def to_ct2(checkpoint: Path, out_dir: Path, quantization: str | None = None, **t
 
     with tempfile.TemporaryDirectory() as hf_dir, staged(out_dir) as tmp:
         to_hf(checkpoint, Path(hf_dir) / "hf", **to_hf_kwargs)
+        kinds = json.loads((Path(hf_dir) / "hf" / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+        if any(k.endswith("ForSequenceClassification") for k in kinds):  # CTranslate2 would drop the head
+            raise ConversionError(f"{checkpoint}: a classifier ({kinds[0]}); CTranslate2 converts BART only as a "
+                                  "sequence-to-sequence generator, without the classification head: use to-hf")
         convert_hf_folder(Path(hf_dir) / "hf", tmp / "ct2", quantization)
         for f in (tmp / "ct2").iterdir():
             f.replace(tmp / f.name)

@@ -184,6 +184,10 @@ def test_a_transformers_classifier_imports_with_its_head_labels_and_pair_layout(
     assert back.config.id2label == labels
     back_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
     assert [back_tok(x, y)["input_ids"] for x, y in inputs[1:]] == [tok(x, y)["input_ids"] for x, y in inputs[1:]]
+    if layout == "bart":  # CTranslate2 wrote a generator without the head (no error) before
+        with pytest.raises(SystemExit, match=r"a classifier \(BartForSequenceClassification\); CTranslate2 converts"):
+            convert(["to-ct2", str(tmp_path / "ours" / "checkpoint.pt"), str(tmp_path / "ct2")])
+        assert not (tmp_path / "ct2").exists()
 
 
 def test_a_transformers_regression_head_imports_and_others_are_refused(tmp_path, data_dir, texts):
