@@ -275,6 +275,9 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"bart_ext.load(device={device!r}): this machine has no CUDA device "
+                         "(torch.cuda.is_available() is False); leave device out to run on the CPU")
     overrides = {"data": str(data)} if data is not None else {}
     state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), arg_overrides=overrides)
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides,

@@ -576,6 +576,9 @@ def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, 
             model.sample(text, beam=beam)
     with pytest.raises(TypeError, match=r"predict: text 0 is not a str but int"):
         model.predict("head", [3])
+    if not torch.cuda.is_available():  # torch's "AssertionError: Torch not compiled with CUDA enabled" before
+        with pytest.raises(ValueError, match=r"bart_ext.load\(device='cuda'\): this machine has no CUDA device"):
+            bart_ext.load(tmp_path / "ours.pt", device="cuda")
 
 
 def test_hub_sample_and_translate_as_fairseqs_bart_hub(tmp_path, data_dir, caplog):
