@@ -75,6 +75,9 @@ class BartHub:
     def _tokens(self, text: str) -> list[int]:
         """The text's tokens, without ``<s>`` and ``</s>``."""
         d = self.dictionary
+        if MASK in text and MASK not in d.indices:  # d.index would give <unk>
+            raise ValueError(f"{MASK} in {text[:60]!r}, but this model's dictionary has no {MASK} (a model fine-tuned "
+                             "with a task that does not add it, e.g. fairseq's translation)")
         ids = []
         for i, piece in enumerate(text.split(MASK)):
             if i:

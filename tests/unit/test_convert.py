@@ -576,6 +576,11 @@ def test_hub_takes_one_string_as_fairseqs_hub_and_refuses_empty_input(tmp_path, 
             model.sample(text, beam=beam)
     with pytest.raises(TypeError, match=r"predict: text 0 is not a str but int"):
         model.predict("head", [3])
+    d = model.dictionary  # a dictionary without <mask>, as fairseq's translation task builds one
+    del d.indices["<mask>"]
+    with pytest.raises(ValueError, match=r"<mask> in 'We propose a <mask> for parsing.', but this model's dictionary "
+                                         r"has no <mask>"):  # it was encoded as <unk> and "filled"
+        model.fill_mask(masked, topk=2)
     if not torch.cuda.is_available():  # torch's "AssertionError: Torch not compiled with CUDA enabled" before
         with pytest.raises(ValueError, match=r"bart_ext.load\(device='cuda'\): this machine has no CUDA device"):
             bart_ext.load(tmp_path / "ours.pt", device="cuda")
