@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Labels for raw sentences from a fine-tuned classifier (``--task sentence_prediction``).
 
-Reads one sentence per line (FILE, or standard input) and prints ``label<TAB>line``; a line with a tab
+Reads one sentence per line (FILE, or standard input) and prints ``label<TAB>line`` (a regression model,
+STS-B's kind: its score); a line with a tab
 is a pair of sentences (``premise<TAB>hypothesis``, for MNLI, RTE, ... fine-tuned on ``input0/`` and
 ``input1/``). The sentences are GPT-2 BPE-encoded with DATA's ``encoder.json`` / ``vocab.bpe`` (as
 scripts/prepare_roles.py prepared the training data: a space before each text's first word;
@@ -10,7 +11,7 @@ training fed them (``<s>`` first when the task's --init-token was 0, its --separ
 pair's sentences).
 
 Usage: python scripts/classify.py --path runs/roles/pretrained/checkpoint_best.pt \\
-           --data data/aclsum_roles/bin [--head sentence_classification_head] [FILE]
+           [--data data/aclsum_roles/bin] [--head sentence_classification_head] [FILE]
 """
 from __future__ import annotations
 
@@ -26,22 +27,24 @@ from bart_ext.classify.predict import load_classifier, predict_sentences  # noqa
 def main(argv: list[str] | None = None) -> list[str]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", type=Path, required=True, help="fine-tuned checkpoint")
-    ap.add_argument("--data", type=Path, required=True, help="its data folder (input0/, label/, encoder.json, vocab.bpe)")
+    ap.add_argument("--data", type=Path, help="its data folder (input0/, label/, encoder.json, vocab.bpe; default: "
+                                              "the checkpoint's task.data)")
     ap.add_argument("--head", default=None, help="classification head (default: the task's)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--no-prefix-space", action="store_true",
                     help="no space before each text's first word (data binarized with fairseq's own tools)")
     ap.add_argument("input", nargs="?", type=Path, help="one sentence per line (default: standard input)")
     args = ap.parse_args(argv)
-    for name in ("encoder.json", "vocab.bpe"):
-        if not (args.data / name).exists():
-            sys.exit(f"classify.py: {args.data / name} not found (the GPT-2 BPE files the data was encoded with)")
     if args.input is not None and not args.input.exists():
         sys.exit(f"classify.py: input {args.input} not found")
     try:
         model, task, head = load_classifier(args.path, args.data, args.head)
     except (FileNotFoundError, KeyError) as e:
         sys.exit(f"classify.py: {e.args[0]}")
+    args.data = Path(str(task.cfg.data).split(":")[0])
+    for name in ("encoder.json", "vocab.bpe"):
+        if not (args.data / name).exists():
+            sys.exit(f"classify.py: {args.data / name} not found (the GPT-2 BPE files the data was encoded with)")
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
     bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 
-def load_classifier(path: Path, data: Path, head: str | None = None):
-    """(model, task, head name) of checkpoint ``path`` on data folder ``data``.
+def load_classifier(path: Path, data: Path | None = None, head: str | None = None):
+    """(model, task, head name) of checkpoint ``path`` on data folder ``data`` (default: the checkpoint's
+    ``task.data``); a regression model (``--regression-target``, STS-B) needs no ``label/dict.txt``.
 
     Raises:
         FileNotFoundError: the checkpoint or the data folder's dictionaries are missing.
@@ -28,12 +29,17 @@ def load_classifier(path: Path, data: Path, head: str | None = None):
 
     if not Path(path).exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    for need in ("input0/dict.txt", "label/dict.txt"):
-        if not (Path(data) / need).exists():
-            raise FileNotFoundError(f"{Path(data) / need} not found: --data must be the folder that "
+    overrides = {"load_checkpoint_heads": True, **({"data": str(data)} if data is not None else {})}
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides=overrides)
+    task_cfg = state["cfg"]["task"]
+    data = Path(str(task_cfg.data).split(":")[0])
+    needs = ("input0/dict.txt",) + (() if getattr(task_cfg, "regression_target", False) else ("label/dict.txt",))
+    for need in needs:
+        if not (data / need).exists():
+            raise FileNotFoundError(f"{data / need} not found: --data must be the folder that "
                                     "fairseq-preprocess wrote for sentence_prediction (input0/, label/)")
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(path)], arg_overrides={"data": str(data), "load_checkpoint_heads": True})
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides,
+                                                                     state=state)
     model = models[0].eval()
     name = head or cfg.task.classification_head_name
     if name not in model.classification_heads:
@@ -99,9 +105,9 @@ def batches_by_eos(rows: Sequence[torch.Tensor], eos: int, batch_size: int) -> l
 @torch.no_grad()
 def predict_sentences(model, task, head: str, sentences: Sequence[str | Sequence[str]], encode: Callable[[str], str],
                       batch_size: int = 64) -> list[str]:
-    """Labels of raw ``sentences``; ``encode`` maps text to the data's BPE string (GPT-2 ids as words). An
-    entry that is a pair of texts (``(premise, hypothesis)``: MNLI, RTE, ...) is fed as fine-tuning fed
-    ``input0`` and ``input1``."""
+    """Labels of raw ``sentences`` (a regression model's scores, as text); ``encode`` maps text to the data's
+    BPE string (GPT-2 ids as words). An entry that is a pair of texts (``(premise, hypothesis)``: MNLI, RTE,
+    ...) is fed as fine-tuning fed ``input0`` and ``input1``."""
     from fairseq.data import data_utils
 
     d = task.source_dictionary
@@ -111,13 +117,14 @@ def predict_sentences(model, task, head: str, sentences: Sequence[str | Sequence
         parts = [s] if isinstance(s, str) else list(s)
         rows.append(classifier_input(task, [d.encode_line(encode(p), append_eos=True, add_if_not_exist=False).long()
                                             for p in parts], limit))
-    names = label_names(task)
+    regression = getattr(task.cfg, "regression_target", False)
+    names = None if regression else label_names(task)
     out: list[str] = [""] * len(rows)
     for batch in batches_by_eos(rows, d.eos(), batch_size):
         src = data_utils.collate_tokens([rows[i] for i in batch], d.pad(), left_pad=False)
         logits = model(src, src.ne(d.pad()).sum(1), features_only=True, classification_head_name=head)[0]
-        for i, j in zip(batch, logits.argmax(-1).tolist()):
-            out[i] = names[j]
+        for i, row in zip(batch, logits):
+            out[i] = f"{float(row[0]):.4f}" if regression else names[int(row.argmax())]
     return out
 
 

@@ -243,6 +243,22 @@ def test_glue_configs_train_pairs_and_regression(roles, cli_env, tmp_path, confi
     assert state["cfg"]["task"]["regression_target"] is (config == "stsb")
     if config == "rte":
         exported_pairs_read_as_trained(tmp_path / "ckpt" / "checkpoint_last.pt", data, roles, tmp_path / "hf")
+        return
+    # classify.py scores pairs with a regression model (it stopped on the missing label/dict.txt), its
+    # data folder taken from the checkpoint when --data is left out
+    import shutil
+
+    import bart_ext
+
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(roles / "bin" / name, data / name)
+    pairs = [("We propose a new parser.", "It improves the state of the art."), ("Our results hold.", "We fail.")]
+    (tmp_path / "pairs.txt").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
+    printed = run([sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(tmp_path / "ckpt" / "checkpoint_last.pt"),
+                   str(tmp_path / "pairs.txt")], cli_env)
+    scores = [float(line.split("\t")[0]) for line in printed.splitlines() if line.count("\t") == 2]
+    want = bart_ext.load(tmp_path / "ckpt" / "checkpoint_last.pt").predict("sentence_classification_head", pairs)
+    assert want.shape == (2, 1) and scores == pytest.approx(want[:, 0].tolist(), abs=1e-4)
 
 
 def exported_pairs_read_as_trained(ckpt: Path, data: Path, roles: Path, out: Path) -> None:
