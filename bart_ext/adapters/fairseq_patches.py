@@ -40,7 +40,7 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    ``--no-repeat-ngram-size`` blocks nothing. Here it blocks on the generated prefix, with tensor
    operations on the decoding device (``bart_ext.ngram_block``). This changes the output of
    every fairseq model generated with ``--no-repeat-ngram-size`` on a CPU (to what the option
-   promises; it is logged once); ``BART_EXT_NGRAM_BLOCK=fairseq_stock`` restores fairseq's
+   promises; it is logged once, when generation first sets blocking up); ``BART_EXT_NGRAM_BLOCK=fairseq_stock`` restores fairseq's
    behaviour. The replacement is TorchScript-compatible, so ``torch.jit.script`` of fairseq's
    ``SequenceGenerator`` keeps working.
 6. ``optim.amp_optimizer.AMPOptimizer.clip_grad_norm`` (``--amp``): fairseq unscales the
@@ -467,11 +467,30 @@ def install_ngram_block(mode: str | None = None) -> str:
         cls._fairseq_no_repeat_ngram = cls._no_repeat_ngram  # fairseq's own, kept for the reference mode
     cls._no_repeat_ngram = {"bart_ext": _no_repeat_ngram, "fairseq_loop": _no_repeat_ngram_fairseq_loop,
                             "fairseq_stock": cls._fairseq_no_repeat_ngram}[mode]
-    if mode != "fairseq_stock" and getattr(cls, "_bart_ext_mode", None) != mode:
-        logger.info("bart_ext: --no-repeat-ngram-size blocks on the generated prefix (fixes fairseq #5206 for every "
-                    "model without fairseq's CUDA extension); BART_EXT_NGRAM_BLOCK=fairseq_stock restores fairseq's")
+    if getattr(cls, "_bart_ext_mode", None) != mode:
+        cls._bart_ext_announced = False  # said again, once, at the next blocker this mode builds
+    if not getattr(cls.__init__, "bart_ext_patched", False):
+        cls.__init__ = _announcing_init(cls.__init__)
     cls._bart_ext_mode = mode
     return mode
+
+
+def _announcing_init(init):
+    """``NGramRepeatBlock.__init__`` that says once, when generation first sets up n-gram blocking (not
+    at every import of the plugin, where it was the first line of every script's output), that bart_ext
+    changed it."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        cls = type(self)
+        if getattr(cls, "_bart_ext_mode", "fairseq_stock") != "fairseq_stock" and not cls._bart_ext_announced:
+            cls._bart_ext_announced = True
+            logger.info("bart_ext: --no-repeat-ngram-size blocks on the generated prefix (fixes fairseq #5206 for "
+                        "every model without fairseq's CUDA extension); BART_EXT_NGRAM_BLOCK=fairseq_stock restores "
+                        "fairseq's")
+
+    __init__.bart_ext_patched = True
+    return __init__
 
 
 def amp_clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
