@@ -2,13 +2,13 @@
 """Labels for raw sentences from a fine-tuned classifier (``--task sentence_prediction``).
 
 Reads one sentence per line (FILE, or standard input) and prints ``label<TAB>line`` (a regression model,
-STS-B's kind: its score); a line with a tab
-is a pair of sentences (``premise<TAB>hypothesis``, for MNLI, RTE, ... fine-tuned on ``input0/`` and
-``input1/``). The sentences are GPT-2 BPE-encoded with DATA's ``encoder.json`` / ``vocab.bpe`` (as
-scripts/prepare_roles.py prepared the training data: a space before each text's first word;
-``--no-prefix-space`` for data binarized with fairseq's own tools, such as its GLUE script) and fed as
-training fed them (``<s>`` first when the task's --init-token was 0, its --separator-token between a
-pair's sentences).
+STS-B's kind: its score); a line with a tab is a pair of sentences (``premise<TAB>hypothesis``, for MNLI,
+RTE, ... fine-tuned on ``input0/`` and ``input1/``). The sentences are GPT-2 BPE-encoded with DATA's
+``encoder.json`` / ``vocab.bpe`` as the training data was: a space before each text's first word, as
+scripts/prepare_roles.py gives it (a ``convert.py from-hf`` import not trained since: as its source
+tokenizer did; ``--no-prefix-space`` for data binarized with fairseq's own tools, such as its GLUE
+script), and fed as training fed them (``<s>`` first when the task's --init-token was 0, its
+--separator-token between a pair's sentences).
 
 Usage: python scripts/classify.py --path runs/roles/pretrained/checkpoint_best.pt \\
            [--data data/aclsum_roles/bin] [--head sentence_classification_head] [FILE]
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.classify.predict import load_classifier, predict_sentences  # noqa: E402
+from bart_ext.classify.predict import open_classifier, predict_sentences  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -31,14 +31,16 @@ def main(argv: list[str] | None = None) -> list[str]:
                                               "the checkpoint's task.data)")
     ap.add_argument("--head", default=None, help="classification head (default: the task's)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--no-prefix-space", action="store_true",
-                    help="no space before each text's first word (data binarized with fairseq's own tools)")
+    ap.add_argument("--prefix-space", action=argparse.BooleanOptionalAction, default=None,
+                    help="a space before each text's first word, as bart_ext's data preparation gives it (default: "
+                         "yes, except for a from-hf import not trained since, which reads as its source tokenizer "
+                         "did; --no-prefix-space for data binarized with fairseq's own tools)")
     ap.add_argument("input", nargs="?", type=Path, help="one sentence per line (default: standard input)")
     args = ap.parse_args(argv)
     if args.input is not None and not args.input.exists():
         sys.exit(f"classify.py: input {args.input} not found")
     try:
-        model, task, head = load_classifier(args.path, args.data, args.head)
+        model, task, head, leading_space = open_classifier(args.path, args.data, args.head)
     except (FileNotFoundError, KeyError) as e:
         sys.exit(f"classify.py: {e.args[0]}")
     args.data = Path(str(task.cfg.data).split(":")[0])
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     # "\n" ends a sentence's line, not U+2028 and the other breaks str.splitlines knows (files.read_lines)
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     inputs = [tuple(p.strip() for p in line.split("\t")) if "\t" in line else line for line in lines]
-    space = "" if args.no_prefix_space else " "
+    space = " " if (leading_space if args.prefix_space is None else args.prefix_space) else ""
     labels = predict_sentences(model, task, head, inputs,
                                lambda s: " ".join(map(str, bpe.encode(space + s))), args.batch_size)
     for label, line in zip(labels, lines):

@@ -15,8 +15,15 @@ import torch
 
 
 def load_classifier(path: Path, data: Path | None = None, head: str | None = None):
-    """(model, task, head name) of checkpoint ``path`` on data folder ``data`` (default: the checkpoint's
-    ``task.data``); a regression model (``--regression-target``, STS-B) needs no ``label/dict.txt``.
+    """(model, task, head name) of checkpoint ``path`` on data folder ``data`` (``open_classifier``)."""
+    return open_classifier(path, data, head)[:3]
+
+
+def open_classifier(path: Path, data: Path | None = None, head: str | None = None):
+    """(model, task, head name, leading space) of checkpoint ``path`` on data folder ``data`` (default: the
+    checkpoint's ``task.data``); a regression model (``--regression-target``, STS-B) needs no
+    ``label/dict.txt``. The last is whether the model read texts with a space before their first word
+    (``text_has_leading_space``: yes when trained here, the source tokenizer's way for a ``from-hf`` import).
 
     Raises:
         FileNotFoundError: the checkpoint or the data folder's dictionaries are missing.
@@ -45,7 +52,9 @@ def load_classifier(path: Path, data: Path | None = None, head: str | None = Non
     if name not in model.classification_heads:
         raise KeyError(f"{path} has no classification head {name!r} (it has: "
                        f"{', '.join(model.classification_heads) or 'none'})")
-    return model, task, name
+    from bart_ext.summarization_data import text_has_leading_space
+
+    return model, task, name, text_has_leading_space(state, None)
 
 
 @torch.no_grad()

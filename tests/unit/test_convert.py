@@ -177,6 +177,33 @@ def test_a_transformers_classifier_imports_with_its_head_labels_and_pair_layout(
         got = model.predict("mnli", item)
         assert max_rel(got, want) < 1e-5, (item, got, want)
     assert float(want.abs().max()) > 0.1  # logits of a size that a layout or weight slip would move
+    # scripts/classify.py reads texts as the source tokenizer did (no space before the first word here; it
+    # put one before every text, as for a model trained here) and labels them as transformers does
+    from bart_ext.classify.predict import open_classifier
+    from scripts.classify import main as classify
+
+    assert open_classifier(tmp_path / "ours" / "checkpoint.pt")[3] is False
+    (tmp_path / "in.txt").write_text("".join(("\t".join(x) if isinstance(x, tuple) else x) + "\n" for x in inputs))
+    with torch.no_grad():
+        best = [theirs(input_ids=torch.tensor([tok(*x if isinstance(x, tuple) else (x,))["input_ids"]])).logits[0].argmax()
+                for x in inputs]
+    import scripts.classify as classify_script
+
+    seen = []
+    real = classify_script.predict_sentences
+
+    def spy(model, task, head, sentences, encode, batch_size):
+        seen.append(encode)
+        return real(model, task, head, sentences, encode, batch_size)
+
+    classify_script.predict_sentences = spy
+    try:
+        got = classify(["--path", str(tmp_path / "ours" / "checkpoint.pt"), str(tmp_path / "in.txt")])
+    finally:
+        classify_script.predict_sentences = real
+    assert got == [labels[int(i)] for i in best]
+    first = tok(texts[1], add_special_tokens=False)["input_ids"]  # ids = fairseq symbols after from-hf
+    assert seen[0](texts[1]).split() == [str(i) for i in first]  # "Handling", not " Handling"
     convert(["to-hf", str(tmp_path / "ours" / "checkpoint.pt"), str(tmp_path / "back")])
     back = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "back")).eval()
     a, b = theirs.state_dict(), back.state_dict()
