@@ -212,17 +212,36 @@ class BartHub:
         return filled[0] if single else filled
 
     @torch.no_grad()
-    def predict(self, head: str, texts: Sequence[str | tuple[str, ...]] | str | tuple[str, ...]) -> Tensor:
+    def predict(self, head: str, texts: Sequence[str | tuple[str, ...]] | str | tuple[str, ...] | Tensor) -> Tensor:
         """Logits ``(len(texts), num_classes)`` of classification head ``head`` (a model fine-tuned
         with ``--task sentence_prediction``); ``(num_classes,)`` for one string or one pair. A pair of texts
         (``(premise, hypothesis)``: MNLI, RTE, ...) is fed as fine-tuning fed ``input0`` and ``input1``:
         the task's ``init_token``, each text and its ``</s>``, its ``separator_token`` between them. An
         input longer than the model's positions keeps its first tokens and its final ``</s>``, whose state
-        the head reads, as ``scripts/classify.py`` cuts it."""
-        from bart_ext.classify.predict import batches_by_eos, classifier_input
+        the head reads, as ``scripts/classify.py`` cuts it.
 
-        single = isinstance(texts, (str, tuple))
-        entries = [texts] if single else list(texts)
+        ``texts`` may also be tokens, as fairseq's hub takes them (``predict('mnli', bart.encode(a, b))``):
+        one row (1-D) or right-padded rows, fed as they are. Unlike fairseq's hub, which returns
+        log-probabilities unless ``return_logits=True``, this returns logits (the same ``argmax``)."""
+        from bart_ext.classify.predict import batches_by_eos
+
+        eos = self.dictionary.eos()
+        if isinstance(texts, Tensor):
+            single, rows = texts.dim() == 1, self._token_rows(texts)
+        else:
+            single, rows = isinstance(texts, (str, tuple)), self._text_rows(texts)
+        logits: list[Tensor | None] = [None] * len(rows)
+        for group in batches_by_eos(rows, eos, len(rows)):  # single texts and pairs apart, then in order
+            sample = self._batch([rows[i] for i in group])
+            out = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+            for i, row in zip(group, out):
+                logits[i] = row
+        return logits[0] if single else torch.stack(logits)
+
+    def _text_rows(self, texts) -> list[Tensor]:
+        from bart_ext.classify.predict import classifier_input
+
+        entries = [texts] if isinstance(texts, (str, tuple)) else list(texts)
         if not entries:
             raise ValueError("predict: no texts")
         parts = [[e] if isinstance(e, str) else list(e) if isinstance(e, (tuple, list)) else [e] for e in entries]
@@ -236,15 +255,18 @@ class BartHub:
                 if not text.strip():
                     raise ValueError(f"predict: {where} is empty")
         eos, limit = self.dictionary.eos(), self._positions()
-        rows = [classifier_input(self.task, [torch.tensor(self._tokens(t) + [eos], dtype=torch.long) for t in entry],
+        return [classifier_input(self.task, [torch.tensor(self._tokens(t) + [eos], dtype=torch.long) for t in entry],
                                  limit) for entry in parts]
-        logits: list[Tensor | None] = [None] * len(rows)
-        for group in batches_by_eos(rows, eos, len(rows)):  # single texts and pairs apart, then in order
-            sample = self._batch([rows[i] for i in group])
-            out = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
-            for i, row in zip(group, out):
-                logits[i] = row
-        return logits[0] if single else torch.stack(logits)
+
+    def _token_rows(self, tokens: Tensor) -> list[Tensor]:
+        """One row (1-D) or right-padded rows of tokens, without their padding."""
+        rows = tokens[None] if tokens.dim() == 1 else tokens
+        if rows.dim() != 2 or rows.dtype != torch.long or rows.numel() == 0:
+            raise ValueError(f"predict: tokens must be a 1-D or 2-D LongTensor (encode's output), not a "
+                             f"{rows.dtype} of shape {tuple(tokens.shape)}")
+        out = [row[row.ne(self.dictionary.pad())].cpu() for row in rows]
+        self._check_lengths(out, "predict")
+        return out
 
 
 def load(checkpoint: str | Path, data: str | Path | None = None, device: str | None = None,

@@ -694,6 +694,18 @@ def test_hub_encodes_and_classifies_pairs_as_sentence_prediction_fed_them(tmp_pa
                                                                                                   atol=1e-5)
     with pytest.raises(ValueError, match=r"predict: text 1, part 1 is empty"):
         model.predict("nli", ["It works.", ("It works.", " ")])
+    # fairseq's hub spelling, bart.predict('mnli', bart.encode(a, b)): tokens, one row or padded rows
+    # (a TypeError "predict: text 0 is not a str but Tensor" before)
+    tokens = model.encode("We propose a parser.", "It works.")
+    assert torch.allclose(model.predict("nli", tokens), expected, atol=1e-6)
+    rows = torch.full((2, len(tokens)), d.pad())
+    rows[0], rows[1, :3] = tokens, model.encode("It")
+    with torch.no_grad():
+        short = model.model(model.encode("It")[None], None, features_only=True, classification_head_name="nli")[0][0]
+    got = model.predict("nli", rows)
+    assert got.shape == (2, 3) and torch.allclose(got[0], expected, atol=1e-5) and torch.allclose(got[1], short, atol=1e-5)
+    with pytest.raises(ValueError, match=r"predict: tokens must be a 1-D or 2-D LongTensor"):
+        model.predict("nli", tokens.float())
     glue = SimpleNamespace(cfg=SimpleNamespace(init_token=0, separator_token=2), source_dictionary=d)
     ids = classifier_input(glue, [torch.tensor([10, 11, 2]), torch.tensor([12, 2])], limit=64)
     assert ids.tolist() == [0, 10, 11, 2, 2, 12, 2]  # fairseq's RoBERTa GLUE layout with --separator-token 2
