@@ -122,14 +122,18 @@ class BartHub:
                                  f"model's {limit} positions; shorten it (summarize and predict cut long texts)")
 
     @torch.no_grad()
-    def generate(self, rows: Sequence[Tensor], **settings) -> list[list[dict]]:
+    def generate(self, rows: Sequence[Tensor], batch_size: int = 32, **settings) -> list[list[dict]]:
         """fairseq's hypotheses (``tokens``, ``score``, ...) for each row of encoded input, best first.
 
         Args:
             rows: encoded inputs (``encode``).
+            batch_size: inputs decoded at once, longest first (as fairseq's hub batches): a test set in one
+                call no longer goes through the model as one batch padded to its longest document.
             settings: fairseq generation options (``beam``, ``lenpen``, ``max_len_b``, ``min_len``,
                 ``no_repeat_ngram_size``, ``match_source_len``, ...); ``<s>`` is forced first.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
         from fairseq.dataclass.configs import GenerationConfig
 
         gen = GenerationConfig()
@@ -141,9 +145,15 @@ class BartHub:
             setattr(gen, key, value)
         self._check_lengths(rows, "generate")
         generator = self.task.build_generator([self.model], gen)
-        sample = self._batch(rows)
-        prefix = sample["net_input"]["src_tokens"].new_full((len(rows), 1), self.dictionary.bos())
-        return self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        out: list[list[dict] | None] = [None] * len(rows)
+        for start in range(0, len(order), batch_size):
+            group = order[start: start + batch_size]
+            sample = self._batch([rows[i] for i in group])
+            prefix = sample["net_input"]["src_tokens"].new_full((len(group), 1), self.dictionary.bos())
+            for i, hypos in zip(group, self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)):
+                out[i] = hypos
+        return out
 
     def _best(self, texts: Sequence[str] | str, method: str, verbose: bool = False, **settings) -> list[str] | str:
         """The best hypothesis of each text, decoded; sources cut as fine-tuning cut them
@@ -212,7 +222,8 @@ class BartHub:
         return filled[0] if single else filled
 
     @torch.no_grad()
-    def predict(self, head: str, texts: Sequence[str | tuple[str, ...]] | str | tuple[str, ...] | Tensor) -> Tensor:
+    def predict(self, head: str, texts: Sequence[str | tuple[str, ...]] | str | tuple[str, ...] | Tensor,
+                batch_size: int = 64) -> Tensor:
         """Logits ``(len(texts), num_classes)`` of classification head ``head`` (a model fine-tuned
         with ``--task sentence_prediction``); ``(num_classes,)`` for one string or one pair. A pair of texts
         (``(premise, hypothesis)``: MNLI, RTE, ...) is fed as fine-tuning fed ``input0`` and ``input1``:
@@ -222,8 +233,12 @@ class BartHub:
 
         ``texts`` may also be tokens, as fairseq's hub takes them (``predict('mnli', bart.encode(a, b))``):
         one row (1-D) or right-padded rows, fed as they are. Unlike fairseq's hub, which returns
-        log-probabilities unless ``return_logits=True``, this returns logits (the same ``argmax``)."""
+        log-probabilities unless ``return_logits=True``, this returns logits (the same ``argmax``).
+        ``batch_size`` inputs go through the model at once."""
         from bart_ext.classify.predict import batches_by_eos
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
 
         eos = self.dictionary.eos()
         if isinstance(texts, Tensor):
@@ -231,7 +246,7 @@ class BartHub:
         else:
             single, rows = isinstance(texts, (str, tuple)), self._text_rows(texts)
         logits: list[Tensor | None] = [None] * len(rows)
-        for group in batches_by_eos(rows, eos, len(rows)):  # single texts and pairs apart, then in order
+        for group in batches_by_eos(rows, eos, batch_size):  # single texts and pairs apart, then in order
             sample = self._batch([rows[i] for i in group])
             out = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
             for i, row in zip(group, out):

@@ -641,6 +641,35 @@ def test_hub_sample_and_translate_as_fairseqs_bart_hub(tmp_path, data_dir, caplo
         model.sample([texts[0], " "])
 
 
+def test_hub_decodes_and_classifies_many_texts_in_batches(tmp_path, data_dir, texts):
+    """summarize, sample, fill_mask and predict sent every text through the model as one batch (a test set
+    padded to its longest document, beam times over); now batch_size texts at a time, longest first, the
+    results in the input's order and the same as one batch."""
+    import bart_ext
+
+    model = bart_ext.load(write_ours(tmp_path / "ours.pt", data_dir / "bin", seed=4))
+    many = [t[: 20 + 13 * i] for i, t in enumerate(texts * 2)]
+    calls = []
+    step = model.task.inference_step
+
+    def counted(generator, models, sample, **kwargs):
+        calls.append(len(sample["id"]))
+        return step(generator, models, sample, **kwargs)
+
+    model.task.inference_step = counted
+    settings = dict(beam=2, max_len_b=6, min_len=2)
+    one = model.sample(many, **settings)
+    assert calls == [len(many)]
+    calls.clear()
+    assert model.sample(many, batch_size=3, **settings) == one and calls == [3, 3, 2]
+    assert model.sample(many[5], **settings) == one[5]
+    model.model.register_classification_head("c", num_classes=2)
+    assert torch.allclose(model.predict("c", many, batch_size=3), model.predict("c", many), atol=1e-5)
+    for bad in (0, 2.0):
+        with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, not {bad!r}"):
+            model.sample(many, batch_size=bad)
+
+
 def test_hub_names_a_text_longer_than_the_model_and_cuts_it_where_fairseq_tools_do(tmp_path, data_dir):
     """A text longer than the model's 64 positions: fill_mask and generate stop with one ValueError naming it
     (the embedding lookup raised "IndexError: index out of range in self"); summarize cuts it as fine-tuning
