@@ -41,6 +41,10 @@ from bart_ext.curves import Curves
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 
+class SweepConfigError(ValueError):
+    """An ablation file or override the runner cannot use; the message names the file or the key."""
+
+
 @dataclass
 class Run:
     label: str                      # "model.post_ln=true, lr=0.01, seed=1"
@@ -92,17 +96,17 @@ def load_ablation(path: Path, scale: str | None = None, extra: dict | None = Non
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     for key in ("name", "config", "grid"):
         if key not in spec:
-            raise ValueError(f"{path}: missing field {key!r}")
+            raise SweepConfigError(f"{path}: missing field {key!r}")
     if not isinstance(spec["grid"], dict) or not spec["grid"]:
-        raise ValueError(f"{path}: 'grid' must map override keys to lists of values")
+        raise SweepConfigError(f"{path}: 'grid' must map override keys to lists of values")
     for axis, values in spec["grid"].items():
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{path}: grid axis {axis!r} must be a non-empty list")
+            raise SweepConfigError(f"{path}: grid axis {axis!r} must be a non-empty list")
     overrides = dict(spec.get("overrides") or {})
     if scale:
         scales = spec.get("scales") or {}
         if scale not in scales:
-            raise ValueError(f"{path}: no scale {scale!r} (have: {', '.join(scales) or 'none'})")
+            raise SweepConfigError(f"{path}: no scale {scale!r} (have: {', '.join(scales) or 'none'})")
         scaled = dict(scales[scale])
         if "token_budget" in scaled:
             spec["token_budget"] = scaled.pop("token_budget")
@@ -115,9 +119,9 @@ def load_ablation(path: Path, scale: str | None = None, extra: dict | None = Non
         spec["grid"] = {axis: values for axis, values in grid.items() if values is not None}
         for axis, values in spec["grid"].items():
             if not isinstance(values, list) or not values:
-                raise ValueError(f"{path}: scale {scale!r}: grid axis {axis!r} must be a non-empty list (or null to drop it)")
+                raise SweepConfigError(f"{path}: scale {scale!r}: grid axis {axis!r} must be a non-empty list (or null to drop it)")
         if not spec["grid"]:
-            raise ValueError(f"{path}: scale {scale!r} drops every grid axis")
+            raise SweepConfigError(f"{path}: scale {scale!r} drops every grid axis")
         overrides.update(scaled)
     overrides.update(extra or {})
     spec["overrides"] = overrides
@@ -132,29 +136,29 @@ def check_downstream(down, where: str) -> dict:
     from bart_ext.positions import FILLS  # imports torch: only where a downstream block is used
 
     if not isinstance(down, dict):
-        raise ValueError(f"{where} must be a mapping (config, overrides, position_fill, generate)")
+        raise SweepConfigError(f"{where} must be a mapping (config, overrides, position_fill, generate)")
     unknown = set(down) - {"config", "overrides", "position_fill", "generate"}
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise SweepConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     if not isinstance(down.get("config"), str):
-        raise ValueError(f"{where}: missing field 'config' (a fine-tuning config under configs/, e.g. finetune/aclsum)")
+        raise SweepConfigError(f"{where}: missing field 'config' (a fine-tuning config under configs/, e.g. finetune/aclsum)")
     if not (CONFIG_ROOT / f"{down['config']}.yaml").exists():
-        raise ValueError(f"{where}: config {down['config']!r}: {CONFIG_ROOT / down['config']}.yaml not found")
+        raise SweepConfigError(f"{where}: config {down['config']!r}: {CONFIG_ROOT / down['config']}.yaml not found")
     if not isinstance(down.get("overrides") or {}, dict):
-        raise ValueError(f"{where}.overrides must map override keys to values")
+        raise SweepConfigError(f"{where}.overrides must map override keys to values")
     fill = down.get("position_fill")
     if fill is not None and (not isinstance(fill, dict) or set(fill) != {"trained", "fill"}
                              or fill["fill"] not in FILLS or not isinstance(fill["trained"], int)):
-        raise ValueError(f"{where}.position_fill must be {{trained: N, fill: {'|'.join(FILLS)}}}, not {fill!r}")
+        raise SweepConfigError(f"{where}.position_fill must be {{trained: N, fill: {'|'.join(FILLS)}}}, not {fill!r}")
     gen = down.get("generate")
     if gen is not None:
         if not isinstance(gen, dict) or not isinstance(gen.get("preset"), str):
-            raise ValueError(f"{where}.generate must be {{preset: NAME, subset: test, args: [...]}}, not {gen!r}")
+            raise SweepConfigError(f"{where}.generate must be {{preset: NAME, subset: test, args: [...]}}, not {gen!r}")
         unknown = set(gen) - {"preset", "subset", "args"}
         if unknown:
-            raise ValueError(f"{where}.generate: unknown field(s) {', '.join(sorted(unknown))}")
+            raise SweepConfigError(f"{where}.generate: unknown field(s) {', '.join(sorted(unknown))}")
         if "task.data" not in (down.get("overrides") or {}):
-            raise ValueError(f"{where}.generate: the summaries need the data: set overrides['task.data']")
+            raise SweepConfigError(f"{where}.generate: the summaries need the data: set overrides['task.data']")
     return {"config": down["config"], "overrides": dict(down.get("overrides") or {}), "position_fill": fill,
             "generate": None if gen is None else {"preset": gen["preset"], "subset": gen.get("subset", "test"),
                                                   "args": [str(a) for a in gen.get("args") or []]}}
@@ -189,6 +193,84 @@ def expand(spec: dict) -> list[Run]:
     return runs
 
 
+# fairseq's config groups whose fields depend on the component named by their _name
+COMPONENT_GROUPS = ("task", "model", "criterion", "optimizer", "lr_scheduler")
+
+
+def unknown_override_keys(config: str, overrides: dict) -> list[str]:
+    """What is wrong with ``overrides``' keys for base config ``config`` (``pretrain/tiny``), one line each:
+    a key fairseq's config does not have. The runner passes every override with hydra's ``++`` (some
+    keys are not in the base YAML), which adds a misspelt key instead of refusing it, so a run took
+    ``optimization.max_updates=20`` and trained with the default. The fields of ``task``, ``model``,
+    ``criterion``, ``optimizer`` and ``lr_scheduler`` are those of the component the run names (its
+    ``_name`` override, else the base config's); a component without a dataclass is not looked into."""
+    import dataclasses
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from bart_ext.adapters import import_plugin
+
+    import_plugin()  # our tasks, models, criteria and optimizer in fairseq's registries
+    from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_DATACLASS_REGISTRY
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY
+    from fairseq.optim.lr_scheduler import LR_SCHEDULER_DATACLASS_REGISTRY
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    def component(group: str, name):
+        if group == "model":
+            cls = ARCH_MODEL_REGISTRY.get(name)
+            return getattr(cls, "__dataclass", None) if cls is not None else MODEL_DATACLASS_REGISTRY.get(name)
+        return {"task": TASK_DATACLASS_REGISTRY, "criterion": CRITERION_DATACLASS_REGISTRY,
+                "optimizer": OPTIMIZER_DATACLASS_REGISTRY, "lr_scheduler": LR_SCHEDULER_DATACLASS_REGISTRY}[group].get(name)
+
+    base = OmegaConf.load(CONFIG_ROOT / f"{config}.yaml")
+    groups = {f.name: f.type for f in dataclasses.fields(FairseqConfig) if f.name != "_name"}
+    problems = []
+    for key in overrides:
+        group, _, rest = key.partition(".")
+        if group == "hydra":
+            continue
+        if group not in groups:
+            close = difflib.get_close_matches(group, list(groups), 1)
+            problems.append(f"{key}: fairseq's config has no group {group!r}"
+                            + (f" (did you mean {close[0]}?)" if close else ""))
+            continue
+        name = rest.split(".")[0]
+        if not name or name == "_name":
+            continue
+        if group in COMPONENT_GROUPS:
+            chosen = overrides.get(f"{group}._name", OmegaConf.select(base, f"{group}._name"))
+            schema = component(group, chosen)
+            what = f"{group} {chosen!r} ({schema.__name__})" if schema else None
+        else:
+            schema = groups[group]
+            what = f"{group} ({schema.__name__})" if dataclasses.is_dataclass(schema) else None
+        if what is None:
+            continue
+        fields = [f.name for f in dataclasses.fields(schema)]
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, 1)
+            problems.append(f"{key}: {what} has no field {name!r}" + (f" (did you mean {group}.{close[0]}?)" if close else ""))
+    return problems
+
+
+def check_override_keys(spec: dict, runs: list) -> None:
+    """Refuse a sweep any of whose runs (or its downstream fine-tuning) sets a key fairseq's config does not
+    have, naming each (``unknown_override_keys``), before anything runs."""
+    problems: list[str] = []
+    for run in runs:
+        problems += [p for p in unknown_override_keys(spec["config"], run.overrides) if p not in problems]
+    down = spec.get("downstream")
+    if down:
+        problems += [f"downstream: {p}" for p in unknown_override_keys(down["config"], down.get("overrides") or {})]
+    if problems:
+        raise SweepConfigError("override keys that fairseq's config does not have (hydra's ++ would add them unused):\n  "
+                         + "\n  ".join(problems))
+
+
 def tokens_per_update(overrides: dict) -> int:
     """The tokens one update of a run sees (``token_budget``'s unit): ``dataset.max_tokens``, or
     ``dataset.batch_size`` x ``task.tokens_per_sample`` where batches count sequences (LDDL), times
@@ -208,7 +290,7 @@ def _apply_rules(spec: dict, overrides: dict) -> None:
                   else overrides.get(rule["axis"], 1))
         factor = {"sqrt": math.sqrt(k), "linear": k}.get(rule.get("rule", "sqrt"))
         if factor is None:
-            raise ValueError(f"lr_rule.rule must be sqrt or linear, not {rule.get('rule')!r}")
+            raise SweepConfigError(f"lr_rule.rule must be sqrt or linear, not {rule.get('rule')!r}")
         lr = overrides["optimization.lr"]
         overrides["optimization.lr"] = [round(float(x) * factor, 10) for x in (lr if isinstance(lr, list) else [lr])]
     budget = spec.get("token_budget")

@@ -36,8 +36,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.curves import Curves, plot, read_log, time_left  # noqa: E402
-from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, classify, expand, hydra_value,  # noqa: E402
-                            load_ablation, tokens_per_update, write_tables)
+from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, check_override_keys, classify, expand,  # noqa: E402
+                            hydra_value, load_ablation, tokens_per_update, write_tables)
 
 
 def plural(n: int, noun: str) -> str:
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"downstream task.data {down_data} not found: prepare it as the comment of "
                          f"{args.scale or 'the downstream block'} in {path} says, or pass another in the file")
     runs = expand(spec)
+    check_override_keys(spec, runs)  # a misspelt key is refused, not added unused by hydra's ++
     # a scale's sweep has its own folder: its tables and plot are not overwritten by another scale's
     out = (args.out or ROOT / "runs" / "sweeps" / (spec["name"] + (f"_{args.scale}" if args.scale else ""))).resolve()
     run_root = out / "runs"

@@ -99,7 +99,7 @@ def test_sweep_resumes_records_divergence_and_reports(tmp_path):
 
 
 def test_shipped_ablations_expand():
-    from bart_ext.sweep import expand, load_ablation
+    from bart_ext.sweep import check_override_keys, expand, load_ablation
 
     counts = {}
     for path in sorted((ROOT / "configs" / "ablation").glob("*.yaml")):
@@ -108,8 +108,10 @@ def test_shipped_ablations_expand():
         scales = list(yaml.safe_load(path.read_text()).get("scales") or {})
         assert "real" in scales
         for scale in (None, *scales):
-            runs = expand(load_ablation(path, scale))
+            spec = load_ablation(path, scale)
+            runs = expand(spec)
             assert len({r.key for r in runs}) == len(runs)
+            check_override_keys(spec, runs)  # every key is one fairseq's config has (next test)
         counts[path.stem] = len(runs)
     assert counts == {"noise": 12, "nvlamb_vs_adam": 6, "preln_vs_postln": 6, "use_nvlamb": 4}
     # NVLAMB against Adam: lr x sqrt(k) and the same tokens (updates x update_freq) in every run.
@@ -196,6 +198,37 @@ def torch_load(path: Path) -> dict:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_misspelt_override_keys_are_refused_before_any_run(tmp_path):
+    """The runner passes overrides with hydra's ++, which adds an unknown key instead of refusing it: a
+    sweep with --set optimization.max_updates=3 ran every run with the default max_update, and a typo in
+    the ablation file's grid or downstream block went the same way. Each such key is now named, with the
+    field it probably meant, before anything runs; a component's fields are those of the component the
+    run names (model.post_ln is bart_preln's, not fairseq's transformer's)."""
+    from bart_ext.sweep import SweepConfigError, unknown_override_keys
+    from scripts.sweep import main
+
+    spec = tmp_path / "t2x2.yaml"
+    spec.write_text(SPEC)
+    with pytest.raises(SweepConfigError) as err:
+        main([str(spec), "--out", str(tmp_path / "sweep"), "--set", "optimization.max_updates=3",
+              "--set", "optimiser.lr=[0.1]"])
+    assert ("optimization.max_updates: optimization (OptimizationConfig) has no field 'max_updates' (did you mean "
+            "optimization.max_update?)") in str(err.value)
+    assert "optimiser.lr: fairseq's config has no group 'optimiser' (did you mean optimizer?)" in str(err.value)
+    assert not (tmp_path / "sweep").exists()
+    assert unknown_override_keys("pretrain/tiny", {"model.post_ln": True, "task.tokens_per_sample": 64,
+                                                   "optimizer._name": "adam", "optimizer.adam_betas": "(0.9,0.98)",
+                                                   "hydra.run.dir": "x", "common.seed": 2}) == []
+    assert unknown_override_keys("pretrain/tiny", {"optimizer.lamb_betas": [0.9, 0.99], "optimizer._name": "adam"}) == [
+        "optimizer.lamb_betas: optimizer 'adam' (FairseqAdamConfig) has no field 'lamb_betas' (did you mean "
+        "optimizer.adam_betas?)"]
+    spec.write_text(SPEC + DOWNSTREAM.replace("optimization.max_update: 3", "optimization.max_update: 3\n    task.truncate_src: true"))
+    with pytest.raises(SweepConfigError, match=r"downstream: task.truncate_src: task 'bart_summarization' "
+                                               r"\(BartSummarizationConfig\) has no field 'truncate_src' "
+                                               r"\(did you mean task.truncate_source\?\)"):
+        main([str(spec), "--out", str(tmp_path / "sweep")])
 
 
 def test_missing_data_is_named_before_any_run(tmp_path):
