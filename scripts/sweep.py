@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra[key] = yaml.safe_load(value) if value else value  # typed: [0.01] is a list, 20 an int
     spec = load_ablation(path, args.scale, extra)
     if args.hydra_multirun:
+        check_override_keys(spec, expand(spec))  # the printed command passes them with ++ too
         print(hydra_multirun(spec))
         return {}
     data = resolve_paths(spec["overrides"]).get("task.data")
