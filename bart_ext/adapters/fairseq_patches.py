@@ -68,7 +68,10 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    re-raised by fairseq as ``Exception("Cannot load model parameters from checkpoint ...; please
    ensure that the architectures match.")``, the last line a user sees, which drops what the error
    said. Here that message gains the cause's type and text (the cause stays chained); every other
-   error passes unchanged.
+   error passes unchanged. For weights that do not fit the model (torch's list of missing, unexpected
+   and resized keys, cut to its start here), it first names the architecture options in which the
+   checkpoint's config and the run's differ (``model._name bart_small_preln (checkpoint) vs
+   bart_tiny_preln (this run)``), with the overrides that match them.
 """
 from __future__ import annotations
 
@@ -88,6 +91,7 @@ from pathlib import Path
 import torch
 
 from bart_ext import hardware, switches
+from bart_ext.convert.fairseq_layouts import DictionarySizeError
 from bart_ext.ngram_block import block_repeated_ngrams
 
 logger = logging.getLogger(__name__)
@@ -520,8 +524,82 @@ def gpt2_decode(self, x: str) -> str:
 gpt2_decode.bart_ext_patched = True
 
 
+# Model options that decide which parameters a model has and their shapes (fairseq's transformer/BART
+# names and ours); dropout and the like may differ between a checkpoint and the run that loads it.
+# (Not max_source/target_positions: fairseq-train's namespace holds the task's, which fine-tuning often cuts.)
+_SHAPE_FIELD = re.compile(r"^(_name|arch|.*_layers|.*embed_dim|.*attention_heads|max_positions|"
+                          r"post_ln|.*normalize_before|layernorm_embedding|share_.*|"
+                          r"no_scale_embedding|encoder_learned_pos|decoder_learned_pos|no_token_positional_embeddings)$")
+_CAUSE_CHARS = 600
+
+
+def _model_options(model_cfg) -> dict:
+    if model_cfg is None:
+        return {}
+    if hasattr(model_cfg, "items"):
+        items = model_cfg.items()
+    else:
+        items = vars(model_cfg).items()
+    options = {k: v for k, v in items if _SHAPE_FIELD.match(k) and v is not None}
+    if "arch" in options and "_name" not in options:
+        options["_name"] = options["arch"]
+    options.pop("arch", None)
+    return options
+
+
+def architecture_differences(checkpoint_model_cfg, run_model_cfg) -> list[tuple[str, object, object]]:
+    """``(field, checkpoint's value, this run's value)`` for every shape-deciding model option (architecture
+    name, layers, widths, heads, positions, Pre-/Post-LN, sharing) set in both and set differently."""
+    theirs, ours = _model_options(checkpoint_model_cfg), _model_options(run_model_cfg)
+    return [(k, theirs[k], ours[k]) for k in sorted(theirs, key=lambda k: (k != "_name", k))
+            if k in ours and theirs[k] != ours[k]]
+
+
+def describe_architecture_differences(differences) -> str:
+    """One sentence for patch 9's message: what differs, and the overrides that make the run match."""
+    said = ", ".join(f"model.{k} {a} (checkpoint) vs {b} (this run)" for k, a, b in differences)
+    hydra = " ".join(f"model.{k}={a}" for k, a, _ in differences)
+    flags = []
+    for k, a, _ in differences:
+        flag = "--arch" if k == "_name" else "--" + k.replace("_", "-")
+        flags.append(f"without {flag}" if a is False else flag if a is True else f"{flag} {a}")
+    return (f"The checkpoint's model differs from this run's: {said}. Give the run the checkpoint's values "
+            f"(fairseq-hydra-train: {hydra}; fairseq-train: {' '.join(flags)}).")
+
+
+def _checkpoint_cfg(filename, group: str):
+    """The ``model`` or ``task`` options a checkpoint was trained with (None where they cannot be read)."""
+    from fairseq import checkpoint_utils
+
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(filename)
+    except Exception:  # the error being reported is the load's own; this is only a better message
+        return None
+    cfg = state.get("cfg")
+    if cfg is not None and cfg.get(group) is not None:
+        return cfg[group]
+    return getattr(state.get("args"), "__dict__", None)
+
+
+def describe_training_dictionary(task_cfg) -> str:
+    """Where the dictionary a checkpoint was trained with lies, if its ``task.data`` still holds it, and how
+    to binarize data with it; ``""`` otherwise."""
+    data = task_cfg.get("data") if hasattr(task_cfg, "get") else None
+    if not isinstance(data, str) or not data:
+        return ""
+    folder = data.split(os.pathsep)[0]
+    names = [n for n in ("dict.txt", "dict.source.txt") if os.path.isfile(os.path.join(folder, n))]
+    if not names:
+        return ""
+    dictionary = os.path.join(folder, names[0])
+    bpe = all(os.path.isfile(os.path.join(folder, n)) for n in ("encoder.json", "vocab.bpe"))
+    return (f" The checkpoint was trained with the dictionary {dictionary}: binarize the data with it "
+            f"(scripts/prepare_summarization.py --dict {dictionary}" + (f" --gpt2 {folder}" if bpe else "") + ").")
+
+
 def load_checkpoint_naming_the_cause(load_checkpoint):
-    """Patch 9: fairseq's "Cannot load model parameters" error, followed by what went wrong."""
+    """Patch 9: fairseq's "Cannot load model parameters" error, followed by what went wrong: for weights
+    that do not fit the model, first the architecture options in which checkpoint and run differ."""
 
     @functools.wraps(load_checkpoint)
     def load(self, filename, *args, **kwargs):
@@ -531,7 +609,17 @@ def load_checkpoint_naming_the_cause(load_checkpoint):
             cause = err.__cause__ or err.__context__
             if type(err) is not Exception or not str(err).startswith("Cannot load model parameters") or cause is None:
                 raise
-            raise Exception(f"{err} The cause: {type(cause).__name__}: {cause}") from cause
+            said = str(cause)
+            if isinstance(cause, DictionarySizeError):
+                said += describe_training_dictionary(_checkpoint_cfg(filename, "task"))
+            if isinstance(cause, RuntimeError) and said.startswith("Error(s) in loading state_dict"):
+                run_cfg = getattr(getattr(self, "cfg", None), "model", None)
+                differences = architecture_differences(_checkpoint_cfg(filename, "model"), run_cfg)
+                if differences:
+                    err = Exception(f"{err} {describe_architecture_differences(differences)}")
+                if len(said) > _CAUSE_CHARS:  # torch names every missing, unexpected and resized key
+                    said = f"{said[:_CAUSE_CHARS]} ... ({len(said) - _CAUSE_CHARS} more characters in the chained error)"
+            raise Exception(f"{err} The cause: {type(cause).__name__}: {said}") from cause
 
     load.bart_ext_patched = True
     return load

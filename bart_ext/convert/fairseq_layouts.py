@@ -22,6 +22,10 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
+class DictionarySizeError(ValueError):
+    """A checkpoint's embedding rows do not fit the task's dictionary (another ``dict.txt``)."""
+
+
 EMBEDDING_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
 
 
@@ -58,10 +62,10 @@ def _fit_embedding_rows(state: dict[str, Tensor], prefix: str, dictionary: list[
                     "(<mask>), as fairseq's BART does", rows, n)
         fit = lambda w: w[:-1]  # noqa: E731
     else:
-        raise ValueError(
+        raise DictionarySizeError(
             f"checkpoint has {rows} embedding rows ({key}) but the task's dictionary has {n} entries "
             f"({'with' if has_mask else 'without'} <mask>): use the dict.txt that came with the checkpoint "
-            "(fairseq's bart.base ships one of 51,196 lines, bart.large of 50,260)")
+            "(fairseq's bart.base ships one of 51,196 lines, bart.large of 50,260).")
     for name in EMBEDDING_KEYS:
         if prefix + name in state:
             state[prefix + name] = fit(state[prefix + name])

@@ -165,7 +165,7 @@ def test_wrong_dictionary_for_a_release_is_refused(released, cli_env, tmp_path):
              "--truncate-source", "--save-dir", str(tmp_path / "ft")], cli_env)
     last = str(err.value).strip().splitlines()[-1]
     assert re.match(rf"Exception: Cannot load model parameters from checkpoint {re.escape(str(path))}; .* The cause: "
-                    r"ValueError: checkpoint has 51201 embedding rows \(encoder.embed_tokens.weight\)", last), last
+                    r"DictionarySizeError: checkpoint has 51201 embedding rows \(encoder.embed_tokens.weight\)", last), last
     assert not (tmp_path / "ft" / "checkpoint_last.pt").exists()
 
 

@@ -195,3 +195,100 @@ def test_cannot_load_model_parameters_names_its_cause():
 
     with pytest.raises(KeyError, match="unchanged"):
         load_checkpoint_naming_the_cause(other)(None, "c.pt")
+
+
+def test_cannot_load_model_parameters_names_the_architecture_differences(tmp_path):
+    """Weights of another shape (fine-tuning the demo's bart_small_preln with a config's bart_tiny_preln):
+    torch's error lists every key (18k characters for the demo's model). Patch 9 first names the options
+    in which the checkpoint's config and the run's differ, with the overrides that match them, and cuts
+    torch's list (it stays whole in the chained cause)."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from bart_ext.adapters.fairseq_patches import load_checkpoint_naming_the_cause
+
+    path = tmp_path / "pretrained.pt"
+    write_checkpoint(path)
+    state = torch.load(path, weights_only=False)
+    state["cfg"]["model"] = {"_name": "bart_small_preln", "encoder_layers": 3, "encoder_embed_dim": 128,
+                             "max_positions": 512, "dropout": 0.0, "post_ln": False}
+    torch.save(state, path)
+
+    def fairseqs(self, filename):  # torch's own error, re-raised as fairseq's trainer does
+        try:
+            torch.nn.Sequential(*[torch.nn.Linear(2, 3)] * 60).load_state_dict(
+                torch.nn.Sequential(*[torch.nn.Linear(2, 4)] * 60).state_dict())
+        except Exception:
+            raise Exception(f"Cannot load model parameters from checkpoint {filename}; "
+                            "please ensure that the architectures match.")
+
+    run_cfg = OmegaConf.create({"_name": "bart_tiny_preln", "encoder_layers": 2, "encoder_embed_dim": 36,
+                                "max_positions": 512, "dropout": 0.1, "post_ln": True})
+    with pytest.raises(Exception) as err:
+        load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=SimpleNamespace(model=run_cfg)), str(path))
+    said = str(err.value)
+    assert said.startswith(
+        f"Cannot load model parameters from checkpoint {path}; please ensure that the architectures match. "
+        "The checkpoint's model differs from this run's: model._name bart_small_preln (checkpoint) vs "
+        "bart_tiny_preln (this run), model.encoder_embed_dim 128 (checkpoint) vs 36 (this run), "
+        "model.encoder_layers 3 (checkpoint) vs 2 (this run), model.post_ln False (checkpoint) vs True (this run). "
+        "Give the run the checkpoint's values (fairseq-hydra-train: model._name=bart_small_preln "
+        "model.encoder_embed_dim=128 model.encoder_layers=3 model.post_ln=False; fairseq-train: --arch "
+        "bart_small_preln --encoder-embed-dim 128 --encoder-layers 3 without --post-ln). The cause: RuntimeError: "
+        "Error(s) in loading state_dict for Sequential:"), said
+    assert "dropout" not in said and "max_positions" not in said  # equal, or not a shape
+    assert said.endswith("more characters in the chained error)") and len(said) < 1600, len(said)
+    assert len(str(err.value.__cause__)) > 5000 and isinstance(err.value.__cause__, RuntimeError)
+
+    # fairseq-train's argparse namespace: the architecture is `arch`; a checkpoint without a config is
+    # reported as before.
+    args = Namespace(arch="bart_base_preln", encoder_layers=2, encoder_embed_dim=128, max_source_positions=256)
+    with pytest.raises(Exception, match=r"model._name bart_small_preln \(checkpoint\) vs bart_base_preln \(this run\), "
+                       r"model.encoder_layers.*fairseq-train: --arch bart_small_preln --encoder-layers 3\)\. The cause"):
+        load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=SimpleNamespace(model=args)), str(path))
+    with pytest.raises(Exception, match=r"match\. The cause: RuntimeError: Error\(s\) in loading state_dict"):
+        load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=SimpleNamespace(model=run_cfg)),
+                                                   str(tmp_path / "gone.pt"))
+
+
+def test_wrong_dictionary_names_the_checkpoints_own(tmp_path):
+    """Fine-tuning the demo's pretrained model on data binarized with GPT-2's full dictionary: the error
+    names the dictionary the checkpoint was trained with (its task.data still holds it) and the command
+    that binarizes data with it; a checkpoint whose data folder is gone gets the error as before."""
+    from types import SimpleNamespace
+
+    from bart_ext.adapters.fairseq_patches import load_checkpoint_naming_the_cause
+    from bart_ext.convert.fairseq_layouts import DictionarySizeError
+
+    data = tmp_path / "lddl"
+    data.mkdir()
+    for name in ("dict.txt", "encoder.json", "vocab.bpe"):
+        (data / name).write_text("")
+    path = tmp_path / "pretrained.pt"
+    write_checkpoint(path)
+    state = torch.load(path, weights_only=False)
+    state["cfg"]["task"] = {"_name": "bart_denoising", "data": str(data)}
+    torch.save(state, path)
+
+    def fairseqs(self, filename):
+        try:
+            raise DictionarySizeError("checkpoint has 4261 embedding rows (encoder.embed_tokens.weight) but ...")
+        except Exception:
+            raise Exception(f"Cannot load model parameters from checkpoint {filename}; "
+                            "please ensure that the architectures match.")
+
+    with pytest.raises(Exception) as err:
+        load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=None), str(path))
+    assert str(err.value).endswith(
+        f"The cause: DictionarySizeError: checkpoint has 4261 embedding rows (encoder.embed_tokens.weight) but ... "
+        f"The checkpoint was trained with the dictionary {data / 'dict.txt'}: binarize the data with it "
+        f"(scripts/prepare_summarization.py --dict {data / 'dict.txt'} --gpt2 {data})."), str(err.value)
+    (data / "vocab.bpe").unlink()  # a dictionary without the BPE files beside it: no --gpt2
+    with pytest.raises(Exception, match=r"--dict \S+dict.txt\)\.$"):
+        load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=None), str(path))
+    (data / "dict.txt").unlink()
+    with pytest.raises(Exception, match=r"The cause: DictionarySizeError: checkpoint has 4261 embedding rows "
+                                        r"\(encoder.embed_tokens.weight\) but \.\.\.$"):
+        load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=None), str(path))
