@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> Path:
         for name in ("encoder.json", "vocab.bpe"):  # scripts/classify.py encodes raw sentences with these
             shutil.copy(gpt2 / name, bin_dir / name)
         (bin_dir / "VOCAB").write_text(bin_stamp)
-    log(f"ready: {bin_dir} (input0/, label/)")
+    labels = [line.rsplit(" ", 1)[0] for line in (bin_dir / "label" / "dict.txt").read_text(encoding="utf-8").splitlines()
+              if not line.startswith("madeupword")]
+    log(f"ready: {bin_dir} (input0/, label/: {len(labels)} labels, {', '.join(labels)}; fine-tune with "
+        f"task.num_classes={len(labels)})")
     return bin_dir
 
 

@@ -20,6 +20,7 @@ from bart_ext import model as core
 from bart_ext import switches
 from bart_ext.adapters.fairseq_patches import check_one_job
 from bart_ext.classify.heads import ClassificationHead, last_eos_states, roll_right
+from bart_ext.classify.predict import check_num_classes
 from bart_ext.convert.fairseq_layouts import upgrade_released_bart
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ class BartEncoderDecoder(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, cfg, task):
         check_one_job()
+        check_num_classes(task)
         src, tgt = task.source_dictionary, task.target_dictionary
         if tgt is not None and src is not tgt and src.symbols != tgt.symbols:
             raise ValueError(

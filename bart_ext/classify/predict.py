@@ -81,6 +81,30 @@ def label_names(task) -> list[str]:
     return [d[i + d.nspecial] for i in range(task.cfg.num_classes)]
 
 
+def training_labels(dictionary) -> list[str]:
+    """The labels a ``label/dict.txt`` holds: its entries after fairseq's specials, less the
+    ``madeupwordNNNN`` rows (count 0) with which fairseq-preprocess pads a dictionary to a multiple of 8
+    and the ``<mask>`` that sentence_prediction appends."""
+    return [symbol for symbol, count in zip(dictionary.symbols[dictionary.nspecial:], dictionary.count[dictionary.nspecial:])
+            if symbol != "<mask>" and not (count == 0 and symbol.startswith("madeupword"))]
+
+
+def check_num_classes(task) -> None:
+    """``--task sentence_prediction``: the head's ``num_classes`` must be the number of labels in the data.
+    More classes than labels trained a head whose spare outputs name fairseq's padding entries
+    (``madeupword0000`` came out of scripts/classify.py); fewer, a target out of the head's range."""
+    cfg = getattr(task, "cfg", None)
+    dictionary = getattr(task, "label_dictionary", None)
+    if cfg is None or dictionary is None or getattr(cfg, "regression_target", False):
+        return
+    labels = training_labels(dictionary)
+    if labels and cfg.num_classes != len(labels):
+        shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
+        raise ValueError(f"task.num_classes={cfg.num_classes} (--num-classes), but {cfg.data}/label/dict.txt holds "
+                         f"{len(labels)} labels ({shown}): set task.num_classes={len(labels)}, or give the data folder the "
+                         "model was trained with")
+
+
 def classifier_input(task, parts: Sequence[torch.Tensor], limit: int) -> torch.Tensor:
     """One input as ``sentence_prediction`` builds it from its binarized ``input0`` (and ``input1``): the
     task's ``init_token`` (``<s>``; a task without that field, such as a head added to a denoising model,

@@ -70,7 +70,8 @@ def check_label_files(raw, splits=SPLITS) -> dict[str, int]:
 
     Raises:
         FileNotFoundError: a split's file is missing (names it).
-        ValueError: line counts differ, or an unknown label (names the file, the line and the label).
+        ValueError: line counts differ, an empty sentence, a label that is not one word, or an unknown
+            label (names the file, the line and the label).
     """
     from pathlib import Path
 
@@ -83,9 +84,22 @@ def check_label_files(raw, splits=SPLITS) -> dict[str, int]:
         for f in (inputs, labels):
             if not f.is_file():
                 raise FileNotFoundError(f"{f} not found")
-        n_in, lines = len(read_lines(inputs)), read_lines(labels)
+        sentences, lines = read_lines(inputs), read_lines(labels)
+        n_in = len(sentences)
         if n_in != len(lines):
             raise InputError(f"{labels}: {len(lines)} labels for {n_in} sentences in {inputs}")
+        for i, sentence in enumerate(sentences, start=1):
+            if not sentence.strip():
+                raise InputError(f"{inputs}, line {i}: empty sentence (every example needs text)")
+        for i, label in enumerate(lines, start=1):
+            # fairseq-preprocess splits a label line at whitespace: "very positive" became two labels, and
+            # the batch's targets two sizes (a crash at the first update); an empty line, no label
+            if len(label.split()) != 1:
+                raise InputError(f"{labels}, line {i}: label {label!r} is " + (
+                    "empty" if not label.strip() else "more than one word") + ": a label is one word without "
+                    "spaces (fairseq-preprocess splits a line at whitespace), e.g. " + repr("_".join(label.split())
+                                                                                             or "none"))
+        lines = [label.strip() for label in lines]
         if known is None:
             known = set(lines)
         else:

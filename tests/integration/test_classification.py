@@ -291,7 +291,11 @@ def exported_pairs_read_as_trained(ckpt: Path, data: Path, roles: Path, out: Pat
         sample = dataset.collater([dataset[i] for i in range(6)])
         ours = model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
     torch.testing.assert_close(logits, ours, atol=1e-5, rtol=1e-5)
-    hub = bart_ext.load(ckpt, data=roles / "bin")  # the Python API reads the pairs the same way
+    import shutil
+
+    for name in ("encoder.json", "vocab.bpe"):  # the pair data's own labels, with the roles' BPE files
+        shutil.copy(roles / "bin" / name, data / name)
+    hub = bart_ext.load(ckpt, data=data)  # the Python API reads the pairs the same way
     torch.testing.assert_close(hub.predict(head, list(zip(firsts, seconds))), ours, atol=1e-5, rtol=1e-5)
 
 

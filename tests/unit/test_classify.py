@@ -158,9 +158,57 @@ def test_label_files_are_checked_before_binarization(tmp_path):
     (tmp_path / "test.label").write_text("b\n")
     with pytest.raises(ValueError, match=r"test.label: 1 labels for 2 sentences in .*test.input0"):
         check_label_files(tmp_path)
+    (tmp_path / "test.label").write_text("b \na\n")  # spaces around a label are no second word
+    assert check_label_files(tmp_path) == {"train": 2, "valid": 1, "test": 2}
+    # fairseq-preprocess splits a label line at whitespace: "very positive" became the labels "very" and
+    # "positive" and training stopped at its first batch (targets of two sizes); an empty line, no label
+    for rows, said in ((["a", "very positive"], r"line 2: label 'very positive' is more than one word: .* "
+                                                r"e.g. 'very_positive'"),
+                       (["", "b"], r"line 1: label '' is empty")):
+        (tmp_path / "train.label").write_text("".join(r + "\n" for r in rows))
+        with pytest.raises(ValueError, match=r"train.label, " + said):
+            check_label_files(tmp_path)
+    (tmp_path / "train.label").write_text("a\nb\n")
+    (tmp_path / "valid.input0").write_text("  \n")
+    with pytest.raises(ValueError, match=r"valid.input0, line 1: empty sentence"):
+        check_label_files(tmp_path)
     (tmp_path / "valid.label").unlink()
     with pytest.raises(FileNotFoundError, match="valid.label not found"):
         check_label_files(tmp_path)
+
+
+def test_num_classes_must_be_the_number_of_labels(tmp_path):
+    """A 3-label data set fine-tuned with configs/finetune/roles.yaml's num_classes 4 trained a 4-way head
+    whose spare output named fairseq's padding entry (classify.py printed "madeupword0000"); the model
+    is refused before training, naming the field, the file and the labels."""
+    from types import SimpleNamespace
+
+    from fairseq.data import Dictionary
+    from fairseq.tasks.sentence_prediction import SentencePredictionTask
+
+    from bart_ext.classify.predict import check_num_classes, training_labels
+
+    built = Dictionary()
+    for label in ("neutral", "neutral", "neg", "pos"):
+        built.add_symbol(label)
+    built.finalize(padding_factor=8)  # as fairseq-preprocess writes label/dict.txt: madeupwords to 8 rows
+    (tmp_path / "label").mkdir()
+    built.save(str(tmp_path / "label" / "dict.txt"))
+    labels = SentencePredictionTask.load_dictionary(str(tmp_path / "label" / "dict.txt"))  # appends <mask>
+    assert "madeupword0000" in labels.symbols and "<mask>" in labels.symbols
+    assert training_labels(labels) == ["neutral", "neg", "pos"]
+    task = SimpleNamespace(cfg=SimpleNamespace(num_classes=4, regression_target=False, data=str(tmp_path)),
+                           label_dictionary=labels)
+    with pytest.raises(ValueError, match=rf"^task.num_classes=4 \(--num-classes\), but {tmp_path}/label/dict.txt "
+                                         r"holds 3 labels \(neutral, neg, pos\): set task.num_classes=3, or give the data "
+                                         r"folder the model was trained with$"):
+        check_num_classes(task)
+    with pytest.raises(ValueError, match="task.num_classes=4"):  # the model refuses to be built
+        BartPreln.build_model(preln_args(), task)
+    task.cfg.num_classes = 3
+    check_num_classes(task)
+    task.cfg.regression_target, task.label_dictionary = True, None  # STS-B: one output, no label file
+    check_num_classes(task)
 
 
 def test_scores_and_bootstrap_intervals():
