@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--dict-size", type=int, default=50265, help="dictionary entries (BART's GPT-2 dict: 50265)")
     args = ap.parse_args()
     d = Dictionary()
+    if args.dict_size < len(d):
+        ap.error(f"--dict-size {args.dict_size}: a fairseq dictionary has at least its {len(d)} special entries")
     for i in range(args.dict_size - len(d)):
         d.add_symbol(f"w{i}")
     task = types.SimpleNamespace(source_dictionary=d, target_dictionary=d)

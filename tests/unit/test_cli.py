@@ -41,3 +41,24 @@ def test_a_script_prints_one_line_and_exits_1(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"show_noise.py: {tmp_path}/dict.txt not found")
+
+
+def test_count_params_prints_the_presets_and_refuses_a_dictionary_below_its_specials():
+    """count_params.py --dict-size 0 printed counts "(dictionary of 4 entries)": the size asked was not
+    the size counted."""
+    def count(size):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "count_params.py"), "--dict-size", str(size)],
+                              capture_output=True, text=True, timeout=300)
+
+    proc = count(0)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "--dict-size 0: a fairseq dictionary has at least its 4 special entries"), proc.stderr
+    proc = count(50265)
+    # bart_base_preln at BART's dictionary, against the sum of its shapes: layers (attention, feed-forward,
+    # LayerNorms; the decoder's cross-attention), final LayerNorms, tokens, positions (1,024 + 2 rows each)
+    rows = {line.split()[0]: int(line.split()[-2].replace(",", "")) for line in proc.stdout.splitlines()[1:-1]}
+    d, layer = 768, 4 * (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768 + 2 * 2 * 768
+    encoder = 6 * layer + 2 * 768  # + final LayerNorm
+    decoder = 6 * (layer + 4 * (768 * 768 + 768) + 2 * 768) + 2 * 768
+    embeddings = 50265 * d + 2 * (1024 + 2) * d + 2 * 2 * d  # tokens, two position tables, two embedding LNs
+    assert proc.returncode == 0 and rows["bart_base_preln"] == encoder + decoder + embeddings, proc.stdout
