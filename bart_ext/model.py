@@ -22,7 +22,7 @@ can combine them with fairseq's base classes by cooperative inheritance
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -191,7 +191,25 @@ def use_packed_attention(device: torch.device) -> bool:
     return choice == "packed" or (choice == "auto" and device.type == "cuda")
 
 
-class MultiheadAttention(nn.Module):
+class _Dropping(nn.Module):
+    """A module with dropout: on in training, and at inference too once fairseq's
+    ``make_generation_fast_(retain_dropout=True)`` has reached it (``fairseq-generate --retain-dropout``,
+    as fairseq's ``FairseqDropout`` keeps it; ``--retain-dropout-modules`` names classes, here
+    ``MultiheadAttention``, ``EncoderLayer``, ``DecoderLayer``, ``BartEncoder``, ``BartDecoder``)."""
+
+    retain_dropout = False
+
+    @property
+    def dropping(self) -> bool:
+        return self.training or self.retain_dropout
+
+    def make_generation_fast_(self, name: str = "", retain_dropout: bool = False,
+                              retain_dropout_modules: Sequence[str] | None = None, **kwargs) -> None:
+        if retain_dropout and (retain_dropout_modules is None or type(self).__name__ in retain_dropout_modules):
+            self.retain_dropout = True
+
+
+class MultiheadAttention(_Dropping):
     """Multi-head attention on ``(B, T, C)`` tensors through ``scaled_dot_product_attention``."""
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float):
@@ -247,7 +265,7 @@ class MultiheadAttention(nn.Module):
                     k = torch.cat([cache[k_key], k], dim=2)
                     v = torch.cat([cache[v_key], v], dim=2)
                 cache[k_key], cache[v_key] = k, v
-        dropout = self.dropout if self.training else 0.0
+        dropout = self.dropout if self.dropping else 0.0
         if isinstance(mask, PackedMask):
             packed = F.scaled_dot_product_attention(
                 mask.query.pack(q), mask.key.pack(k), mask.key.pack(v), dropout_p=dropout
@@ -294,7 +312,7 @@ class _GeluLinear(torch.autograd.Function):
         return grad_h, grad_w, grad_b
 
 
-class _Layer(nn.Module):
+class _Layer(_Dropping):
     """What encoder and decoder layers share: the residual rule and the feed-forward sublayer."""
 
     def __init__(self, cfg: BartConfig):
@@ -306,15 +324,15 @@ class _Layer(nn.Module):
     def residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.normalize_before:
             # Pre-LN: x + f(LN(x)). The residual stream itself is never normalised.
-            return x + _dropout(sublayer(norm(x)), self.dropout, self.training)
+            return x + _dropout(sublayer(norm(x)), self.dropout, self.dropping)
         # Post-LN: LN(x + f(x)), the original BART and fairseq's `bart`.
-        return norm(x + _dropout(sublayer(x), self.dropout, self.training))
+        return norm(x + _dropout(sublayer(x), self.dropout, self.dropping))
 
     def ffn(self, x: Tensor) -> Tensor:
         h = self.fc1(x)
-        if torch.is_grad_enabled() and not (self.training and self.activation_dropout):
+        if torch.is_grad_enabled() and not (self.dropping and self.activation_dropout):
             return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)  # gelu(h) not kept for the backward
-        return self.fc2(_dropout(F.gelu(h), self.activation_dropout, self.training))
+        return self.fc2(_dropout(F.gelu(h), self.activation_dropout, self.dropping))
 
 
 class EncoderLayer(_Layer):
@@ -376,7 +394,7 @@ def run_layer(layer: nn.Module, checkpointed: bool, *args) -> Tensor:
     return layer(*args)
 
 
-class _Stack(nn.Module):
+class _Stack(_Dropping):
     """What the encoder and the decoder share: token + learned position embeddings, their
     LayerNorm, ``layers``, and (Pre-LN) a final LayerNorm. ``kwargs`` go on up the MRO (the fairseq
     adapters mix in ``FairseqEncoder`` / ``FairseqIncrementalDecoder``)."""
@@ -404,7 +422,7 @@ class Encoder(_Stack):
         pad = src_tokens.eq(self.padding_idx)
         # BART uses no embedding scale (fairseq bart: no_scale_embedding=True).
         x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)
-        x = _dropout(self.layernorm_embedding(x), self.dropout, self.training)
+        x = _dropout(self.layernorm_embedding(x), self.dropout, self.dropping)
         mask: Tensor | PackedMask | None = None
         if pad.any():
             x = x * (~pad).unsqueeze(-1).type_as(x)
@@ -456,7 +474,7 @@ class Decoder(_Stack):
         if cache is not None:
             start = cache[0]["self_k"].size(2) if "self_k" in cache[0] else 0
         x = self.embed_tokens(tokens) + self.embed_positions(tokens, start)
-        x = _dropout(self.layernorm_embedding(x), self.dropout, self.training)
+        x = _dropout(self.layernorm_embedding(x), self.dropout, self.dropping)
 
         enc_mask: Tensor | PackedMask | None = None
         self_mask, causal = None, cache is None

@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.path.exists():
         raise SystemExit(f"{args.path} not found")
+    if args.rouge and "--score-reference" in extra:
+        raise SystemExit("--rouge with --score-reference: fairseq-generate then writes each reference as its "
+                         "hypothesis (to report the model's score of it), so ROUGE would be 100; score the "
+                         "references without --rouge")
     if not (args.data / "dict.source.txt").is_file():
         raise SystemExit(f"{args.data / 'dict.source.txt'} not found: DATA must be a fairseq-preprocess folder "
                          "of source/target pairs (scripts/prepare_summarization.py writes OUT/bin)")

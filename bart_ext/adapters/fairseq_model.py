@@ -7,6 +7,7 @@ state dicts stay fairseq BART's.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import time
@@ -314,6 +315,24 @@ class BartEncoderDecoder(FairseqEncoderDecoderModel):
 
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())
+
+    def make_generation_fast_(self, **kwargs) -> None:
+        """fairseq's, which hands ``--retain-dropout`` to every module that has dropout (``core._Dropping``;
+        before, our models ignored the flag and decoded without dropout). ``--retain-dropout-modules``
+        must name some of their classes; a name that fits none would keep no dropout and is refused."""
+        names = kwargs.get("retain_dropout_modules")
+        if kwargs.get("retain_dropout") and names is not None:
+            if isinstance(names, str):  # the command line gives a string: '["BartDecoder"]' or a,b
+                text = names.strip()
+                names = ast.literal_eval(text) if text.startswith(("[", "(")) else text.split(",")
+            names = [str(n).strip() for n in names]
+            ours = sorted({type(m).__name__ for m in self.modules() if isinstance(m, core._Dropping)})
+            unknown = [n for n in names if n not in ours]
+            if unknown:
+                raise ValueError(f"--retain-dropout-modules {', '.join(unknown)}: the modules with dropout in "
+                                 f"{type(self).__name__} are {', '.join(ours)}")
+            kwargs["retain_dropout_modules"] = names
+        super().make_generation_fast_(**kwargs)
 
     def set_beam_size(self, beam: int) -> None:
         """Called by fairseq's SequenceGenerator: keep encoder states and cross-attention keys once

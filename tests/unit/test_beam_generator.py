@@ -406,3 +406,46 @@ def test_constrained_search_without_constraints_is_a_clear_error(data_dir):
     gen = task.build_generator([model], GenerationConfig(beam=2, constraints="ordered", max_len_b=6))
     with pytest.raises(ValueError, match="--constraints: this batch has no constraints \\(fairseq-interactive reads"):
         task.inference_step(gen, [model], _sample(task.target_dictionary, n=2))
+
+
+def test_retain_dropout_keeps_dropout_at_inference_as_fairseq_does():
+    """fairseq-generate --retain-dropout (Monte Carlo dropout) reaches the model through fairseq's
+    prepare_for_inference_; our models ignored it and decoded without dropout. Now every dropout of a
+    retained module stays on: the forward equals the training-mode forward from the same seed;
+    --retain-dropout-modules keeps only the named classes', and a name that fits none is refused."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    d = dictionary()
+    torch.manual_seed(0)
+    model = BartPreln.build_model(preln_args(dropout=0.3, attention_dropout=0.2, activation_dropout=0.1), fake_task(d))
+    src = torch.randint(4, len(d), (3, 9))
+    prev = torch.cat([torch.full((3, 1), d.eos()), src[:, :-1]], 1)
+
+    def forward(m, seed=1):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return m(src, None, prev)[0]
+
+    def for_inference(**generation):
+        m = copy.deepcopy(model).eval()
+        m.prepare_for_inference_(OmegaConf.create({"generation": {"beam": 1, "print_alignment": False, **generation}}))
+        return m
+
+    trained = forward(copy.deepcopy(model).train())
+    plain = for_inference()
+    assert torch.equal(forward(plain), forward(plain, seed=2))  # no dropout at inference by default
+    assert not torch.allclose(forward(plain), trained)
+    retained = for_inference(retain_dropout=True, retain_dropout_modules=None)
+    torch.testing.assert_close(forward(retained), trained, rtol=0, atol=1e-6)
+    assert not torch.equal(forward(retained), forward(retained, seed=2))
+    decoder_only = for_inference(retain_dropout=True, retain_dropout_modules='["BartDecoder", "DecoderLayer"]')
+    kept = {type(m).__name__ for m in decoder_only.modules() if getattr(m, "retain_dropout", False)}
+    assert kept == {"BartDecoder", "DecoderLayer"}
+    assert not torch.equal(forward(decoder_only), forward(decoder_only, seed=2))
+    assert not torch.allclose(forward(decoder_only), trained)
+    with pytest.raises(ValueError, match=r"--retain-dropout-modules TransformerDecoderLayer: the modules with dropout "
+                                         r"in BartPreln are BartDecoder, BartEncoder, DecoderLayer, EncoderLayer, "
+                                         r"MultiheadAttention"):
+        for_inference(retain_dropout=True, retain_dropout_modules=["TransformerDecoderLayer"])

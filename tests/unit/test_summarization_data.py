@@ -233,6 +233,9 @@ def test_generate_script_refuses_missing_data_and_unknown_preset_before_writing(
     (data / "dict.source.txt").write_text("a 1\n")
     with pytest.raises(SystemExit, match=r"unknown generation preset 'nosuch' .*known: cnn_dm, xsum"):
         main([str(data), "--preset", "nosuch", "--path", str(ckpt)])
+    # --score-reference writes the references as hypotheses: their ROUGE was 100 (tried at stop 53)
+    with pytest.raises(SystemExit, match=r"^--rouge with --score-reference: .* ROUGE would be 100"):
+        main([str(data), "--preset", "xsum", "--path", str(ckpt), "--rouge", "--", "--score-reference"])
     assert [p.name for p in ckpt.parent.iterdir()] == ["checkpoint_best.pt"]
 
 
