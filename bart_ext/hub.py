@@ -17,6 +17,7 @@ and bart_ext's beam search, so outputs equal ``fairseq-generate``'s with the sam
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -320,6 +321,12 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
                          "(torch.cuda.is_available() is False); leave device out to run on the CPU")
     overrides = {"data": str(data)} if data is not None else {}
     state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), arg_overrides=overrides)
+    trained_on = _task_data(state)
+    if data is None and trained_on and not Path(trained_on.split(os.pathsep)[0]).is_dir():
+        # the checkpoint moved to another machine, or its data folder was deleted
+        raise FileNotFoundError(f"{checkpoint} was trained with task.data={trained_on}, which is not there: "
+                                "pass bart_ext.load(..., data=FOLDER), the folder with its dictionary and "
+                                "GPT-2 BPE files (encoder.json, vocab.bpe)")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides,
                                                                      state=state)
     folder = Path(str(cfg.task.data).split(":")[0])
@@ -327,6 +334,14 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
     hub = hub.to(device) if device else hub
     _choose_precision(hub.model, bf16, checkpoint)
     return hub
+
+
+def _task_data(state: dict) -> str | None:
+    """The ``task.data`` a loaded checkpoint state names (a config or an argparse-era ``args``)."""
+    cfg = state.get("cfg")
+    task = cfg.get("task") if cfg is not None else None
+    data = task.get("data") if task is not None else getattr(state.get("args"), "data", None)
+    return str(data) if data else None
 
 
 def _choose_precision(model, bf16: bool | None, checkpoint: Path) -> None:

@@ -292,6 +292,26 @@ def test_python_api_generates_what_fairseq_generate_wrote(demo):
     assert len(out) == 1 and isinstance(out[0], str)
 
 
+def test_python_api_names_a_data_folder_that_is_gone(demo, tmp_path):
+    """A checkpoint carried to another machine (its task.data not there): bart_ext.load says which folder
+    it was trained with and how to give it one, where fairseq's task named a dict.source.txt; with data=
+    it summarizes as at home."""
+    import bart_ext
+
+    run, _ = demo
+    data, _ = demo_data(run)
+    state = torch.load(run / "finetune" / "checkpoint_best.pt", map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["data"] = str(tmp_path / "elsewhere" / "bin")
+    moved = tmp_path / "checkpoint_best.pt"
+    torch.save(state, moved)
+    with pytest.raises(FileNotFoundError, match=rf"^{moved} was trained with task.data={tmp_path}/elsewhere/bin, "
+                                                r"which is not there: pass bart_ext.load\(\.\.\., data=FOLDER\)"):
+        bart_ext.load(moved)
+    text = ["We propose a new method for parsing. It is fast and accurate on three treebanks."]
+    home = bart_ext.load(run / "finetune" / "checkpoint_best.pt").summarize(text)
+    assert bart_ext.load(moved, data=data).summarize(text) == home
+
+
 def test_training_refuses_to_cut_sources_beyond_the_models_positions(cli_env, tmp_path):
     """--truncate-source with --max-source-positions above the model's (the xsum config's 1024 on a 512-position
     bart_small_preln): fairseq skipped every aclsum training paper with a warning and then failed with
