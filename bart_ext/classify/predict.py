@@ -39,11 +39,12 @@ def open_classifier(path: Path, data: Path | None = None, head: str | None = Non
     overrides = {"load_checkpoint_heads": True, **({"data": str(data)} if data is not None else {})}
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides=overrides)
     task_cfg = state["cfg"]["task"]
+    whose = "--data" if data is not None else "the checkpoint's task.data (no --data given)"
     data = Path(str(task_cfg.data).split(":")[0])
     needs = ("input0/dict.txt",) + (() if getattr(task_cfg, "regression_target", False) else ("label/dict.txt",))
     for need in needs:
         if not (data / need).exists():
-            raise FileNotFoundError(f"{data / need} not found: --data must be the folder that "
+            raise FileNotFoundError(f"{data / need} not found: {whose} must be the folder that "
                                     "fairseq-preprocess wrote for sentence_prediction (input0/, label/)")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides,
                                                                      state=state)

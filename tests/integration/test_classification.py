@@ -118,6 +118,14 @@ def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_pa
          "--head", "mnli", str(text)], capture_output=True, text=True, env=cli_env, cwd=ROOT)
     assert proc.returncode != 0
     assert f"{classifier} has no classification head 'mnli' (it has: sentence_classification_head)" in proc.stderr
+    # a checkpoint whose data folder is gone: the message says it was the checkpoint's and how to give one
+    state = torch.load(classifier, map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["data"] = str(tmp_path / "gone")
+    torch.save(state, tmp_path / "moved.pt")
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/gone/input0/dict.txt not found: the checkpoint's "
+                                                r"task.data \(no --data given\) must be the folder"):
+        load_classifier(tmp_path / "moved.pt")
+    assert load_classifier(tmp_path / "moved.pt", roles / "bin")[2] == head
 
 
 def test_exported_classifier_gives_the_same_logits_in_transformers(classifier, roles, tmp_path):
