@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bart_ext.denoising_data import collate, word_starts
-from bart_ext.noising import NoiseConfig, Specials, noise
+from bart_ext.noising import NoiseConfig, Noised, Specials, noise
 from bart_ext.text import split_sentences
 
 logger = logging.getLogger(__name__)
@@ -338,12 +338,27 @@ class Epoch:
         """One batch of the epoch's first samples, read alone (fairseq's dummy batch for empty steps)."""
         return self._collate(self._noised(self.samples(0, ChunkStats(), limit=self.cfg.batch_size)))
 
+    def _noise(self, sample_id: int, tokens: np.ndarray, lengths: np.ndarray) -> Noised:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, self.epoch, sample_id])
+        return noise(tokens, lengths, word_starts(cfg.word_start, tokens, lengths), cfg.noise, cfg.specials, rng)
+
     def _noised(self, samples: list) -> list[dict]:
-        cfg, out = self.cfg, []
+        out = []
         for sample_id, tokens, lengths in samples:
-            rng = np.random.default_rng([cfg.seed, self.epoch, sample_id])
-            n = noise(tokens, lengths, word_starts(cfg.word_start, tokens, lengths), cfg.noise, cfg.specials, rng)
+            n = self._noise(sample_id, tokens, lengths)
             out.append({"id": sample_id, "source": torch.from_numpy(n.source), "target": torch.from_numpy(n.target)})
+        return out
+
+    def noised_samples(self, limit: int) -> list[tuple[int, Noised]]:
+        """The epoch's first ``limit`` rows as ``(sample id, noised sample)``, noised as training noises
+        them (empty documents dropped, so there may be fewer): what scripts/show_noise.py prints."""
+        out = []
+        for chunk in range(self.num_chunks):
+            left = limit - len(out)
+            if left <= 0:
+                break
+            out += [(i, self._noise(i, t, n)) for i, t, n in self.samples(chunk, ChunkStats(), limit=left)]
         return out
 
     def _collate(self, group: list[dict]) -> dict:

@@ -6,6 +6,7 @@ Usage: python scripts/show_noise.py [--data data/aclsum/bin] [--n 3] [--mask 0.3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fairseq.data.encoders.gpt2_bpe_utils import get_encoder  # noqa: E402
 
+from bart_ext.adapters.fairseq_lddl import LDDLDataset  # noqa: E402
+from bart_ext.lddl_data import Epoch  # noqa: E402
 from bart_ext.text import gpt2_detokenize  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
@@ -25,7 +28,8 @@ def decode(tokens, dictionary, bpe) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "aclsum" / "bin")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "aclsum" / "bin",
+                    help="a fairseq-preprocess folder or LDDL shards (its valid/ split is shown)")
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--tokens-per-sample", type=int, default=128)
     ap.add_argument("--mask", type=float, default=0.3)
@@ -33,12 +37,24 @@ def main() -> None:
     ap.add_argument("--replace-length", type=int, default=1)
     ap.add_argument("--epoch", type=int, default=1)
     args = ap.parse_args()
+    for name in ("n", "epoch"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     task = BartDenoisingTask.from_data(args.data, args.tokens_per_sample, mask=args.mask,
                           permute_sentences=args.permute_sentences, replace_length=args.replace_length)
-    samples = task.load_dataset("valid").samples
+    dataset = task.load_dataset("valid")
+    if isinstance(dataset, LDDLDataset):  # shards: the validation stream's first rows, as training noises them
+        shown = Epoch(dataclasses.replace(dataset.cfg, batch_size=1), args.epoch, shuffle=False).noised_samples(args.n)
+    else:
+        samples = dataset.samples
+        shown = [(i, samples.noised(i, args.epoch)) for i in range(min(args.n, len(samples)))]
+    if len(shown) < args.n:
+        print(f"(the valid split has {len(shown)} samples)")
+    for name in ("encoder.json", "vocab.bpe"):
+        if not (args.data / name).is_file():
+            raise FileNotFoundError(f"{args.data / name} not found: the samples are decoded with DATA's GPT-2 BPE files")
     bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))
-    for i in range(args.n):
-        o = samples.noised(i, args.epoch)
+    for i, o in shown:
         print(f"--- sample {i} (epoch {args.epoch}): {o.num_words} words, spans {o.spans.tolist()}, "
               f"sentence order {o.order.tolist()}")
         for label, toks in (("clean", o.target), ("noised", o.source)):

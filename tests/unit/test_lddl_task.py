@@ -132,3 +132,42 @@ def test_sentencepiece_shards(data_dir, sentences, tmp_path):
     assert [w for w in words if w not in pieces and w != "<unk>"] == []
     assert "".join(words).replace("\u2581", " ").strip()  # real text, not <unk>s
     assert sum(w == "<unk>" for w in words) < 0.05 * len(words)
+
+
+def test_show_noise_reads_lddl_shards_as_training_noises_them(data_dir, sentences, tmp_path):
+    """scripts/show_noise.py stopped on LDDL shards (the demo's data: "'LDDLDataset' object has no attribute
+    'samples'"). Epoch.noised_samples, which it prints, gives the validation stream's first samples noised
+    exactly as the training iterator feeds them."""
+    import dataclasses
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+
+    from bart_ext.lddl_data import Epoch
+    from tests.conftest import ROOT
+
+    gpt2 = data_dir / "gpt2"
+    encoder = GPT2Encoder(gpt2 / "encoder.json", gpt2 / "vocab.bpe")
+    rows, _ = process_lines([" ".join(sentences[i : i + 5]) for i in range(0, 100, 5)], encoder, 64)
+    write_rows(tmp_path / "train", rows)
+    write_rows(tmp_path / "valid", rows[:6])
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(gpt2 / name, tmp_path / name)
+    task = task_on(tmp_path)
+    dataset = task.load_dataset("valid")
+    shown = dict(Epoch(dataclasses.replace(dataset.cfg, batch_size=1), 1, shuffle=False).noised_samples(4))
+    assert len(shown) == 4
+    pad, fed = task.dictionary.pad(), {}
+    for batch in task.get_batch_iterator(dataset, max_sentences=2).next_epoch_itr(shuffle=False):
+        for i, src, tgt in zip(batch["id"].tolist(), batch["net_input"]["src_tokens"], batch["target"]):
+            fed[i] = (src[src.ne(pad)], tgt[tgt.ne(pad)])
+    assert len(fed) == 6
+    for i, noised in shown.items():
+        assert torch.equal(fed[i][0], torch.from_numpy(noised.source)) and torch.equal(fed[i][1], torch.from_numpy(noised.target))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path), "--n", "9",
+                           "--tokens-per-sample", "64"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("--- sample") == 6 and "(the valid split has 6 samples)" in proc.stdout
+    assert proc.stdout.count("<mask>") >= 6 and proc.stdout.count(" clean: ") == 6
