@@ -61,6 +61,24 @@ class CopySetup:
     seed: int = 0
     grow: int = 0
 
+    def __post_init__(self) -> None:
+        at_least = {"vocab": 1, "min_len": 1, "dim": 1, "layers": 1, "heads": 1, "warmup": 0, "batch": 1, "steps": 1,
+                    "grow": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"copy task: {name} must be at least {low}, got {getattr(self, name)}")
+        if self.max_len < self.min_len:
+            raise ValueError(f"copy task: max_len ({self.max_len}) must be at least min_len ({self.min_len})")
+        if self.dim % self.heads:
+            raise ValueError(f"copy task: dim ({self.dim}) must be divisible by heads ({self.heads})")
+        for name in ("lr", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"copy task: {name} must be positive, got {getattr(self, name)}")
+        if self.zipf < 0:
+            raise ValueError(f"copy task: zipf must be 0 (uniform) or positive, got {self.zipf}")
+        if self.optimizer not in ("adam", "nvlamb"):
+            raise ValueError(f"copy task: optimizer must be adam or nvlamb (got {self.optimizer!r})")
+
     def longest(self, step: int) -> int:
         """The longest sequence drawn at update ``step`` (1-based) under the length curriculum."""
         if self.grow <= 0 or step >= self.grow:

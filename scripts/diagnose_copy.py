@@ -32,20 +32,43 @@ def typed(name: str, value: str):
     kind = {f.name: f.type for f in dataclasses.fields(CopySetup)}.get(name)
     if kind is None:
         raise SystemExit(f"unknown field {name!r}; fields: {', '.join(f.name for f in dataclasses.fields(CopySetup))}")
-    return {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}[kind](value)
+    if kind == "bool":
+        if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise SystemExit(f"{name}={value}: expected true or false")
+        return value.lower() in ("1", "true", "yes")
+    try:
+        return {"int": int, "float": float, "str": str}[kind](value)
+    except ValueError:
+        raise SystemExit(f"{name}={value}: expected {'an' if kind == 'int' else 'a'} {kind}") from None
+
+
+def field_value(text: str, option: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name or not value:
+        raise SystemExit(f"{option} {text!r}: expected {'FIELD=V1,V2,...' if option == '--vary' else 'FIELD=VALUE'}")
+    return name, value
+
+
+def setup_of(base: CopySetup | None = None, **values) -> CopySetup:
+    try:
+        return dataclasses.replace(base, **values) if base is not None else CopySetup(**values)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> list:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
-    ap.add_argument("--vary", default="", metavar="FIELD=V1,V2")
+    ap.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    base = CopySetup(**{k: typed(k, v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    if len(args.vary) > 1:
+        ap.error("one --vary at a time (the others as --set)")
+    base = setup_of(**{k: typed(k, v) for k, v in (field_value(kv, "--set") for kv in args.set)})
     runs = [base]
     if args.vary:
-        name, values = args.vary.split("=", 1)
-        runs = [dataclasses.replace(base, **{name: typed(name, v)}) for v in values.split(",")]
+        name, values = field_value(args.vary[0], "--vary")
+        runs = [setup_of(base, **{name: typed(name, v)}) for v in values.split(",")]
     results = []
     for setup in runs:
         print(f"copy task: {setup}", flush=True)

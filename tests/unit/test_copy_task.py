@@ -60,3 +60,29 @@ def test_init_std_sets_every_weight_and_is_checked():
     assert model.decoder.embed_positions.weight[1].abs().sum() == 0  # the padding position stays zero
     with pytest.raises(ValueError, match="init_std"):
         BartConfig(vocab_size=500, init_std=0.0)
+
+
+def test_settings_are_checked_before_a_run_and_the_script_says_which():
+    """diagnose_copy.py took layers=-1 (a model without layers, trained for 300 updates), stopped on dim=0
+    inside torch and on lr=abc with a traceback, and kept only the last of two --vary."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for bad, said in (({"layers": -1}, "layers must be at least 1, got -1"),
+                      ({"max_len": 4}, r"max_len \(4\) must be at least min_len \(8\)"),
+                      ({"dim": 100, "heads": 3}, r"dim \(100\) must be divisible by heads \(3\)"),
+                      ({"lr": 0.0}, "lr must be positive"), ({"zipf": -1.0}, "zipf must be 0"),
+                      ({"optimizer": "sgd"}, "optimizer must be adam or nvlamb")):
+        with pytest.raises(ValueError, match="^copy task: " + said):
+            CopySetup(**bad)
+    script = [sys.executable, str(ROOT / "scripts" / "diagnose_copy.py"), "--quiet"]
+    for args, said in ((["--set", "lr=abc"], "lr=abc: expected a float"),
+                       (["--set", "dim=0"], "copy task: dim must be at least 1, got 0"),
+                       (["--set", "post_ln=maybe"], "post_ln=maybe: expected true or false"),
+                       (["--vary", "dim"], "--vary 'dim': expected FIELD=V1,V2,..."),
+                       (["--vary", "lr=1e-3,3e-3", "--vary", "dim=64,128"], "one --vary at a time")):
+        proc = subprocess.run(script + args, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert said in proc.stderr.strip().splitlines()[-1], proc.stderr
