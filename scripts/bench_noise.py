@@ -21,6 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.adapters.fairseq_denoising import is_lddl  # noqa: E402
 from scripts.fairseq_reference import fairseq_reference  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
@@ -33,6 +34,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
+    if is_lddl(str(args.data)):
+        raise SystemExit(f"--data {args.data} holds LDDL shards; bench_noise.py compares against fairseq's DenoisingDataset, which reads fairseq-preprocess output "
+                         "(scripts/prepare_data.py writes data/aclsum/bin)")
     task = BartDenoisingTask.from_data(args.data, tokens_per_sample=512)
     ours = task.load_dataset("train")
     ref = fairseq_reference(ours.samples, task.dictionary, task.mask_idx, ours.samples.cfg, seed=1)

@@ -57,6 +57,7 @@ from fairseq.optim.adam import Adam as FairseqAdam
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.adam import Adam as BartAdam  # noqa: E402
+from bart_ext.adapters.fairseq_denoising import is_lddl  # noqa: E402
 from bart_ext.hardware import cpu_bf16_matmul, matmul_gflops  # noqa: E402
 from user_dir.bart_cross_entropy import BartCrossEntropy  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
@@ -123,6 +124,9 @@ def step(model, crit, opt, batch) -> None:
 
 
 def load(data: Path, steps: int, max_tokens: int, entries: int = 0, tokens_per_sample: int = 128):
+    if is_lddl(str(data)):
+        raise SystemExit(f"--data {data} holds LDDL shards; bench_train.py times batches of fairseq-preprocess output "
+                         "(scripts/prepare_data.py writes data/aclsum/bin)")
     task = BartDenoisingTask.from_data(data, tokens_per_sample=tokens_per_sample)
     ds = task.load_dataset("train")
     order = ds.ordered_indices()[-4000:]  # full-length samples

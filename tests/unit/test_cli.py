@@ -62,3 +62,15 @@ def test_count_params_prints_the_presets_and_refuses_a_dictionary_below_its_spec
     decoder = 6 * (layer + 4 * (768 * 768 + 768) + 2 * 768) + 2 * 768
     embeddings = 50265 * d + 2 * (1024 + 2) * d + 2 * 2 * d  # tokens, two position tables, two embedding LNs
     assert proc.returncode == 0 and rows["bart_base_preln"] == encoder + decoder + embeddings, proc.stdout
+
+
+@pytest.mark.parametrize("script", ["bench_noise.py", "bench_train.py"])
+def test_benchmarks_of_indexed_data_refuse_lddl_shards(script, tmp_path):
+    """Both time fairseq-preprocess data (fairseq's DenoisingDataset reads nothing else); on the demo's LDDL
+    folder they stopped with "'LDDLDataset' object has no attribute 'samples'" and a bare NotImplementedError."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "shard-0.parquet").write_bytes(b"")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--data", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"--data {tmp_path} holds LDDL shards; {script} ")
