@@ -125,6 +125,10 @@ class GPT2Encoder:
     def vocab_size(self) -> int:
         return len(json.loads(Path(self.encoder_json).read_text(encoding="utf-8")))
 
+    def encode_symbols(self, texts: list[str]) -> list[list[str]]:
+        """Dictionary symbols of each text, as fairseq-preprocess reads them: GPT-2 ids as decimal strings."""
+        return [list(map(str, ids)) for ids in self.encode_batch(texts)]
+
     def id_table(self, dictionary) -> np.ndarray:
         """BPE id -> dictionary index (``<unk>`` where the dictionary lacks the id)."""
         table = np.full(self.vocab_size(), dictionary.unk(), dtype=np.int64)
@@ -161,9 +165,74 @@ class SentencePieceEncoder:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._processor().encode(texts)
 
+    def encode_symbols(self, texts: list[str]) -> list[list[str]]:
+        """Dictionary symbols of each text, as fairseq-preprocess reads them: the pieces (a sentencepiece
+        model's dictionary holds its pieces, not its ids)."""
+        return self._processor().encode(texts, out_type=str)
+
     def id_table(self, dictionary) -> np.ndarray:
         sp = self._processor()
         return np.array([dictionary.index(sp.id_to_piece(i)) for i in range(sp.get_piece_size())], dtype=np.int64)
+
+
+SENTENCEPIECE_MODEL = "sentencepiece.model"  # where lddl_preprocess.py / prepare_summarization.py leave it
+
+
+class FolderCodec:
+    """Text <-> dictionary symbols with the tokenizer a data folder holds: GPT-2 BPE (``encoder.json`` and
+    ``vocab.bpe``; symbols are ids as strings) or sentencepiece (``sentencepiece.model``; symbols are
+    pieces), whichever the folder has, GPT-2's first. What the Python API and scripts/generate.py encode
+    and decode with, so that a model pretrained on sentencepiece shards summarizes as text too.
+
+    Attributes:
+        kind: ``"gpt2"`` or ``"sentencepiece"``.
+        bpe: fairseq's GPT-2 encoder (``encode``/``decode`` of ids), None for sentencepiece.
+
+    Raises:
+        FileNotFoundError: the folder has neither (names the files).
+    """
+
+    def __init__(self, folder: Path | str):
+        folder = Path(folder)
+        self.bpe, self._sp = None, None
+        if (folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file():
+            from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+            self.kind = "gpt2"
+            self.bpe = get_encoder(str(folder / "encoder.json"), str(folder / "vocab.bpe"))
+        elif (folder / SENTENCEPIECE_MODEL).is_file():
+            self.kind = "sentencepiece"
+            self._sp = SentencePieceEncoder(folder / SENTENCEPIECE_MODEL)._processor()
+        else:
+            raise FileNotFoundError(f"{folder / 'encoder.json'} and {folder / 'vocab.bpe'} (GPT-2 BPE), or "
+                                    f"{folder / SENTENCEPIECE_MODEL}, not found: the files the model's data was "
+                                    "encoded with")
+
+    def symbols(self, text: str) -> list[str]:
+        """The text's dictionary symbols (a leading space is the caller's: training data has one)."""
+        if self.bpe is not None:
+            return [str(i) for i in self.bpe.encode(text)]
+        return self._sp.encode(text, out_type=str)
+
+    def text(self, symbols: list[str]) -> str:
+        """Text of dictionary symbols as fairseq writes them; other symbols (``<mask>``, ``<unk>``,
+        fairseq's ``<<unk>>``) stay visible as words."""
+        from bart_ext.text import gpt2_detokenize
+
+        if self.bpe is not None:
+            return gpt2_detokenize(symbols, self.bpe.decode)
+        sp, out, run = self._sp, [], []
+        for sym in symbols:
+            if sp.piece_to_id(sym) != sp.unk_id():
+                run.append(sym)
+                continue
+            if run:
+                out.append(sp.decode_pieces(run))
+                run = []
+            out.append(f" {sym}")
+        if run:
+            out.append(sp.decode_pieces(run))
+        return " ".join(part.strip() for part in out if part.strip())
 
 
 def gpt2_dictionary_lines(encoder_json: Path | str) -> list[str]:

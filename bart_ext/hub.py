@@ -9,7 +9,8 @@
     model.predict("sentence_classification_head", ["We propose ..."])  # logits of a fine-tuned head
 
 Text is GPT-2 BPE-encoded with the ``encoder.json`` / ``vocab.bpe`` of the model's data folder
-(the checkpoint's ``task.data``, or ``data=``), with the leading space that running text gives a
+(the checkpoint's ``task.data``, or ``data=``), or with its ``sentencepiece.model`` where it has no
+GPT-2 files (``bart_ext.bpe.FolderCodec``), with the leading space that running text gives a
 sentence's first word in our data preparation (for a ``from-hf`` checkpoint not trained since: as
 its source tokenizer did, none for fairseq's and transformers' BART). Generation runs through the checkpoint's own task
 and bart_ext's beam search, so outputs equal ``fairseq-generate``'s with the same settings.
@@ -45,16 +46,16 @@ class BartHub:
     """A loaded model with its task, dictionary and BPE (see the module docstring)."""
 
     def __init__(self, model, task, cfg, data: Path, leading_space: bool = True):
-        from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+        from bart_ext.bpe import FolderCodec
 
         self.model, self.task, self.cfg, self.data = model.eval(), task, cfg, data
         self.leading_space = leading_space
         self.dictionary = task.source_dictionary
-        for name in ("encoder.json", "vocab.bpe"):
-            if not (data / name).is_file():
-                raise FileNotFoundError(f"{data / name} not found: the GPT-2 BPE files the model's data was "
-                                        "encoded with (pass data= the folder that holds them)")
-        self.bpe = get_encoder(str(data / "encoder.json"), str(data / "vocab.bpe"))
+        try:
+            self.codec = FolderCodec(data)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} (pass data= the folder that holds them)") from None
+        self.bpe = self.codec.bpe  # fairseq's GPT-2 encoder (None for a sentencepiece model)
 
     @property
     def device(self) -> torch.device:
@@ -90,16 +91,14 @@ class BartHub:
                 piece = (" " if self.leading_space else "") + piece.strip()
             piece = piece.rstrip()
             if piece.strip():
-                ids += [d.index(str(t)) for t in self.bpe.encode(piece)]
+                ids += [d.index(t) for t in self.codec.symbols(piece)]
         return ids
 
     def decode(self, tokens: Tensor) -> str:
         """Text of ``tokens``, without ``<s>``, ``</s>`` and padding."""
-        from bart_ext.text import gpt2_detokenize
-
         d = self.dictionary
         drop = {d.bos(), d.eos(), d.pad()}
-        return gpt2_detokenize([d[int(t)] for t in tokens if int(t) not in drop], self.bpe.decode)
+        return self.codec.text([d[int(t)] for t in tokens if int(t) not in drop])
 
     def _batch(self, rows: Sequence[Tensor]) -> dict:
         from fairseq.data import data_utils
@@ -326,7 +325,7 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
         # the checkpoint moved to another machine, or its data folder was deleted
         raise FileNotFoundError(f"{checkpoint} was trained with task.data={trained_on}, which is not there: "
                                 "pass bart_ext.load(..., data=FOLDER), the folder with its dictionary and "
-                                "GPT-2 BPE files (encoder.json, vocab.bpe)")
+                                "GPT-2 BPE files (encoder.json, vocab.bpe) or sentencepiece.model")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides,
                                                                      state=state)
     folder = Path(str(cfg.task.data).split(":")[0])

@@ -91,9 +91,10 @@ def write_pairs(pairs: list[Pair], folder: Path, split: str) -> None:
 
 
 def encode_lines(texts: list[str], encoder) -> list[str]:
-    """BPE ids as fairseq-preprocess reads them. Each text gets a leading space, as running text
-    has it in pretraining, so its first word is a word start."""
-    return [" ".join(map(str, ids)) for ids in encoder.encode_batch([" " + t for t in texts])]
+    """Dictionary symbols as fairseq-preprocess reads them: GPT-2 BPE ids, or sentencepiece pieces (their ids
+    were written before, which a dictionary of pieces read as 70% ``<unk>``). Each text gets a leading
+    space, as running text has it in pretraining, so its first word is a word start."""
+    return [" ".join(symbols) for symbols in encoder.encode_symbols([" " + t for t in texts])]
 
 
 def binarize(bpe_dir: Path, dictionary: Path, dest: Path, workers: int = 2, max_unk_percent: float = 5.0) -> None:

@@ -27,21 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.summarization_data import preset_args, read_generate_output  # noqa: E402
-from bart_ext.text import gpt2_detokenize  # noqa: E402
 
 
 def decode_outputs(gen_file: Path, data: Path) -> tuple[list[str], list[str]]:
     """Hypotheses and references of ``gen_file`` as text, in sample id (data) order."""
-    from bart_ext.bpe import gpt2_decoder
+    from bart_ext.bpe import FolderCodec
 
-    decode = gpt2_decoder(data / "encoder.json", data / "vocab.bpe")
+    codec = FolderCodec(data)  # GPT-2 BPE, or the sentencepiece model prepare_summarization.py copied there
     rows = read_generate_output(gen_file)
     if not rows:
         raise SystemExit(f"{gen_file} holds no generated samples")
     hyps, refs = [], []
     for idx in sorted(rows):
-        hyps.append(gpt2_detokenize(rows[idx].get("H", []), decode))
-        refs.append(gpt2_detokenize(rows[idx].get("T", []), decode))
+        hyps.append(codec.text(rows[idx].get("H", [])))
+        refs.append(codec.text(rows[idx].get("T", [])))
     return hyps, refs
 
 

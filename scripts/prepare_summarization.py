@@ -11,6 +11,7 @@ Output (every step skipped when its output exists; --force redoes them):
     OUT/bpe/{split}.{source,target}       BPE ids (GPT-2 from --gpt2, or --sentencepiece-model)
     OUT/bin/                              fairseq-preprocess output, dict.{source,target}.txt = the
                                           pretrained dictionary, plus the BPE files for decoding
+                                          (encoder.json and vocab.bpe, or sentencepiece.model)
 
 The dictionary must be the pretrained model's: --dict PATH, or by default every GPT-2 id
 (what scripts/lddl_preprocess.py writes, so its pretrained models fit).
@@ -29,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines  # noqa: E402
+from bart_ext.bpe import SENTENCEPIECE_MODEL, GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines  # noqa: E402
 from bart_ext.files import read_lines, write_atomic  # noqa: E402
 from bart_ext.summarization_data import aclsum_pairs, binarize, encode_lines, read_pairs, write_pairs  # noqa: E402
 
@@ -117,7 +118,9 @@ def main(argv: list[str] | None = None) -> Path:
         log(f"fairseq-preprocess with {dictionary}")
         with logged_as_ours("bart_ext.summarization_data"):  # its <unk> warnings, one per file
             binarize(bpe, dictionary, bin_dir, args.workers)
-    if not args.sentencepiece_model:
+    if args.sentencepiece_model:  # decoding (scripts/generate.py, bart_ext.load) reads it there
+        shutil.copy(args.sentencepiece_model, bin_dir / SENTENCEPIECE_MODEL)
+    else:
         for name in ("encoder.json", "vocab.bpe"):
             shutil.copy(args.gpt2 / name, bin_dir / name)
     for split in SPLITS:

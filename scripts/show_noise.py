@@ -13,17 +13,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fairseq.data.encoders.gpt2_bpe_utils import get_encoder  # noqa: E402
-
 from bart_ext.adapters.fairseq_lddl import LDDLDataset  # noqa: E402
+from bart_ext.bpe import FolderCodec  # noqa: E402
 from bart_ext.lddl_data import Epoch  # noqa: E402
-from bart_ext.text import gpt2_detokenize  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
 
-def decode(tokens, dictionary, bpe) -> str:
-    return gpt2_detokenize([dictionary[t] for t in tokens.tolist() if t not in (dictionary.bos(), dictionary.eos())],
-                           bpe.decode)
+def decode(tokens, dictionary, codec) -> str:
+    return codec.text([dictionary[t] for t in tokens.tolist() if t not in (dictionary.bos(), dictionary.eos())])
 
 
 def main() -> None:
@@ -50,15 +47,12 @@ def main() -> None:
         shown = [(i, samples.noised(i, args.epoch)) for i in range(min(args.n, len(samples)))]
     if len(shown) < args.n:
         print(f"(the valid split has {len(shown)} samples)")
-    for name in ("encoder.json", "vocab.bpe"):
-        if not (args.data / name).is_file():
-            raise FileNotFoundError(f"{args.data / name} not found: the samples are decoded with DATA's GPT-2 BPE files")
-    bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))
+    codec = FolderCodec(args.data)  # GPT-2 BPE, or the shards' sentencepiece.model
     for i, o in shown:
         print(f"--- sample {i} (epoch {args.epoch}): {o.num_words} words, spans {o.spans.tolist()}, "
               f"sentence order {o.order.tolist()}")
         for label, toks in (("clean", o.target), ("noised", o.source)):
-            body = textwrap.fill(decode(toks, task.dictionary, bpe), 100, initial_indent=f"{label:>7}: ",
+            body = textwrap.fill(decode(toks, task.dictionary, codec), 100, initial_indent=f"{label:>7}: ",
                                  subsequent_indent=" " * 9)
             print(body)
         print()

@@ -59,6 +59,9 @@ def export_vocab(symbols: list[str], encoder_json: Path, vocab_bpe: Path, out_di
     """
     for f in (encoder_json, vocab_bpe):
         if not Path(f).is_file():
+            if (Path(f).parent / "sentencepiece.model").is_file():
+                raise ConversionError(f"{Path(f).parent}: the model's data is sentencepiece-encoded (sentencepiece.model), "
+                                      "and the export writes GPT-2 byte-level BPE tokenizers only")
             raise ConversionError(f"{f}: GPT-2 BPE file not found (the model's data folder holds encoder.json "
                                   "and vocab.bpe; pass --gpt2-encoder-json / --gpt2-vocab-bpe)")
     gpt2 = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
