@@ -4,7 +4,7 @@
 Reads one sentence per line (FILE, or standard input) and prints ``label<TAB>line`` (a regression model,
 STS-B's kind: its score); a line with a tab is a pair of sentences (``premise<TAB>hypothesis``, for MNLI,
 RTE, ... fine-tuned on ``input0/`` and ``input1/``). The sentences are GPT-2 BPE-encoded with DATA's
-``encoder.json`` / ``vocab.bpe`` as the training data was: a space before each text's first word, as
+``encoder.json`` / ``vocab.bpe`` (or with its ``sentencepiece.model``) as the training data was: a space before each text's first word, as
 scripts/prepare_roles.py gives it (a ``convert.py from-hf`` import not trained since: as its source
 tokenizer did; ``--no-prefix-space`` for data binarized with fairseq's own tools, such as its GLUE
 script), and fed as training fed them (``<s>`` first when the task's --init-token was 0, its
@@ -44,19 +44,19 @@ def main(argv: list[str] | None = None) -> list[str]:
     except (FileNotFoundError, KeyError) as e:
         sys.exit(f"classify.py: {e.args[0]}")
     args.data = Path(str(task.cfg.data).split(":")[0])
-    for name in ("encoder.json", "vocab.bpe"):
-        if not (args.data / name).exists():
-            sys.exit(f"classify.py: {args.data / name} not found (the GPT-2 BPE files the data was encoded with)")
-    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+    from bart_ext.bpe import FolderCodec
 
-    bpe = get_encoder(str(args.data / "encoder.json"), str(args.data / "vocab.bpe"))
+    try:
+        codec = FolderCodec(args.data)  # GPT-2 BPE, or the sentencepiece model prepare_roles.py copied there
+    except FileNotFoundError as e:
+        sys.exit(f"classify.py: {e}")
     text = args.input.read_text(encoding="utf-8") if args.input else sys.stdin.read()
     # "\n" ends a sentence's line, not U+2028 and the other breaks str.splitlines knows (files.read_lines)
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     inputs = [tuple(p.strip() for p in line.split("\t")) if "\t" in line else line for line in lines]
     space = " " if (leading_space if args.prefix_space is None else args.prefix_space) else ""
     labels = predict_sentences(model, task, head, inputs,
-                               lambda s: " ".join(map(str, bpe.encode(space + s))), args.batch_size)
+                               lambda s: " ".join(codec.symbols(space + s)), args.batch_size)
     for label, line in zip(labels, lines):
         print(f"{label}\t{line}")
     return labels

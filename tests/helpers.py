@@ -32,3 +32,16 @@ def denoising_task(data_bin, tokens_per_sample: int = 512, **noise):
     from user_dir.bart_denoising import BartDenoisingTask
 
     return BartDenoisingTask.from_data(data_bin, tokens_per_sample, **noise)
+
+
+def sentencepiece_model(text_file, folder, vocab_size: int):
+    """A sentencepiece model trained on ``text_file`` (``folder/sp.model``) and ``folder/dict.txt`` holding its
+    pieces, as lddl_preprocess.py writes a sentencepiece dictionary; returns the processor."""
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(folder / "sp"), vocab_size=vocab_size,
+                                   bos_id=-1, eos_id=-1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "sp.model"))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
+    (folder / "dict.txt").write_text("".join(f"{p} 1\n" for p in pieces), encoding="utf-8")
+    return sp

@@ -339,3 +339,43 @@ def test_glue_configs_hold_fairseqs_published_settings(name):
     assert cfg["task"]["add_prev_output_tokens"] is True and cfg["task"]["init_token"] == 0
     assert cfg["optimization"]["max_epoch"] == 10 and cfg["optimizer"]["adam_betas"] == "(0.9, 0.98)"
     assert cfg["checkpoint"]["best_checkpoint_metric"] == ("loss" if name == "stsb" else "accuracy")
+
+
+def test_a_sentencepiece_model_classifies_raw_sentences(roles, cli_env, tmp_path):
+    """prepare_roles.py --sentencepiece-model (a model pretrained on sentencepiece shards): pieces go to
+    fairseq-preprocess and the model beside the data, from which classify.py and the Python API encode raw
+    sentences (classify.py read only GPT-2 files); their labels agree."""
+    import bart_ext
+
+    from tests.helpers import sentencepiece_model
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "valid", "test"):
+        for ext in ("input0", "label"):
+            lines = (roles / "raw" / f"{split}.{ext}").read_text(encoding="utf-8").splitlines()[:60]
+            (raw / f"{split}.{ext}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    sp = sentencepiece_model(raw / "train.input0", tmp_path, 300)
+    run([sys.executable, str(ROOT / "scripts" / "prepare_roles.py"), "--raw", str(raw), "--out", str(tmp_path / "data"),
+         "--dict", str(tmp_path / "dict.txt"), "--sentencepiece-model", str(tmp_path / "sp.model")], cli_env)
+    data = tmp_path / "data" / "bin"
+    assert (data / "sentencepiece.model").read_bytes() == (tmp_path / "sp.model").read_bytes()
+    assert not (data / "encoder.json").exists()
+    binarized = (tmp_path / "data" / "bpe" / "train.input0").read_text(encoding="utf-8").splitlines()[0].split()
+    assert binarized == sp.encode(" " + (raw / "train.input0").read_text(encoding="utf-8").splitlines()[0], out_type=str)
+    labels = sorted(set((raw / "train.label").read_text().split()))
+    run(["fairseq-train", str(data), "--user-dir", USER_DIR, "--task", "sentence_prediction", "--arch", "bart_tiny_preln",
+         "--num-classes", str(len(labels)), "--init-token", "0", "--add-prev-output-tokens", "--max-positions", "512",
+         "--criterion", "sentence_prediction", "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "8",
+         "--max-update", "3", "--cpu", "--save-dir", str(tmp_path / "ckpt"), "--no-epoch-checkpoints"], cli_env)
+    ckpt = tmp_path / "ckpt" / "checkpoint_last.pt"
+    sentences = (raw / "test.input0").read_text(encoding="utf-8").splitlines()[:5]
+    (tmp_path / "in.txt").write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
+    out = run([sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(ckpt), str(tmp_path / "in.txt")],
+              cli_env)
+    printed = [line.split("\t", 1) for line in out.splitlines() if "\t" in line]
+    assert [p[1] for p in printed] == sentences and {p[0] for p in printed} <= set(labels)
+    model = bart_ext.load(ckpt)
+    logits = model.predict("sentence_classification_head", sentences)
+    names = [model.task.label_dictionary[i + model.task.label_dictionary.nspecial] for i in range(len(labels))]
+    assert [names[i] for i in logits.argmax(-1).tolist()] == [p[0] for p in printed]

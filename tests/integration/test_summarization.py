@@ -333,9 +333,9 @@ def test_a_sentencepiece_model_summarizes_as_text(cli_env, tmp_path):
     --sentencepiece-model): scripts/generate.py and bart_ext.load read only GPT-2 files and stopped on the
     missing encoder.json after training. prepare_summarization.py now leaves the model beside the data,
     and both decode through it (bart_ext.bpe.FolderCodec)."""
-    import sentencepiece as spm
-
     import bart_ext
+
+    from tests.helpers import sentencepiece_model
 
     src = ROOT / "data" / "aclsum_summ" / "raw"
     raw = tmp_path / "raw"
@@ -344,11 +344,7 @@ def test_a_sentencepiece_model_summarizes_as_text(cli_env, tmp_path):
         for side in ("source", "target"):
             lines = (src / f"{split}.{side}").read_text(encoding="utf-8").splitlines()[:n]
             (raw / f"{split}.{side}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(raw / "train.source"), model_prefix=str(tmp_path / "sp"), vocab_size=600,
-                                   bos_id=-1, eos_id=-1, minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
-    (tmp_path / "dict.txt").write_text("".join(f"{p} 1\n" for p in pieces), encoding="utf-8")
+    sp = sentencepiece_model(raw / "train.source", tmp_path, 600)
 
     def script(*args):
         proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=cli_env, cwd=ROOT,
