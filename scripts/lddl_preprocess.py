@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         if client is not None:
             lddl_prep.close_client(client)
     print(f"train with: fairseq-train {args.out} --user-dir user_dir --task bart_denoising "
-          f"--tokens-per-sample {args.target_seq_length} --batch-size N ...")
+          f"--tokens-per-sample {args.target_seq_length}"
+          + (" --word-starts sentencepiece" if args.sentencepiece_model else "") + " --batch-size N ...")
 
 
 def run_splits(args, corpora: dict[str, Path], encoder, client) -> None:

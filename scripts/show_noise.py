@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.adapters.fairseq_lddl import LDDLDataset  # noqa: E402
-from bart_ext.bpe import FolderCodec  # noqa: E402
+from bart_ext.bpe import SENTENCEPIECE_MODEL, FolderCodec  # noqa: E402
 from bart_ext.lddl_data import Epoch  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
@@ -37,8 +37,10 @@ def main() -> None:
     for name in ("n", "epoch"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    spm = (args.data / SENTENCEPIECE_MODEL).is_file() and not (args.data / "encoder.json").is_file()
     task = BartDenoisingTask.from_data(args.data, args.tokens_per_sample, mask=args.mask,
-                          permute_sentences=args.permute_sentences, replace_length=args.replace_length)
+                                       permute_sentences=args.permute_sentences, replace_length=args.replace_length,
+                                       word_starts="sentencepiece" if spm else "gpt2")
     dataset = task.load_dataset("valid")
     if isinstance(dataset, LDDLDataset):  # shards: the validation stream's first rows, as training noises them
         shown = Epoch(dataclasses.replace(dataset.cfg, batch_size=1), args.epoch, shuffle=False).noised_samples(args.n)

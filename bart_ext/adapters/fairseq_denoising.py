@@ -148,6 +148,11 @@ class BartDenoisingTaskBase(BeamGeneratorTask, FairseqTask):
     def setup_task(cls, cfg, **kwargs):
         data = cfg.data.split(os.pathsep)[0]
         dict_path = os.path.join(data, "dict.txt")
+        if (cfg.word_starts == "gpt2" and not cfg.gpt2_encoder_json and not encoder_json_path(cfg).exists()
+                and os.path.isfile(os.path.join(data, "sentencepiece.model"))):
+            # lddl_preprocess.py --sentencepiece-model's output: BART's default word starts are GPT-2's
+            raise FileNotFoundError(f"{data} is sentencepiece-encoded (sentencepiece.model, no GPT-2 encoder.json): "
+                                    "pass --word-starts sentencepiece (task.word_starts=sentencepiece)")
         if not os.path.exists(dict_path):
             if not is_lddl(data):
                 raise FileNotFoundError(

@@ -132,6 +132,24 @@ def test_sentencepiece_shards(data_dir, sentences, tmp_path):
     assert [w for w in words if w not in pieces and w != "<unk>"] == []
     assert "".join(words).replace("\u2581", " ").strip()  # real text, not <unk>s
     assert sum(w == "<unk>" for w in words) < 0.05 * len(words)
+    # lddl_preprocess.py --sentencepiece-model's layout (the model as DATA/sentencepiece.model): BART's default
+    # GPT-2 word starts stopped on a missing encoder.json; they now say what to pass, and show_noise.py reads it
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    shutil.copy(tmp_path / "sp.model", tmp_path / "sentencepiece.model")
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path} is sentencepiece-encoded \(sentencepiece.model, no GPT-2 "
+                                                r"encoder.json\): pass --word-starts sentencepiece"):
+        task_on(tmp_path)
+    write_rows(tmp_path / "valid", rows[:3])
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path), "--n", "2",
+                           "--tokens-per-sample", "64"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.count(" clean: ") == 2, proc.stderr[-2000:]
+    clean = [line for line in proc.stdout.splitlines() if line.startswith("  clean: ")][0][len("  clean: "):]
+    assert clean.split()[:3] == sentences[0].split()[:3]  # decoded through the sentencepiece model
 
 
 def test_show_noise_reads_lddl_shards_as_training_noises_them(data_dir, sentences, tmp_path):
