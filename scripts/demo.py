@@ -226,7 +226,7 @@ def reconstruction(checkpoint: Path, papers: Path, examples: int, out: Path) -> 
     documents = []
     for line in papers.read_text(encoding="utf-8").splitlines():
         sentences = [detokenize(s) + ("" if s.rstrip().endswith(".") else " .") for s in line.split(" . ") if s.strip()]
-        documents.append([np.array([d.index(str(t)) for t in hub.bpe.encode(" " + s)]) for s in sentences])
+        documents.append([np.array([d.index(t) for t in hub.codec.symbols(" " + s)]) for s in sentences])
     samples = samples_from_sentences(documents, task.word_start(), task.noise, task.specials(),
                                      max_tokens=int(hub.cfg.task.tokens_per_sample), seed=1)
     model = score([model_predictions(hub.model, s, d.eos()) for s in samples], samples)
