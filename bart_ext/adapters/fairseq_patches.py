@@ -592,9 +592,13 @@ def describe_training_dictionary(task_cfg) -> str:
     if not names:
         return ""
     dictionary = os.path.join(folder, names[0])
-    bpe = all(os.path.isfile(os.path.join(folder, n)) for n in ("encoder.json", "vocab.bpe"))
+    tokenizer = ""
+    if all(os.path.isfile(os.path.join(folder, n)) for n in ("encoder.json", "vocab.bpe")):
+        tokenizer = f" --gpt2 {folder}"
+    elif os.path.isfile(os.path.join(folder, "sentencepiece.model")):
+        tokenizer = f" --sentencepiece-model {os.path.join(folder, 'sentencepiece.model')}"
     return (f" The checkpoint was trained with the dictionary {dictionary}: binarize the data with it "
-            f"(scripts/prepare_summarization.py --dict {dictionary}" + (f" --gpt2 {folder}" if bpe else "") + ").")
+            f"(scripts/prepare_summarization.py or prepare_roles.py --dict {dictionary}{tokenizer}).")
 
 
 def load_checkpoint_naming_the_cause(load_checkpoint):

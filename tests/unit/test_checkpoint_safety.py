@@ -284,9 +284,12 @@ def test_wrong_dictionary_names_the_checkpoints_own(tmp_path):
     assert str(err.value).endswith(
         f"The cause: DictionarySizeError: checkpoint has 4261 embedding rows (encoder.embed_tokens.weight) but ... "
         f"The checkpoint was trained with the dictionary {data / 'dict.txt'}: binarize the data with it "
-        f"(scripts/prepare_summarization.py --dict {data / 'dict.txt'} --gpt2 {data})."), str(err.value)
+        f"(scripts/prepare_summarization.py or prepare_roles.py --dict {data / 'dict.txt'} --gpt2 {data})."), str(err.value)
     (data / "vocab.bpe").unlink()  # a dictionary without the BPE files beside it: no --gpt2
     with pytest.raises(Exception, match=r"--dict \S+dict.txt\)\.$"):
+        load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=None), str(path))
+    (data / "sentencepiece.model").write_text("")  # sentencepiece shards' layout
+    with pytest.raises(Exception, match=r"--dict \S+dict.txt --sentencepiece-model \S+/sentencepiece.model\)\.$"):
         load_checkpoint_naming_the_cause(fairseqs)(SimpleNamespace(cfg=None), str(path))
     (data / "dict.txt").unlink()
     with pytest.raises(Exception, match=r"The cause: DictionarySizeError: checkpoint has 4261 embedding rows "
