@@ -209,10 +209,18 @@ class FolderCodec:
                                     "encoded with")
 
     def symbols(self, text: str) -> list[str]:
-        """The text's dictionary symbols (a leading space is the caller's: training data has one)."""
+        """The text's dictionary symbols (a leading space is the caller's: training data has one). Text that
+        does not start with a space continues a word, as GPT-2 encodes it: sentencepiece's word-start mark,
+        which it puts before every text, is taken off (``"<mask>."`` gave ``▁.``, where running text has ``.``)."""
         if self.bpe is not None:
             return [str(i) for i in self.bpe.encode(text)]
-        return self._sp.encode(text, out_type=str)
+        sp, pieces = self._sp, self._sp.encode(text, out_type=str)
+        if pieces and text[:1] and not text[:1].isspace():
+            if pieces[0] == "\u2581":
+                pieces = pieces[1:]
+            elif pieces[0].startswith("\u2581") and sp.piece_to_id(pieces[0][1:]) != sp.unk_id():
+                pieces[0] = pieces[0][1:]
+        return pieces
 
     def text(self, symbols: list[str]) -> str:
         """Text of dictionary symbols as fairseq writes them; other symbols (``<mask>``, ``<unk>``,
@@ -222,17 +230,20 @@ class FolderCodec:
         if self.bpe is not None:
             return gpt2_detokenize(symbols, self.bpe.decode)
         sp, out, run = self._sp, [], []
+
+        def flush() -> None:
+            if run:  # a space before the run where its first piece starts a word
+                out.append((" " if run[0].startswith("\u2581") else "") + sp.decode_pieces(run))
+                run.clear()
+
         for sym in symbols:
             if sp.piece_to_id(sym) != sp.unk_id():
                 run.append(sym)
                 continue
-            if run:
-                out.append(sp.decode_pieces(run))
-                run = []
+            flush()
             out.append(f" {sym}")
-        if run:
-            out.append(sp.decode_pieces(run))
-        return " ".join(part.strip() for part in out if part.strip())
+        flush()
+        return "".join(out).strip()
 
 
 def gpt2_dictionary_lines(encoder_json: Path | str) -> list[str]:

@@ -189,3 +189,38 @@ def test_show_noise_reads_lddl_shards_as_training_noises_them(data_dir, sentence
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("--- sample") == 6 and "(the valid split has 6 samples)" in proc.stdout
     assert proc.stdout.count("<mask>") >= 6 and proc.stdout.count(" clean: ") == 6
+
+
+def test_folder_codec_reads_gpt2_or_sentencepiece(data_dir, sentences, tmp_path):
+    """What the Python API, generate.py, classify.py and show_noise.py encode and decode with: GPT-2 ids as
+    fairseq writes them, or sentencepiece pieces; text that continues a word (after a <mask>) gets no
+    word-start mark; other symbols stay visible; a folder with neither is named."""
+    import shutil
+
+    from bart_ext.bpe import FolderCodec
+    from tests.helpers import sentencepiece_model
+
+    gpt2 = FolderCodec(data_dir / "gpt2")
+    encoder = GPT2Encoder(data_dir / "gpt2" / "encoder.json", data_dir / "gpt2" / "vocab.bpe")
+    text = " " + sentences[0]
+    assert gpt2.kind == "gpt2" and gpt2.symbols(text) == [str(i) for i in encoder.encode_batch([text])[0]]
+    assert gpt2.text(gpt2.symbols(text)) == sentences[0].strip()
+    assert gpt2.text(gpt2.symbols(" We") + ["<mask>"] + gpt2.symbols(".")) == "We <mask>."
+
+    (tmp_path / "corpus.txt").write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
+    folder = tmp_path / "sp"
+    folder.mkdir()
+    sp = sentencepiece_model(tmp_path / "corpus.txt", folder, 400)
+    shutil.copy(folder / "sp.model", folder / "sentencepiece.model")
+    codec = FolderCodec(folder)
+    assert codec.kind == "sentencepiece" and codec.bpe is None
+    assert codec.symbols(text) == sp.encode(text, out_type=str)
+    assert codec.text(codec.symbols(text)) == sp.decode(sp.encode(text))
+    # "a method." in running text is ... "▁method" "."; after a <mask>, "." must be the same "." piece
+    assert "." in sp.encode(" a method.", out_type=str) and codec.symbols(".") == ["."]
+    assert codec.symbols(" .")[0].startswith("\u2581")
+    assert codec.text(codec.symbols(" We") + ["<mask>"] + codec.symbols(".")) == "We <mask>."
+    (tmp_path / "none").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"encoder.json and .*vocab.bpe \(GPT-2 BPE\), or .*sentencepiece.model, "
+                                                r"not found"):
+        FolderCodec(tmp_path / "none")
