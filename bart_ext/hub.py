@@ -122,13 +122,16 @@ class BartHub:
                                  f"model's {limit} positions; shorten it (summarize and predict cut long texts)")
 
     @torch.no_grad()
-    def generate(self, rows: Sequence[Tensor], batch_size: int = 32, **settings) -> list[list[dict]]:
+    def generate(self, rows: Sequence[Tensor], batch_size: int = 32, progress: bool | None = None,
+                 **settings) -> list[list[dict]]:
         """fairseq's hypotheses (``tokens``, ``score``, ...) for each row of encoded input, best first.
 
         Args:
             rows: encoded inputs (``encode``).
             batch_size: inputs decoded at once, longest first (as fairseq's hub batches): a test set in one
                 call no longer goes through the model as one batch padded to its longest document.
+            progress: a progress bar on standard error (texts done, rate, time left); by default shown for
+                more than one batch when standard error is a terminal.
             settings: fairseq generation options (``beam``, ``lenpen``, ``max_len_b``, ``min_len``,
                 ``no_repeat_ngram_size``, ``match_source_len``, ...); ``<s>`` is forced first.
         """
@@ -147,12 +150,15 @@ class BartHub:
         generator = self.task.build_generator([self.model], gen)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         out: list[list[dict] | None] = [None] * len(rows)
-        for start in range(0, len(order), batch_size):
-            group = order[start: start + batch_size]
-            sample = self._batch([rows[i] for i in group])
-            prefix = sample["net_input"]["src_tokens"].new_full((len(group), 1), self.dictionary.bos())
-            for i, hypos in zip(group, self.task.inference_step(generator, [self.model], sample, prefix_tokens=prefix)):
-                out[i] = hypos
+        with _progress_bar(len(rows), batch_size, progress, "generate") as bar:
+            for start in range(0, len(order), batch_size):
+                group = order[start: start + batch_size]
+                sample = self._batch([rows[i] for i in group])
+                prefix = sample["net_input"]["src_tokens"].new_full((len(group), 1), self.dictionary.bos())
+                for i, hypos in zip(group, self.task.inference_step(generator, [self.model], sample,
+                                                                     prefix_tokens=prefix)):
+                    out[i] = hypos
+                bar.update(len(group))
         return out
 
     def _best(self, texts: Sequence[str] | str, method: str, verbose: bool = False, **settings) -> list[str] | str:
@@ -223,7 +229,7 @@ class BartHub:
 
     @torch.no_grad()
     def predict(self, head: str, texts: Sequence[str | tuple[str, ...]] | str | tuple[str, ...] | Tensor,
-                batch_size: int = 64) -> Tensor:
+                batch_size: int = 64, progress: bool | None = None) -> Tensor:
         """Logits ``(len(texts), num_classes)`` of classification head ``head`` (a model fine-tuned
         with ``--task sentence_prediction``); ``(num_classes,)`` for one string or one pair. A pair of texts
         (``(premise, hypothesis)``: MNLI, RTE, ...) is fed as fine-tuning fed ``input0`` and ``input1``:
@@ -234,7 +240,7 @@ class BartHub:
         ``texts`` may also be tokens, as fairseq's hub takes them (``predict('mnli', bart.encode(a, b))``):
         one row (1-D) or right-padded rows, fed as they are. Unlike fairseq's hub, which returns
         log-probabilities unless ``return_logits=True``, this returns logits (the same ``argmax``).
-        ``batch_size`` inputs go through the model at once."""
+        ``batch_size`` inputs go through the model at once; ``progress`` as in ``generate``."""
         from bart_ext.classify.predict import batches_by_eos
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -246,11 +252,13 @@ class BartHub:
         else:
             single, rows = isinstance(texts, (str, tuple)), self._text_rows(texts)
         logits: list[Tensor | None] = [None] * len(rows)
-        for group in batches_by_eos(rows, eos, batch_size):  # single texts and pairs apart, then in order
-            sample = self._batch([rows[i] for i in group])
-            out = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
-            for i, row in zip(group, out):
-                logits[i] = row
+        with _progress_bar(len(rows), batch_size, progress, "predict") as bar:
+            for group in batches_by_eos(rows, eos, batch_size):  # single texts and pairs apart, then in order
+                sample = self._batch([rows[i] for i in group])
+                out = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
+                for i, row in zip(group, out):
+                    logits[i] = row
+                bar.update(len(group))
         return logits[0] if single else torch.stack(logits)
 
     def _text_rows(self, texts) -> list[Tensor]:
@@ -333,6 +341,18 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
     hub = hub.to(device) if device else hub
     _choose_precision(hub.model, bf16, checkpoint)
     return hub
+
+
+def _progress_bar(total: int, batch_size: int, progress: bool | None, what: str):
+    """tqdm over ``total`` texts on standard error: shown when ``progress`` is True, or by default (None)
+    when the work takes more than one batch and standard error is a terminal."""
+    import sys
+
+    from tqdm import tqdm
+
+    show = progress if progress is not None else total > batch_size and sys.stderr.isatty()
+    return tqdm(total=total, desc=f"bart_ext {what}", unit=" texts", disable=not show, file=sys.stderr,
+                leave=False, dynamic_ncols=True)
 
 
 def _task_data(state: dict) -> str | None:

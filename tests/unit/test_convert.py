@@ -641,7 +641,7 @@ def test_hub_sample_and_translate_as_fairseqs_bart_hub(tmp_path, data_dir, caplo
         model.sample([texts[0], " "])
 
 
-def test_hub_decodes_and_classifies_many_texts_in_batches(tmp_path, data_dir, texts):
+def test_hub_decodes_and_classifies_many_texts_in_batches(tmp_path, data_dir, texts, capsys):
     """summarize, sample, fill_mask and predict sent every text through the model as one batch (a test set
     padded to its longest document, beam times over); now batch_size texts at a time, longest first, the
     results in the input's order and the same as one batch."""
@@ -668,6 +668,14 @@ def test_hub_decodes_and_classifies_many_texts_in_batches(tmp_path, data_dir, te
     for bad in (0, 2.0):
         with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, not {bad!r}"):
             model.sample(many, batch_size=bad)
+    # a progress bar on standard error, on request; by default only on a terminal (not here)
+    capsys.readouterr()
+    assert model.sample(many, batch_size=3, progress=True, **settings) == one
+    model.predict("c", many, batch_size=3, progress=True)
+    err = capsys.readouterr().err
+    assert "bart_ext generate:   0%|" in err and f"/{len(many)} [" in err and "bart_ext predict: " in err, err
+    model.sample(many, batch_size=3, **settings)
+    assert "bart_ext" not in capsys.readouterr().err
 
 
 def test_hub_names_a_text_longer_than_the_model_and_cuts_it_where_fairseq_tools_do(tmp_path, data_dir):
