@@ -402,6 +402,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.small:
         args.pretrain_updates, args.finetune_updates = SMALL_UPDATES
         args.finetune_lr = SMALL_FINETUNE_LR
+    # checked before minutes of pretraining, not at the step that uses them
+    for flag, value, ok in (("--pretrain-updates", args.pretrain_updates, args.pretrain_updates >= 1),
+                            ("--finetune-updates", args.finetune_updates, args.finetune_updates >= 1),
+                            ("--finetune-lr", args.finetune_lr, args.finetune_lr > 0),
+                            ("--examples", args.examples, args.examples >= 0),
+                            ("--bpe-merges", args.bpe_merges, 0 <= args.bpe_merges <= 50000)):
+        if not ok:
+            ap.error(f"{flag} {value}: expected " + {"--finetune-lr": "a positive learning rate",
+                                                    "--examples": "0 or more",
+                                                    "--bpe-merges": "0 (GPT-2's full BPE) to 50000 (GPT-2's merges)"}.get(
+                flag, "at least 1"))
 
     run = args.run_dir.resolve()
     data = args.data.resolve()

@@ -158,3 +158,21 @@ def test_train_lines_say_how_long_the_stage_has_left_at_the_pace_since_the_first
     # fairseq's json log writes numbers as strings without trailing zeros: one width for the column
     assert "loss 2.800  9,533 tokens/s" in train_progress(1000, clock=lambda: 0.0)(
         record("train_inner", num_updates=10, loss="2.8", wps="9533.2"))
+
+
+def test_settings_are_checked_before_anything_runs(tmp_path, capsys):
+    """--pretrain-updates 0 stopped fairseq after the data steps; --finetune-updates -1 and --finetune-lr 0
+    went through minutes of pretraining first. Each is refused at once, and nothing is written."""
+    import pytest
+
+    from scripts.demo import main
+
+    for args, said in ((["--pretrain-updates", "0"], "--pretrain-updates 0: expected at least 1"),
+                       (["--finetune-updates", "-1"], "--finetune-updates -1: expected at least 1"),
+                       (["--finetune-lr", "0"], "--finetune-lr 0.0: expected a positive learning rate"),
+                       (["--bpe-merges", "60000"], "--bpe-merges 60000: expected 0 (GPT-2's full BPE) to 50000"),
+                       (["--examples", "-1"], "--examples -1: expected 0 or more")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--run-dir", str(tmp_path / "run")])
+        assert exit_.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
