@@ -27,3 +27,13 @@ def run(main: Callable[[], object]) -> None:
         if not names_its_input(err) or os.environ.get("BART_EXT_TRACEBACK"):
             raise
         sys.exit(f"{Path(sys.argv[0]).name}: {err}")
+
+
+def check_at_least(parser, args, **minimums) -> None:
+    """argparse's own error (usage, exit status 2) for the first option below its minimum, before the script
+    does anything: ``check_at_least(ap, args, updates=1)`` checks ``--updates``; an option left at None
+    is not checked."""
+    for name, low in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} {value}: expected at least {low}")

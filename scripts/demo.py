@@ -48,6 +48,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.curves import parse_record, plot, read_log, time_left  # noqa: E402
 from bart_ext.summarization_data import load_preset  # noqa: E402
 
@@ -403,16 +404,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.pretrain_updates, args.finetune_updates = SMALL_UPDATES
         args.finetune_lr = SMALL_FINETUNE_LR
     # checked before minutes of pretraining, not at the step that uses them
-    for flag, value, ok in (("--pretrain-updates", args.pretrain_updates, args.pretrain_updates >= 1),
-                            ("--finetune-updates", args.finetune_updates, args.finetune_updates >= 1),
-                            ("--finetune-lr", args.finetune_lr, args.finetune_lr > 0),
-                            ("--examples", args.examples, args.examples >= 0),
-                            ("--bpe-merges", args.bpe_merges, 0 <= args.bpe_merges <= 50000)):
-        if not ok:
-            ap.error(f"{flag} {value}: expected " + {"--finetune-lr": "a positive learning rate",
-                                                    "--examples": "0 or more",
-                                                    "--bpe-merges": "0 (GPT-2's full BPE) to 50000 (GPT-2's merges)"}.get(
-                flag, "at least 1"))
+    check_at_least(ap, args, pretrain_updates=1, finetune_updates=1, examples=0, bpe_merges=0)
+    if not args.finetune_lr > 0:
+        ap.error(f"--finetune-lr {args.finetune_lr}: expected a positive learning rate")
+    if args.bpe_merges > 50000:
+        ap.error(f"--bpe-merges {args.bpe_merges}: expected 0 (GPT-2's full BPE) to 50000 (GPT-2's merges)")
 
     run = args.run_dir.resolve()
     data = args.data.resolve()

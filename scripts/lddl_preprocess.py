@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext import lddl_prep  # noqa: E402
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.bpe import GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines  # noqa: E402
 
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sentencepiece-model", type=Path, help="tokenize with sentencepiece instead of GPT-2 BPE")
     ap.add_argument("--nltk-data", type=Path, default=Path("data/nltk_data"), help="punkt tables (lddl engine)")
     args = ap.parse_args(argv)
+    # a sample holds <s>, </s> and at least one token; a local dask cluster of 0 workers waited forever
+    check_at_least(ap, args, target_seq_length=3, num_shards=1, valid_shards=1, workers=1)
     if not logging.getLogger().handlers:  # a caller's logging set-up wins
         logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)

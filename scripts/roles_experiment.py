@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.classify.predict import (  # noqa: E402
     accuracy, bootstrap, label_names, load_classifier, macro_f1, paired_difference, predict_split)
 from scripts.demo import hydra_train, say  # noqa: E402
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "roles")
     ap.add_argument("--small", action="store_true", help="CI: 4 papers per split, 20 updates, 200 resamples")
     args = ap.parse_args(argv)
+    check_at_least(ap, args, updates=1, rounds=1, seed=0)
     if not args.pretrained.exists():
         sys.exit(f"roles_experiment.py: pretrained checkpoint {args.pretrained} not found (run `make demo`, "
                  "or pass --pretrained)")

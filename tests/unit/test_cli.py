@@ -74,3 +74,24 @@ def test_benchmarks_of_indexed_data_refuse_lddl_shards(script, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"--data {tmp_path} holds LDDL shards; {script} ")
+
+
+@pytest.mark.parametrize("script, args, said", [
+    ("lddl_preprocess", ["--aclsum", "--target-seq-length", "2"], "--target-seq-length 2: expected at least 3"),
+    ("lddl_preprocess", ["--aclsum", "--workers", "0"], "--workers 0: expected at least 1"),
+    ("lddl_preprocess", ["--aclsum", "--num-shards", "0"], "--num-shards 0: expected at least 1"),
+    ("roles_experiment", ["--updates", "0"], "--updates 0: expected at least 1"),
+    ("roles_experiment", ["--rounds", "0"], "--rounds 0: expected at least 1"),
+])
+def test_numeric_options_are_checked_before_anything_runs(script, args, said, tmp_path, capsys):
+    """lddl_preprocess.py wrote shards for --target-seq-length 2 (and printed "--tokens-per-sample 2" to train
+    with), waited forever on a dask cluster of --workers 0 and stopped with a traceback on --num-shards 0;
+    roles_experiment.py fine-tuned into a failure with --updates 0. Each is refused at once, nothing written."""
+    import importlib
+
+    main = importlib.import_module(f"scripts.{script}").main
+    out = ["--out", str(tmp_path / "out")] if script == "lddl_preprocess" else ["--run-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, *out])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(said)
+    assert not (tmp_path / "out").exists()

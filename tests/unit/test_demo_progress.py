@@ -171,7 +171,7 @@ def test_settings_are_checked_before_anything_runs(tmp_path, capsys):
                        (["--finetune-updates", "-1"], "--finetune-updates -1: expected at least 1"),
                        (["--finetune-lr", "0"], "--finetune-lr 0.0: expected a positive learning rate"),
                        (["--bpe-merges", "60000"], "--bpe-merges 60000: expected 0 (GPT-2's full BPE) to 50000"),
-                       (["--examples", "-1"], "--examples -1: expected 0 or more")):
+                       (["--examples", "-1"], "--examples -1: expected at least 0")):
         with pytest.raises(SystemExit) as exit_:
             main([*args, "--run-dir", str(tmp_path / "run")])
         assert exit_.value.code == 2 and said in capsys.readouterr().err
