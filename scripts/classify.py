@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.classify.predict import open_classifier, predict_sentences  # noqa: E402
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                          "did; --no-prefix-space for data binarized with fairseq's own tools)")
     ap.add_argument("input", nargs="?", type=Path, help="one sentence per line (default: standard input)")
     args = ap.parse_args(argv)
+    check_at_least(ap, args, batch_size=1)
     if args.input is not None and not args.input.exists():
         sys.exit(f"classify.py: input {args.input} not found")
     try:

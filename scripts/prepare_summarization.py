@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.bpe import SENTENCEPIECE_MODEL, GPT2Encoder, SentencePieceEncoder, gpt2_dictionary_lines  # noqa: E402
 from bart_ext.files import read_lines, write_atomic  # noqa: E402
 from bart_ext.summarization_data import aclsum_pairs, binarize, encode_lines, read_pairs, write_pairs  # noqa: E402
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="redo every step")
     args = ap.parse_args(argv)
+    check_at_least(ap, args, workers=1)
 
     raw, bpe, bin_dir = args.out / "raw", args.out / "bpe", args.out / "bin"
     if args.force:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.rouge import METRICS, bootstrap, per_document  # noqa: E402
 from bart_ext.files import read_lines as read_text_lines  # noqa: E402
 from bart_ext.text import gpt2_detokenize  # noqa: E402
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the table as JSON")
     args = ap.parse_args(argv)
+    check_at_least(ap, args, bootstrap=1)
     hyps, refs = read_lines(args.hyp), read_lines(args.ref)
     if not hyps:
         raise SystemExit(f"rouge.py: {args.hyp} holds no summaries")

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.adapters.fairseq_lddl import LDDLDataset  # noqa: E402
 from bart_ext.bpe import SENTENCEPIECE_MODEL, FolderCodec  # noqa: E402
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.lddl_data import Epoch  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 
@@ -23,7 +24,7 @@ def decode(tokens, dictionary, codec) -> str:
     return codec.text([dictionary[t] for t in tokens.tolist() if t not in (dictionary.bos(), dictionary.eos())])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "aclsum" / "bin",
                     help="a fairseq-preprocess folder or LDDL shards (its valid/ split is shown)")
@@ -33,10 +34,8 @@ def main() -> None:
     ap.add_argument("--permute-sentences", type=float, default=1.0)
     ap.add_argument("--replace-length", type=int, default=1)
     ap.add_argument("--epoch", type=int, default=1)
-    args = ap.parse_args()
-    for name in ("n", "epoch"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    args = ap.parse_args(argv)
+    check_at_least(ap, args, n=1, epoch=1, tokens_per_sample=3)
     spm = (args.data / SENTENCEPIECE_MODEL).is_file() and not (args.data / "encoder.json").is_file()
     task = BartDenoisingTask.from_data(args.data, args.tokens_per_sample, mask=args.mask,
                                        permute_sentences=args.permute_sentences, replace_length=args.replace_length,

@@ -35,6 +35,7 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bart_ext.cli import check_at_least  # noqa: E402
 from bart_ext.curves import Curves, plot, read_log, time_left  # noqa: E402
 from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, check_override_keys, classify, expand,  # noqa: E402
                             hydra_value, load_ablation, tokens_per_update, write_tables)
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hydra-multirun", action="store_true", help="print the grid as a hydra multirun and exit")
     ap.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     args = ap.parse_args(argv)
+    check_at_least(ap, args, jobs=1)
 
     path = Path(args.ablation)
     if path.suffix != ".yaml":

@@ -82,15 +82,25 @@ def test_benchmarks_of_indexed_data_refuse_lddl_shards(script, tmp_path):
     ("lddl_preprocess", ["--aclsum", "--num-shards", "0"], "--num-shards 0: expected at least 1"),
     ("roles_experiment", ["--updates", "0"], "--updates 0: expected at least 1"),
     ("roles_experiment", ["--rounds", "0"], "--rounds 0: expected at least 1"),
+    ("classify", ["--path", "x.pt", "--batch-size", "0"], "--batch-size 0: expected at least 1"),
+    ("generate", ["data", "--preset", "xsum", "--path", "x.pt", "--batch-size", "0"], "--batch-size 0: expected at least 1"),
+    ("prepare_summarization", ["--workers", "0"], "--workers 0: expected at least 1"),
+    ("prepare_data", ["--workers", "0"], "--workers 0: expected at least 1"),
+    ("rouge", ["hyp", "ref", "--bootstrap", "0"], "--bootstrap 0: expected at least 1"),
+    ("sweep", ["preln_vs_postln", "--jobs", "0"], "--jobs 0: expected at least 1"),
+    ("show_noise", ["--n", "0"], "--n 0: expected at least 1"),
 ])
 def test_numeric_options_are_checked_before_anything_runs(script, args, said, tmp_path, capsys):
     """lddl_preprocess.py wrote shards for --target-seq-length 2 (and printed "--tokens-per-sample 2" to train
     with), waited forever on a dask cluster of --workers 0 and stopped with a traceback on --num-shards 0;
-    roles_experiment.py fine-tuned into a failure with --updates 0. Each is refused at once, nothing written."""
+    roles_experiment.py fine-tuned into a failure with --updates 0; classify.py (batch size), rouge.py
+    (bootstrap) and prepare_summarization.py (workers) stopped with tracebacks on a 0. Each is refused at
+    once, nothing written."""
     import importlib
 
     main = importlib.import_module(f"scripts.{script}").main
-    out = ["--out", str(tmp_path / "out")] if script == "lddl_preprocess" else ["--run-dir", str(tmp_path / "out")]
+    out = {"roles_experiment": ["--run-dir", str(tmp_path / "out")], "generate": ["--results-path", str(tmp_path / "out")],
+           "classify": [], "rouge": [], "show_noise": []}.get(script, ["--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as exit_:
         main([*args, *out])
     assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(said)
