@@ -37,3 +37,14 @@ def check_at_least(parser, args, **minimums) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} {value}: expected at least {low}")
+
+
+def progress_bar(total: int, batch_size: int, progress: bool | None, what: str):
+    """A tqdm bar over ``total`` texts on standard error (the Python API, scripts/classify.py): shown when
+    ``progress`` is True, or by default (None) when the work takes more than one batch and standard error is
+    a terminal."""
+    from tqdm import tqdm
+
+    show = progress if progress is not None else total > batch_size and sys.stderr.isatty()
+    return tqdm(total=total, desc=f"bart_ext {what}", unit=" texts", disable=not show, file=sys.stderr,
+                leave=False, dynamic_ncols=True)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bart_ext.cli import progress_bar
+
 MASK = "<mask>"
 logger = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ class BartHub:
         generator = self.task.build_generator([self.model], gen)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         out: list[list[dict] | None] = [None] * len(rows)
-        with _progress_bar(len(rows), batch_size, progress, "generate") as bar:
+        with progress_bar(len(rows), batch_size, progress, "generate") as bar:
             for start in range(0, len(order), batch_size):
                 group = order[start: start + batch_size]
                 sample = self._batch([rows[i] for i in group])
@@ -252,7 +254,7 @@ class BartHub:
         else:
             single, rows = isinstance(texts, (str, tuple)), self._text_rows(texts)
         logits: list[Tensor | None] = [None] * len(rows)
-        with _progress_bar(len(rows), batch_size, progress, "predict") as bar:
+        with progress_bar(len(rows), batch_size, progress, "predict") as bar:
             for group in batches_by_eos(rows, eos, batch_size):  # single texts and pairs apart, then in order
                 sample = self._batch([rows[i] for i in group])
                 out = self.model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
@@ -341,18 +343,6 @@ def load(checkpoint: str | Path, data: str | Path | None = None, device: str | N
     hub = hub.to(device) if device else hub
     _choose_precision(hub.model, bf16, checkpoint)
     return hub
-
-
-def _progress_bar(total: int, batch_size: int, progress: bool | None, what: str):
-    """tqdm over ``total`` texts on standard error: shown when ``progress`` is True, or by default (None)
-    when the work takes more than one batch and standard error is a terminal."""
-    import sys
-
-    from tqdm import tqdm
-
-    show = progress if progress is not None else total > batch_size and sys.stderr.isatty()
-    return tqdm(total=total, desc=f"bart_ext {what}", unit=" texts", disable=not show, file=sys.stderr,
-                leave=False, dynamic_ncols=True)
 
 
 def _task_data(state: dict) -> str | None:

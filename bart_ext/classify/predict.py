@@ -138,11 +138,14 @@ def batches_by_eos(rows: Sequence[torch.Tensor], eos: int, batch_size: int) -> l
 
 @torch.no_grad()
 def predict_sentences(model, task, head: str, sentences: Sequence[str | Sequence[str]], encode: Callable[[str], str],
-                      batch_size: int = 64) -> list[str]:
+                      batch_size: int = 64, progress: bool | None = None) -> list[str]:
     """Labels of raw ``sentences`` (a regression model's scores, as text); ``encode`` maps text to the data's
     BPE string (GPT-2 ids as words). An entry that is a pair of texts (``(premise, hypothesis)``: MNLI, RTE,
-    ...) is fed as fine-tuning fed ``input0`` and ``input1``."""
+    ...) is fed as fine-tuning fed ``input0`` and ``input1``. ``progress``: a progress bar on standard error
+    (``bart_ext.cli.progress_bar``; by default on a terminal for more than one batch)."""
     from fairseq.data import data_utils
+
+    from bart_ext.cli import progress_bar
 
     d = task.source_dictionary
     limit = model.max_positions()[0] if isinstance(model.max_positions(), tuple) else model.max_positions()
@@ -154,11 +157,13 @@ def predict_sentences(model, task, head: str, sentences: Sequence[str | Sequence
     regression = getattr(task.cfg, "regression_target", False)
     names = None if regression else label_names(task)
     out: list[str] = [""] * len(rows)
-    for batch in batches_by_eos(rows, d.eos(), batch_size):
-        src = data_utils.collate_tokens([rows[i] for i in batch], d.pad(), left_pad=False)
-        logits = model(src, src.ne(d.pad()).sum(1), features_only=True, classification_head_name=head)[0]
-        for i, row in zip(batch, logits):
-            out[i] = f"{float(row[0]):.4f}" if regression else names[int(row.argmax())]
+    with progress_bar(len(rows), batch_size, progress, "classify") as bar:
+        for batch in batches_by_eos(rows, d.eos(), batch_size):
+            src = data_utils.collate_tokens([rows[i] for i in batch], d.pad(), left_pad=False)
+            logits = model(src, src.ne(d.pad()).sum(1), features_only=True, classification_head_name=head)[0]
+            for i, row in zip(batch, logits):
+                out[i] = f"{float(row[0]):.4f}" if regression else names[int(row.argmax())]
+            bar.update(len(batch))
     return out
 
 

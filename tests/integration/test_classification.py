@@ -87,7 +87,7 @@ def classifier(roles, cli_env, tmp_path_factory) -> Path:
     return save / "checkpoint_best.pt"
 
 
-def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_path):
+def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_path, capsys):
     text = tmp_path / "in.txt"
     text.write_text("We propose a new parser.\n\nOur results improve the state of the art by 2 points.\n"
                     "We propose a new parser.\tIt improves the state of the art.\n")  # a pair (MNLI's layout)
@@ -113,6 +113,12 @@ def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_pa
         direct = fs_model(torch.cat([a.new_tensor([0]), a, b])[None], None, features_only=True,
                           classification_head_name=head)[0][0]
     assert torch.allclose(logits[2], direct, atol=1e-5)
+    from bart_ext.classify.predict import predict_sentences  # what classify.py runs, with its progress bar
+
+    capsys.readouterr()
+    labels = predict_sentences(fs_model, fs_task, head, [rows[0][1], rows[1][1]],
+                               lambda s: " ".join(model.codec.symbols(" " + s)), batch_size=1, progress=True)
+    assert labels == [rows[0][0], rows[1][0]] and "bart_ext classify:" in capsys.readouterr().err
     proc = __import__("subprocess").run(
         [sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(classifier), "--data", str(roles / "bin"),
          "--head", "mnli", str(text)], capture_output=True, text=True, env=cli_env, cwd=ROOT)
