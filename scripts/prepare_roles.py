@@ -12,10 +12,14 @@ Usage: python scripts/prepare_roles.py [--out data/aclsum_roles] [--dict data/ac
            [--gpt2 DIR]       (encoder.json, vocab.bpe; default GPT-2's own)
            [--sentencepiece-model M]   (a model pretrained on sentencepiece shards: its .model, with --dict)
            [--max-papers N]   (N papers per split, for tests)
-           [--raw DIR]        (your own DIR/{train,valid,test}.{input0,label} instead of aclsum's)
+           [--raw DIR]        (your own DIR/{train,valid,test}.{input0,label} instead of aclsum's;
+                               with DIR/{split}.input1 too, sentence pairs: DATA/bin/input1/)
+           [--regression]     (--raw's labels are numbers: DATA/bin/label/{split}.label as text, as
+                               fairseq's --regression-target reads them, and no label dictionary)
 
-Before binarizing, every split is checked: one label per sentence, and no valid/test label that
-train lacks; a failure names the file (and the line) and nothing is binarized.
+Before binarizing, every split is checked: one label per sentence (pair), no empty sentence, and no
+valid/test label that train lacks (with --regression: numbers, as many on every line); a failure
+names the file (and the line) and nothing is binarized.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.bpe import SENTENCEPIECE_MODEL, SentencePieceEncoder  # noqa: E402
-from bart_ext.classify.roles import LABELS, SPLITS, check_label_files, role_examples  # noqa: E402
+from bart_ext.classify.roles import (LABELS, SPLITS, are_numbers, check_label_files, has_pairs,  # noqa: E402
+                                     regression_targets, role_examples, shown)
 from bart_ext.files import read_lines, write_atomic  # noqa: E402
 from bart_ext.summarization_data import encode_lines  # noqa: E402
 from bart_ext.text import aclsum_split  # noqa: E402
@@ -93,8 +98,13 @@ def main(argv: list[str] | None = None) -> Path:
                     help="encode with the pretrained model's sentencepiece .model instead of GPT-2 BPE (copied into "
                          "DATA/bin for scripts/classify.py)")
     ap.add_argument("--raw", type=Path, default=None,
-                    help="your own {train,valid,test}.{input0,label} (one sentence / label per line) instead of aclsum's")
+                    help="your own {train,valid,test}.{input0,label} (one sentence / label per line) instead of aclsum's; "
+                         "with {split}.input1 too, sentence pairs (input0 and input1 line by line)")
+    ap.add_argument("--regression", action="store_true",
+                    help="--raw's labels are numbers (STS-B's kind): kept as text for --regression-target")
     args = ap.parse_args(argv)
+    if args.regression and args.raw is None:
+        ap.error("--regression needs --raw (aclsum's roles are classes)")
     if not args.dict.exists():
         raise SystemExit(f"prepare_roles.py: dictionary {args.dict} not found (run scripts/prepare_data.py, "
                          "or pass --dict with the pretrained model's dict.txt)")
@@ -103,7 +113,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.raw is None and not (raw / "test.label").exists():
         write_raw(wheels["aclsum"], raw, args.max_papers)
     try:
-        check_label_files(raw)
+        check_label_files(raw, regression=args.regression)
+        sides = ("input0", "input1") if has_pairs(raw) else ("input0",)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"prepare_roles.py: {e}") from None
     if args.sentencepiece_model is not None:
@@ -119,31 +130,49 @@ def main(argv: list[str] | None = None) -> Path:
                 raise SystemExit(f"prepare_roles.py: {gpt2 / name} not found (--gpt2 takes the folder with the "
                                  "pretrained model's encoder.json and vocab.bpe)")
         tokenizer_files = [gpt2 / "encoder.json", gpt2 / "vocab.bpe"]
-    bpe_stamp = vocabulary_stamp(*tokenizer_files, *(raw / f"{s}.input0" for s in SPLITS))
+    bpe_stamp = vocabulary_stamp(*tokenizer_files, *(raw / f"{s}.{side}" for side in sides for s in SPLITS))
     if not is_current(bpe, bpe_stamp):
         shutil.rmtree(bpe, ignore_errors=True)
         bpe.mkdir(parents=True)
-        for split in SPLITS:
-            if args.sentencepiece_model is not None:  # pieces, as the model's dictionary holds them
-                lines = read_lines(raw / f"{split}.input0")
-                write_atomic(bpe / f"{split}.input0",
-                             "".join(x + "\n" for x in encode_lines(lines, SentencePieceEncoder(args.sentencepiece_model))))
-            else:
-                bpe_encode(raw / f"{split}.input0", bpe / f"{split}.input0", gpt2, 1)
+        for side in sides:
+            for split in SPLITS:
+                if args.sentencepiece_model is not None:  # pieces, as the model's dictionary holds them
+                    lines = read_lines(raw / f"{split}.{side}")
+                    write_atomic(bpe / f"{split}.{side}", "".join(
+                        x + "\n" for x in encode_lines(lines, SentencePieceEncoder(args.sentencepiece_model))))
+                else:
+                    bpe_encode(raw / f"{split}.{side}", bpe / f"{split}.{side}", gpt2, 1)
         (bpe / "VOCAB").write_text(bpe_stamp)
-    bin_stamp = bpe_stamp + vocabulary_stamp(args.dict, *(raw / f"{s}.label" for s in SPLITS))
+    bin_stamp = (bpe_stamp + vocabulary_stamp(args.dict, *(raw / f"{s}.label" for s in SPLITS))
+                 + ("regression\n" if args.regression else ""))
     if not is_current(bin_dir, bin_stamp):
         log(f"binarizing the sentences in {args.dict}")
         shutil.rmtree(bin_dir, ignore_errors=True)
-        binarize({s: bpe / f"{s}.input0" for s in SPLITS}, bin_dir / "input0", args.dict)
-        binarize({s: raw / f"{s}.label" for s in SPLITS}, bin_dir / "label", None)
+        for side in sides:
+            binarize({s: bpe / f"{s}.{side}" for s in SPLITS}, bin_dir / side, args.dict)
+        if args.regression:  # fairseq's --regression-target reads label/{split}.label as text
+            (bin_dir / "label").mkdir(parents=True)
+            for split in SPLITS:
+                write_atomic(bin_dir / "label" / f"{split}.label",
+                             "".join(line.strip() + "\n" for line in read_lines(raw / f"{split}.label")))
+        else:
+            binarize({s: raw / f"{s}.label" for s in SPLITS}, bin_dir / "label", None)
         for f in tokenizer_files:  # scripts/classify.py encodes raw sentences with these
             shutil.copy(f, bin_dir / (SENTENCEPIECE_MODEL if f == args.sentencepiece_model else f.name))
         (bin_dir / "VOCAB").write_text(bin_stamp)
+    folders = ", ".join(f"{side}/" for side in (*sides, "label"))
+    if args.regression:
+        targets = regression_targets(raw / "train.label", read_lines(raw / "train.label"))
+        log(f"ready: {bin_dir} ({folders}: {targets} regression target{'s' if targets > 1 else ''} per example; fine-tune "
+            f"with task.num_classes={targets} task.regression_target=true criterion.regression_target=true)")
+        return bin_dir
     labels = [line.rsplit(" ", 1)[0] for line in (bin_dir / "label" / "dict.txt").read_text(encoding="utf-8").splitlines()
               if not line.startswith("madeupword")]
-    log(f"ready: {bin_dir} (input0/, label/: {len(labels)} labels, {', '.join(labels)}; fine-tune with "
+    log(f"ready: {bin_dir} ({folders}: {len(labels)} labels, {shown(labels)}; fine-tune with "
         f"task.num_classes={len(labels)})")
+    if len(labels) > 2 and all(map(are_numbers, labels)) and not all(x.lstrip("-").isdigit() for x in labels):
+        log(f"warning: the labels are numbers ({shown(labels)}), each trained as a class of its own: for a "
+            "regression task (STS-B's kind) pass --regression")
     return bin_dir
 
 

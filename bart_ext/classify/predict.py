@@ -100,9 +100,10 @@ def check_num_classes(task) -> None:
         return
     labels = training_labels(dictionary)
     if labels and cfg.num_classes != len(labels):
-        shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
+        from bart_ext.classify.roles import shown
+
         raise ValueError(f"task.num_classes={cfg.num_classes} (--num-classes), but {cfg.data}/label/dict.txt holds "
-                         f"{len(labels)} labels ({shown}): set task.num_classes={len(labels)}, or give the data folder the "
+                         f"{len(labels)} labels ({shown(labels)}): set task.num_classes={len(labels)}, or give the data folder the "
                          "model was trained with")
 
 

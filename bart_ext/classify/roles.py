@@ -60,37 +60,100 @@ def role_examples(records: Iterable[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def check_label_files(raw, splits=SPLITS) -> dict[str, int]:
-    """Check ``raw/{split}.input0`` against ``raw/{split}.label`` before binarization: one label per
-    sentence, and no label in valid/test that train lacks (fairseq builds the label dictionary from
-    train and would map it to ``<unk>``, a class the head does not have).
+def has_pairs(raw, splits=SPLITS) -> bool:
+    """Whether ``raw`` holds sentence pairs: ``{split}.input1`` beside every ``{split}.input0``.
+
+    Raises:
+        FileNotFoundError: some splits have an ``input1`` file and others lack it (names the missing one).
+    """
+    from pathlib import Path
+
+    raw = Path(raw)
+    present = {split: (raw / f"{split}.input1").is_file() for split in splits}
+    if any(present.values()) and not all(present.values()):
+        given = next(split for split, there in present.items() if there)
+        missing = next(split for split, there in present.items() if not there)
+        raise FileNotFoundError(f"{raw / f'{missing}.input1'} not found, but {raw / f'{given}.input1'} exists (sentence "
+                                "pairs need the second sentences of every split)")
+    return all(present.values())
+
+
+def regression_targets(labels, lines: list[str]) -> int:
+    """How many numbers each line of a regression label file holds (the task's ``num_classes``).
+
+    Raises:
+        ValueError: a line that is empty, not numbers, not finite, or of another count than the first
+            (names the file and the line).
+    """
+    import math
+
+    from bart_ext.files import InputError
+
+    count = None
+    for i, line in enumerate(lines, start=1):
+        try:
+            values = [float(v) for v in line.split()]
+        except ValueError:
+            raise InputError(f"{labels}, line {i}: {line.strip()!r} is not a number (--regression: every label "
+                             "line holds the example's target values)") from None
+        if not values or not all(math.isfinite(v) for v in values):
+            raise InputError(f"{labels}, line {i}: " + ("empty label" if not values else f"{line.strip()!r} is not finite")
+                             + " (--regression: every label line holds the example's target values)")
+        if count is None:
+            count = len(values)
+        elif len(values) != count:
+            raise InputError(f"{labels}, line {i}: {len(values)} values where line 1 holds {count} (every example has "
+                             "the same number of regression targets)")
+    return count or 0
+
+
+def check_label_files(raw, splits=SPLITS, regression: bool = False) -> dict[str, int]:
+    """Check ``raw/{split}.input0`` (and ``.input1``, for sentence pairs) against ``raw/{split}.label``
+    before binarization: one label per example, no empty sentence, and no label in valid/test that
+    train lacks (fairseq builds the label dictionary from train and would map it to ``<unk>``, a class
+    the head does not have). With ``regression``, labels are numbers (fairseq's ``--regression-target``
+    reads them as text), the same count on every line.
 
     Returns:
         split -> number of examples.
 
     Raises:
         FileNotFoundError: a split's file is missing (names it).
-        ValueError: line counts differ, an empty sentence, a label that is not one word, or an unknown
-            label (names the file, the line and the label).
+        ValueError: line counts differ, an empty sentence, a label that is not one word (or, with
+            ``regression``, not numbers), or an unknown label (names the file, the line and the label).
     """
     from pathlib import Path
 
     from bart_ext.files import InputError, read_lines
 
     raw = Path(raw)
-    counts, known = {}, None
+    sides = ("input0", "input1") if has_pairs(raw, splits) else ("input0",)
+    counts, known, targets = {}, None, None
     for split in splits:
-        inputs, labels = raw / f"{split}.input0", raw / f"{split}.label"
-        for f in (inputs, labels):
+        inputs, labels = [raw / f"{split}.{side}" for side in sides], raw / f"{split}.label"
+        for f in (*inputs, labels):
             if not f.is_file():
                 raise FileNotFoundError(f"{f} not found")
-        sentences, lines = read_lines(inputs), read_lines(labels)
-        n_in = len(sentences)
+        lines = read_lines(labels)
+        n_in = None
+        for f in inputs:
+            sentences = read_lines(f)
+            if n_in is None:
+                n_in = len(sentences)
+            elif len(sentences) != n_in:
+                raise InputError(f"{f}: {len(sentences)} sentences for {n_in} in {inputs[0]} (one pair per line)")
+            for i, sentence in enumerate(sentences, start=1):
+                if not sentence.strip():
+                    raise InputError(f"{f}, line {i}: empty sentence (every example needs text)")
         if n_in != len(lines):
-            raise InputError(f"{labels}: {len(lines)} labels for {n_in} sentences in {inputs}")
-        for i, sentence in enumerate(sentences, start=1):
-            if not sentence.strip():
-                raise InputError(f"{inputs}, line {i}: empty sentence (every example needs text)")
+            raise InputError(f"{labels}: {len(lines)} labels for {n_in} sentences in {inputs[0]}")
+        counts[split] = n_in
+        if regression:
+            count = regression_targets(labels, lines)
+            if targets is not None and count and count != targets:
+                raise InputError(f"{labels}: {count} values per line where train's labels hold {targets}")
+            targets = targets or count
+            continue
         for i, label in enumerate(lines, start=1):
             # fairseq-preprocess splits a label line at whitespace: "very positive" became two labels, and
             # the batch's targets two sizes (a crash at the first update); an empty line, no label
@@ -98,7 +161,9 @@ def check_label_files(raw, splits=SPLITS) -> dict[str, int]:
                 raise InputError(f"{labels}, line {i}: label {label!r} is " + (
                     "empty" if not label.strip() else "more than one word") + ": a label is one word without "
                     "spaces (fairseq-preprocess splits a line at whitespace), e.g. " + repr("_".join(label.split())
-                                                                                             or "none"))
+                                                                                             or "none")
+                    + ("" if len(label.split()) < 2 or not are_numbers(label) else
+                       " (numbers for a regression task: pass --regression)"))
         lines = [label.strip() for label in lines]
         if known is None:
             known = set(lines)
@@ -106,6 +171,19 @@ def check_label_files(raw, splits=SPLITS) -> dict[str, int]:
             for i, label in enumerate(lines, start=1):
                 if label not in known:
                     raise InputError(f"{labels}, line {i}: label {label!r} does not occur in the training labels "
-                                     f"({', '.join(sorted(known))})")
-        counts[split] = n_in
+                                     f"({shown(sorted(known))})" + (" (numbers for a regression task: pass --regression)"
+                                                                  if all(map(are_numbers, known | {label})) else ""))
     return counts
+
+
+def shown(labels: list[str], most: int = 10) -> str:
+    """The first ``most`` labels, comma-separated, and "..." for the rest."""
+    return ", ".join(labels[:most]) + (", ..." if len(labels) > most else "")
+
+
+def are_numbers(text: str) -> bool:
+    """Whether ``text`` is one or more numbers separated by whitespace."""
+    try:
+        return bool([float(v) for v in text.split()])
+    except ValueError:
+        return False

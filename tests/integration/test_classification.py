@@ -185,29 +185,32 @@ def test_a_transformers_classifier_comes_back_and_fine_tunes(classifier, roles, 
 
 
 def pair_data(roles: Path, root: Path, cli_env, regression: bool) -> Path:
-    """Sentence pairs from the role data: (sentence, next sentence), labels 'same'/'different' role or
-    a score in [0, 5]."""
+    """Sentence pairs from the role data, as a user's own: (sentence, next sentence), labels 'same'/'different'
+    role or a score in [0, 5], through ``prepare_roles.py --raw`` (``.input1`` files make pairs; ``--regression``
+    keeps the scores as text)."""
     raw = root / "raw"
     raw.mkdir(parents=True)
     for split in ("train", "valid", "test"):
-        bpe = (roles / "bpe" / f"{split}.input0").read_text().splitlines()
+        sentences = (roles / "raw" / f"{split}.input0").read_text(encoding="utf-8").splitlines()
         labels = (roles / "raw" / f"{split}.label").read_text().splitlines()
-        n = min(len(bpe) - 1, 40)
-        (raw / f"{split}.input0").write_text("\n".join(bpe[:n]) + "\n")
-        (raw / f"{split}.input1").write_text("\n".join(bpe[1 : n + 1]) + "\n")
+        n = min(len(sentences) - 1, 40)
+        (raw / f"{split}.input0").write_text("\n".join(sentences[:n]) + "\n", encoding="utf-8")
+        (raw / f"{split}.input1").write_text("\n".join(sentences[1 : n + 1]) + "\n", encoding="utf-8")
         same = [labels[i] == labels[i + 1] for i in range(n)]
         text = [f"{5.0 * s:.1f}" for s in same] if regression else ["same" if s else "different" for s in same]
         (raw / f"{split}.label").write_text("\n".join(text) + "\n")
+    printed = run([sys.executable, str(ROOT / "scripts" / "prepare_roles.py"), "--raw", str(raw), "--out", str(root),
+                   "--dict", str(roles / "bin" / "input0" / "dict.txt"), "--gpt2", str(roles / "bin"),
+                   *(["--regression"] if regression else [])], cli_env)
     out = root / "bin"
-    for side in ("input0", "input1") + (() if regression else ("label",)):
-        dict_args = [] if side == "label" else ["--srcdict", str(roles / "bin" / "input0" / "dict.txt")]
-        run(["fairseq-preprocess", "--only-source", "--trainpref", str(raw / f"train.{side}"), "--validpref",
-             str(raw / f"valid.{side}"), "--testpref", str(raw / f"test.{side}"), "--destdir", str(out / side),
-             "--workers", "1", *dict_args], cli_env)
-    if regression:  # fairseq reads regression targets as text
-        (out / "label").mkdir()
-        for split in ("train", "valid", "test"):
-            (out / "label" / f"{split}.label").write_text((raw / f"{split}.label").read_text())
+    assert (("1 regression target per example; fine-tune with task.num_classes=1 task.regression_target=true"
+             if regression else "2 labels") in printed), printed
+    for split in ("train", "valid", "test"):  # each side binarized line by line
+        for side in ("input0", "input1"):
+            assert (out / side / f"{split}.idx").is_file()
+        if regression:  # fairseq reads regression targets as text
+            assert (out / "label" / f"{split}.label").read_text() == (raw / f"{split}.label").read_text()
+    assert not regression or not (out / "label" / "dict.txt").exists()
     return out
 
 
@@ -260,12 +263,8 @@ def test_glue_configs_train_pairs_and_regression(roles, cli_env, tmp_path, confi
         return
     # classify.py scores pairs with a regression model (it stopped on the missing label/dict.txt), its
     # data folder taken from the checkpoint when --data is left out
-    import shutil
-
     import bart_ext
 
-    for name in ("encoder.json", "vocab.bpe"):
-        shutil.copy(roles / "bin" / name, data / name)
     pairs = [("We propose a new parser.", "It improves the state of the art."), ("Our results hold.", "We fail.")]
     (tmp_path / "pairs.txt").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
     printed = run([sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(tmp_path / "ckpt" / "checkpoint_last.pt"),
@@ -305,10 +304,6 @@ def exported_pairs_read_as_trained(ckpt: Path, data: Path, roles: Path, out: Pat
         sample = dataset.collater([dataset[i] for i in range(6)])
         ours = model(**sample["net_input"], features_only=True, classification_head_name=head)[0]
     torch.testing.assert_close(logits, ours, atol=1e-5, rtol=1e-5)
-    import shutil
-
-    for name in ("encoder.json", "vocab.bpe"):  # the pair data's own labels, with the roles' BPE files
-        shutil.copy(roles / "bin" / name, data / name)
     hub = bart_ext.load(ckpt, data=data)  # the Python API reads the pairs the same way
     torch.testing.assert_close(hub.predict(head, list(zip(firsts, seconds))), ours, atol=1e-5, rtol=1e-5)
 

@@ -12,7 +12,8 @@ from fairseq.models.bart.model import bart_base_architecture
 
 from bart_ext.classify.heads import last_eos_states, roll_right
 from bart_ext.classify.predict import accuracy, bootstrap, macro_f1, paired_difference
-from bart_ext.classify.roles import check_label_files, detokenize, label_of, role_examples
+from bart_ext.classify.roles import (check_label_files, detokenize, has_pairs, label_of, regression_targets,
+                                     role_examples)
 from tests.helpers import dictionary, fake_task, preln_args
 from user_dir.bart_preln import BartPreln
 
@@ -175,6 +176,48 @@ def test_label_files_are_checked_before_binarization(tmp_path):
     (tmp_path / "valid.label").unlink()
     with pytest.raises(FileNotFoundError, match="valid.label not found"):
         check_label_files(tmp_path)
+
+
+def test_pair_and_regression_label_files_are_checked(tmp_path):
+    """Sentence pairs (``.input1`` beside ``.input0``) and numeric labels (``--regression``) of one's own data:
+    a second side that some splits lack, or of another length, an empty second sentence, and labels that are
+    not numbers, not finite, or of differing counts are refused naming the file and line."""
+    for split, n in (("train", 3), ("valid", 1), ("test", 2)):
+        for side in ("input0", "input1"):
+            (tmp_path / f"{split}.{side}").write_text("".join(f"{side} sentence {i}\n" for i in range(n)))
+        (tmp_path / f"{split}.label").write_text("".join(f"{0.5 * i}\n" for i in range(n)))
+    assert has_pairs(tmp_path)
+    assert check_label_files(tmp_path, regression=True) == {"train": 3, "valid": 1, "test": 2}
+    assert regression_targets(tmp_path / "train.label", ["1 2.5", "0 -1e-3"]) == 2
+    # a regression file read as classes: valid's 0.0 is a class of train's, test's 0.5 too; a score train
+    # lacks is named with the flag to pass
+    (tmp_path / "test.label").write_text("0.0\n4.75\n")
+    with pytest.raises(ValueError, match=r"test.label, line 2: label '4.75' does not occur in the training labels "
+                                         r"\(0.0, 0.5, 1.0\) \(numbers for a regression task: pass --regression\)"):
+        check_label_files(tmp_path)
+    for rows, said in ((["1.0", "high"], r"line 2: 'high' is not a number"),
+                       (["1.0", "nan"], r"line 2: 'nan' is not finite"),
+                       (["1.0", ""], r"line 2: empty label"),
+                       (["1.0", "1.0 2.0"], r"line 2: 2 values where line 1 holds 1")):
+        (tmp_path / "test.label").write_text("".join(r + "\n" for r in rows))
+        with pytest.raises(ValueError, match=r"test.label, " + said):
+            check_label_files(tmp_path, regression=True)
+    (tmp_path / "test.label").write_text("1.0 2.0\n3 4\n")
+    with pytest.raises(ValueError, match=r"test.label: 2 values per line where train's labels hold 1"):
+        check_label_files(tmp_path, regression=True)
+    (tmp_path / "test.label").write_text("1\n2\n")
+    (tmp_path / "test.input1").write_text("only one\n")
+    with pytest.raises(ValueError, match=r"test.input1: 1 sentences for 2 in .*test.input0 \(one pair per line\)"):
+        check_label_files(tmp_path, regression=True)
+    (tmp_path / "test.input1").write_text("one\n \n")
+    with pytest.raises(ValueError, match=r"test.input1, line 2: empty sentence"):
+        check_label_files(tmp_path, regression=True)
+    (tmp_path / "valid.input1").unlink()
+    with pytest.raises(FileNotFoundError, match=r"valid.input1 not found, but .*train.input1 exists"):
+        check_label_files(tmp_path, regression=True)
+    for split in ("train", "test"):  # no second side anywhere: single sentences
+        (tmp_path / f"{split}.input1").unlink()
+    assert not has_pairs(tmp_path) and check_label_files(tmp_path, regression=True) == {"train": 3, "valid": 1, "test": 2}
 
 
 def test_num_classes_must_be_the_number_of_labels(tmp_path):
