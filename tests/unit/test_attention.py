@@ -144,7 +144,10 @@ def test_a_bf16_model_step_takes_it_and_matches_sdpas_gradients(monkeypatch):
     assert len(calls) == 6  # 2 encoder self-attentions, 2 decoder self- and 2 cross-attentions
     for name, g in grads["torch"].items():
         if name.endswith("k_proj.bias"):  # 0 in exact arithmetic (a softmax ignores a shift of all its scores)
-            assert grads["auto"][name].norm() < 1e-3 * grads["auto"][name.replace("bias", "weight")].norm()
+            # so bf16 rounding noise: at most 1.1e-3 of the weight's gradient norm with SDPA's backward as with
+            # ours (5 seeds, an AVX2 CPU emulating bf16), where a gradient that is not 0 (q_proj.bias) is 0.4-0.75
+            # of it. Bounded by bf16's unit roundoff, 2**-8 (a 1e-3 bound failed at 1.006e-3 on that CPU).
+            assert grads["auto"][name].norm() < 2**-8 * grads["auto"][name.replace("bias", "weight")].norm()
             continue
         diff = float((grads["auto"][name] - g).norm() / g.norm())
         assert diff < 2e-2, (name, diff)
