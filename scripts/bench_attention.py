@@ -12,7 +12,10 @@ between the two, alternating over rounds; figures are medians.
 3. with ``--steps N``: a mid-size bf16 training step (bench_train.py's ``bf16+fused``): seconds per
    step over its batches.
 
-Usage: python scripts/bench_attention.py [--reps 30] [--steps 2 --rounds 5]
+Usage: python scripts/bench_attention.py [--reps 30] [--steps 2 --rounds 5] [--anyway]
+
+On a CPU without bf16 instructions (AVX2 only) nothing runs unless --anyway: PyTorch emulates
+bf16 there.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.attention import attention  # noqa: E402
+from bart_ext.hardware import EMULATED_BF16, bf16_emulated  # noqa: E402
 from scripts.bench_dropout import _timed as median_seconds  # noqa: E402
 
 SETTINGS = ("torch", "auto")
@@ -120,7 +124,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--steps", type=int, default=0, help="also time mid-size bf16 training steps (batches per round)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--anyway", action="store_true", help="run where bf16 is emulated too")
     args = ap.parse_args()
+    if bf16_emulated() and not args.anyway:
+        print(f"bench_attention: {EMULATED_BF16}: timings of bf16 attention say nothing there; nothing run "
+              "(--anyway to run it)")
+        return
     bench_calls(args.reps)
     bench_exp(args.reps)
     if args.steps:

@@ -13,6 +13,9 @@ in a batch of summaries of different lengths: both computations give them no los
 also leaves them out of its matmuls.
 
 Usage: python scripts/bench_loss.py [--rounds 7] [--shapes mid,base] [--dtypes fp32,bf16] [--pad-share 0.25]
+
+On a CPU without bf16 instructions (AVX2 only) ``--dtypes`` defaults to fp32: emulated bf16 took
+minutes a call there (name bf16 to run it anyway).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bart_ext.hardware import EMULATED_BF16, bf16_emulated  # noqa: E402
 from bart_ext.losses import fused_linear_cross_entropy, reference_linear_cross_entropy  # noqa: E402
 
 SHAPES = {"mid": (2048, 512, 18617), "base": (2048, 768, 50265)}
@@ -44,12 +48,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--shapes", default="mid,base")
-    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--dtypes", default=None, help="default fp32,bf16 (fp32 where bf16 is emulated)")
     ap.add_argument("--pad-share", type=float, default=0.0, help="share of target tokens that are padding")
     args = ap.parse_args()
     if not 0.0 <= args.pad_share < 1.0:
         raise SystemExit(f"--pad-share: {args.pad_share} is not in [0, 1)")
     impls = {"unfused": reference_linear_cross_entropy, "fused": fused_linear_cross_entropy}
+    if args.dtypes is None:
+        args.dtypes = "fp32,bf16"
+        if bf16_emulated():
+            args.dtypes = "fp32"
+            print(f"bf16 left out: {EMULATED_BF16} (pass --dtypes fp32,bf16 to run it anyway)", flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per forward + backward, "
           f"median of {args.rounds} rounds; {args.pad_share:.0%} of target tokens are padding")
     for shape in args.shapes.split(","):

@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.adam import Adam as BartAdam  # noqa: E402
 from bart_ext.adapters.fairseq_denoising import is_lddl  # noqa: E402
-from bart_ext.hardware import cpu_bf16_matmul, matmul_gflops  # noqa: E402
+from bart_ext.hardware import EMULATED_BF16, bf16_emulated, cpu_bf16_matmul, matmul_gflops  # noqa: E402
 from user_dir.bart_cross_entropy import BartCrossEntropy  # noqa: E402
 from user_dir.bart_denoising import BartDenoisingTask  # noqa: E402
 from user_dir.bart_preln import BartPreln  # noqa: E402
@@ -182,10 +182,9 @@ def chosen_configs(names: str | None) -> tuple[str, ...]:
             raise SystemExit(f"--configs: unknown {', '.join(sorted(unknown))} (known: {', '.join(CONFIGS)})")
         want = {"stock", "fp32", *names.split(",")}
         return tuple(c for c in CONFIGS if c in want)
-    if torch.cuda.is_available() or cpu_bf16_matmul() is not False:
+    if not bf16_emulated():
         return CONFIGS
-    log("  bf16 configurations left out: this CPU has no bf16 matrix instructions (AVX512-BF16/AMX), where PyTorch "
-        "emulates bf16 matmuls (name them in --configs to run them anyway)")
+    log(f"  bf16 configurations left out: {EMULATED_BF16} (name them in --configs to run them anyway)")
     return tuple(c for c in CONFIGS if "bf16" not in c)
 
 

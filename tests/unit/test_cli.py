@@ -105,3 +105,40 @@ def test_numeric_options_are_checked_before_anything_runs(script, args, said, tm
         main([*args, *out])
     assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(said)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cuda,native,emulated", [(False, False, True), (False, True, False), (False, None, False),
+                                                  (True, False, False)])
+def test_bf16_counts_as_emulated_only_on_a_cpu_whose_flags_lack_it(monkeypatch, cuda, native, emulated):
+    import torch
+
+    from bart_ext import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(hardware, "cpu_bf16_matmul", lambda: native)
+    assert hardware.bf16_emulated() is emulated
+
+
+def test_bf16_benchmarks_leave_out_emulated_bf16(monkeypatch, capsys):
+    """On an AVX2-only CPU, bench_loss.py's default bf16 rows took minutes a call (emulated bf16) and
+    bench_attention.py measured emulation: the first runs fp32 only and the second nothing, each saying
+    why; bf16 named explicitly still runs."""
+    from scripts import bench_attention, bench_loss
+
+    monkeypatch.setattr(bench_loss, "SHAPES", {"mid": (16, 8, 40)})
+    for module in (bench_loss, bench_attention):
+        monkeypatch.setattr(module, "bf16_emulated", lambda: True)
+    monkeypatch.setattr(sys, "argv", ["bench_loss.py", "--rounds", "1", "--shapes", "mid"])
+    bench_loss.main()
+    out = capsys.readouterr().out
+    assert "bf16 left out: this CPU has no bf16 matrix instructions" in out
+    assert [line.split()[6] for line in out.splitlines() if line.startswith("  mid")] == ["fp32"]
+    monkeypatch.setattr(sys, "argv", ["bench_loss.py", "--rounds", "1", "--shapes", "mid", "--dtypes", "fp32,bf16"])
+    bench_loss.main()
+    out = capsys.readouterr().out
+    assert "left out" not in out and [line.split()[6] for line in out.splitlines() if line.startswith("  mid")] == [
+        "fp32", "bf16"]
+    monkeypatch.setattr(bench_attention, "bench_calls", lambda reps: pytest.fail("ran with emulated bf16"))
+    monkeypatch.setattr(sys, "argv", ["bench_attention.py"])
+    bench_attention.main()
+    assert "nothing run (--anyway to run it)" in capsys.readouterr().out
