@@ -3,7 +3,8 @@
 
 Reads one sentence per line (FILE, or standard input) and prints ``label<TAB>line`` (a regression model,
 STS-B's kind: its score); a line with a tab is a pair of sentences (``premise<TAB>hypothesis``, for MNLI,
-RTE, ... fine-tuned on ``input0/`` and ``input1/``). The sentences are GPT-2 BPE-encoded with DATA's
+RTE, ... fine-tuned on ``input0/`` and ``input1/``; a line without a tab for such a model, whose DATA
+holds ``input1/``, is read as one text and warned about). The sentences are GPT-2 BPE-encoded with DATA's
 ``encoder.json`` / ``vocab.bpe`` (or with its ``sentencepiece.model``) as the training data was: a space before each text's first word, as
 scripts/prepare_roles.py gives it (a ``convert.py from-hf`` import not trained since: as its source
 tokenizer did; ``--no-prefix-space`` for data binarized with fairseq's own tools, such as its GLUE
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     # "\n" ends a sentence's line, not U+2028 and the other breaks str.splitlines knows (files.read_lines)
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     inputs = [tuple(p.strip() for p in line.split("\t")) if "\t" in line else line for line in lines]
+    singles = [i for i, x in enumerate(inputs, start=1) if isinstance(x, str)]
+    if singles and (args.data / "input1").is_dir():  # fine-tuned on pairs: a line without its tab is a slip
+        print(f"classify.py: warning: {len(singles)} of {len(lines)} lines have no tab (the first: line {singles[0]}), "
+              f"but the model was fine-tuned on sentence pairs ({args.data / 'input1'}/): each is read as one text, "
+              "not as premise<TAB>hypothesis", file=sys.stderr)
     space = " " if (leading_space if args.prefix_space is None else args.prefix_space) else ""
     labels = predict_sentences(model, task, head, inputs,
                                lambda s: " ".join(codec.symbols(space + s)), args.batch_size)

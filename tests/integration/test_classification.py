@@ -272,6 +272,12 @@ def test_glue_configs_train_pairs_and_regression(roles, cli_env, tmp_path, confi
     scores = [float(line.split("\t")[0]) for line in printed.splitlines() if line.count("\t") == 2]
     want = bart_ext.load(tmp_path / "ckpt" / "checkpoint_last.pt").predict("sentence_classification_head", pairs)
     assert want.shape == (2, 1) and scores == pytest.approx(want[:, 0].tolist(), abs=1e-4)
+    assert "warning" not in printed
+    # a line without its tab, for a model fine-tuned on pairs (its data has input1/), is read as one text, with a warning
+    (tmp_path / "mixed.txt").write_text("We propose a new parser.\nOur results hold.\tWe fail.\n")
+    printed = run([sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(tmp_path / "ckpt" / "checkpoint_last.pt"),
+                   str(tmp_path / "mixed.txt")], cli_env)
+    assert f"warning: 1 of 2 lines have no tab (the first: line 1), but the model was fine-tuned on sentence pairs ({data / 'input1'}/)" in printed
 
 
 def exported_pairs_read_as_trained(ckpt: Path, data: Path, roles: Path, out: Path) -> None:
