@@ -8,10 +8,10 @@
     4. fine-tuning on aclsum summarization from that checkpoint, its position rows beyond the 64
        pretrained ones filled from the trained ones (bart_ext/positions.py, --position-fill), and
        the same model from random initialisation with the same budget and settings
-       (configs/finetune/aclsum.yaml, at lr 2e-4)
+       (configs/finetune/aclsum.yaml, at lr 2e-4); the two run side by side, half the cores each
     5. fairseq-generate on the 100 test papers with the CNN-DM preset (scripts/generate.py --preset
        cnn_dm: aclsum's summaries are three sentences, about 67 words, as CNN-DM's are, not one as
-       XSum's) for both; ROUGE-1/2/L with 95% bootstrap intervals beside lead-1 and lead-3
+       XSum's) for both, side by side; ROUGE-1/2/L with 95% bootstrap intervals beside lead-1 and lead-3
     6. a table, runs/demo/summary.json, and one PNG with the loss curves and the ROUGE bars
 
 The test papers are held out of the pretraining text (scripts/prepare_data.py). A model this
@@ -41,7 +41,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -124,24 +126,59 @@ def say(msg: str) -> None:
 def stream(cmd: list[str], log: Path, show, append: bool = False) -> int:
     """Run ``cmd``; every output line goes to ``log`` (after what it holds when ``append``), and
     ``show(line)`` decides what is printed."""
-    with open(log, "a" if append else "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                f.write(line)
-                shown = show(line)
-                if shown:
+    return stream_together([(cmd, log, show, append)])[0]
+
+
+def stream_together(jobs: list[tuple[list[str], Path, object, bool]], threads: int | None = None,
+                    on_exit=None) -> list[int]:
+    """Run the jobs' commands at once, each ``(cmd, log, show, append)`` as ``stream`` runs one, and
+    return their exit codes in order. ``threads``: each child's OMP/MKL threads. ``on_exit(i, rc)``
+    is called here as job ``i`` ends. Interrupted (Ctrl-C, an error in ``on_exit``), the children
+    still running are stopped first: none may go on writing into the run folder."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    lock = threading.Lock()
+    procs: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
+    files = []
+
+    def pump(proc: subprocess.Popen, f, show) -> None:
+        for line in proc.stdout:
+            f.write(line)
+            shown = show(line)
+            if shown:
+                with lock:
                     print(shown, flush=True)
-        finally:  # interrupted: no child may go on writing into the run folder
+
+    try:
+        for cmd, log, show, append in jobs:
+            files.append(open(log, "a" if append else "w"))
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          cwd=ROOT, env=env))
+            readers.append(threading.Thread(target=pump, args=(procs[-1], files[-1], show), daemon=True))
+            readers[-1].start()
+        rcs: list[int | None] = [None] * len(jobs)
+        while None in rcs:
+            for i, reader in enumerate(readers):
+                reader.join(timeout=0.1)
+                if rcs[i] is None and not reader.is_alive():
+                    rcs[i] = procs[i].wait()
+                    if on_exit is not None:
+                        on_exit(i, rcs[i])
+        return rcs
+    finally:
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        return proc.wait()
+        for reader in readers:
+            reader.join(timeout=5)
+        for f in files:
+            f.close()
 
 
 def train_progress(total: int, clock=time.time):
@@ -174,6 +211,15 @@ def train_progress(total: int, clock=time.time):
     return show
 
 
+def labelled(label: str, show):
+    """``show`` for one of several runs printing at once: its lines begin with ``label``."""
+    def shown(line: str) -> str | None:
+        out = show(line)
+        return f"  {label:<13}{out.strip()}" if out else None
+
+    return shown
+
+
 def show_fill_mask(checkpoint: Path, papers: Path) -> None:
     """What the pretrained model puts into masked spans of a sentence it never read (the Python API,
     ``bart_ext.load(...).fill_mask``)."""
@@ -193,22 +239,31 @@ def show_fill_mask(checkpoint: Path, papers: Path) -> None:
         print(f"    {score:7.3f}  {text}")
 
 
-def hydra_train(config_dir: str, name: str, overrides: list[str], log: Path, total: int, resume: bool = False) -> None:
-    """fairseq-hydra-train with ``overrides``; ``resume``: the save_dir holds an interrupted run's
-    checkpoint_last.pt, which fairseq continues from, and the log is appended to."""
-    cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(ROOT / "configs" / config_dir), "--config-name", name,
-           f"common.user_dir={ROOT / 'user_dir'}", *overrides]
-    if resume:
-        with open(log, "a") as f:
-            f.write(f"\n# bart_ext demo: resumed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    rc = stream(cmd, log, train_progress(total), append=resume)
-    if rc != 0:
-        sys.exit(f"training failed (exit {rc}); full log: {log}")
+def train_command(config_dir: str, name: str, overrides: list[str]) -> list[str]:
+    """fairseq-hydra-train with the config ``configs/CONFIG_DIR/NAME.yaml`` and ``overrides``."""
+    return [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(ROOT / "configs" / config_dir),
+            "--config-name", name, f"common.user_dir={ROOT / 'user_dir'}", *overrides]
+
+
+def validation_trend(log: Path, label: str = "") -> None:
+    """Print how a finished training's validation loss went."""
     curves = read_log(log)
     if len(curves.valid) >= 2:
         (u0, l0), (u1, l1) = curves.valid[0], curves.valid[-1]
-        print(f"  validation loss {l0:.3f} at update {u0} -> {l1:.3f} at update {u1} "
+        print(f"  {label}validation loss {l0:.3f} at update {u0} -> {l1:.3f} at update {u1} "
               f"({'falling' if l1 < l0 else 'NOT falling'})")
+
+
+def hydra_train(config_dir: str, name: str, overrides: list[str], log: Path, total: int, resume: bool = False) -> None:
+    """fairseq-hydra-train with ``overrides``; ``resume``: the save_dir holds an interrupted run's
+    checkpoint_last.pt, which fairseq continues from, and the log is appended to."""
+    if resume:
+        with open(log, "a") as f:
+            f.write(f"\n# bart_ext demo: resumed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    rc = stream(train_command(config_dir, name, overrides), log, train_progress(total), append=resume)
+    if rc != 0:
+        sys.exit(f"training failed (exit {rc}); full log: {log}")
+    validation_trend(log)
 
 
 def reconstruction(checkpoint: Path, papers: Path, examples: int, out: Path) -> dict:
@@ -487,39 +542,61 @@ def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, prog
         start = pre / "checkpoint_filled.pt"
         info = fill_checkpoint_positions(pre / "checkpoint_last.pt", start, SAMPLE_TOKENS, args.position_fill)
         print(f"  position rows {info['trained']} and later: {info['fill']} of the trained ones -> {start.name}")
-    finetuned = {}
-    for label, restore in (("pretrained", start), ("from scratch", None)):
-        ft = run / ("finetune" if restore else "finetune_scratch")
-        finetuned[label] = ft
-        say(f"4/{STEPS} fine-tuning on aclsum summarization (100 papers), {label}, for {args.finetune_updates} updates")
-        if ft.name in progress.done:
+    finetuned = {"pretrained": run / "finetune", "from scratch": run / "finetune_scratch"}
+    restores = {"pretrained": start, "from scratch": None}  # None: random initialisation
+    todo = [label for label, ft in finetuned.items() if ft.name not in progress.done]
+    # Side by side, a core each: at this width one 2-thread process gains only about 1.4x from its
+    # second thread, so the two runs take about a third less time together than one after the other.
+    cores = len(os.sched_getaffinity(0))
+    together = len(todo) > 1 and cores >= len(todo)
+    threads = cores // len(todo) if together else None
+    say(f"4/{STEPS} fine-tuning on aclsum summarization (100 papers), pretrained and from scratch, for "
+        f"{args.finetune_updates} updates" + (f": side by side, {threads} thread{'s' * (threads > 1)} each" if together else ""))
+    for label, ft in finetuned.items():
+        if label not in todo:
             print(f"  done in the interrupted run: {ft / 'checkpoint_best.pt'}")
-            continue
-        if ft.exists():  # an interrupted fine-tuning (about a minute) starts again from its start
-            shutil.rmtree(ft)
-        hydra_train("finetune", "aclsum", [
-            f"task.data={summ}", "model._name=bart_small_preln", f"checkpoint.save_dir={ft}",
-            f"checkpoint.finetune_from_model={restore or 'null'}",  # null: random initialisation
-            f"optimization.max_update={args.finetune_updates}", f"optimization.lr=[{args.finetune_lr}]",
-            f"lr_scheduler.total_num_update={args.finetune_updates}",
-            f"lr_scheduler.warmup_updates={max(1, args.finetune_updates // 10)}",
-            f"dataset.validate_interval_updates={validate_every(args.finetune_updates, 6)}", f"hydra.run.dir={ft / 'hydra'}",
-        ], run / f"{ft.name}.log", args.finetune_updates)
-        progress.finish(ft.name)
+    for group in ([todo] if together else [[label] for label in todo]):
+        jobs = []
+        for label in group:
+            ft = finetuned[label]
+            if ft.exists():  # an interrupted fine-tuning (about a minute) starts again from its start
+                shutil.rmtree(ft)
+            cmd = train_command("finetune", "aclsum", [
+                f"task.data={summ}", "model._name=bart_small_preln", f"checkpoint.save_dir={ft}",
+                f"checkpoint.finetune_from_model={restores[label] or 'null'}",  # null: random initialisation
+                f"optimization.max_update={args.finetune_updates}", f"optimization.lr=[{args.finetune_lr}]",
+                f"lr_scheduler.total_num_update={args.finetune_updates}",
+                f"lr_scheduler.warmup_updates={max(1, args.finetune_updates // 10)}",
+                f"dataset.validate_interval_updates={validate_every(args.finetune_updates, 6)}",
+                f"hydra.run.dir={ft / 'hydra'}"])
+            jobs.append((cmd, run / f"{ft.name}.log", labelled(label, train_progress(args.finetune_updates)), False))
+
+        def finished(i: int, rc: int, group=group) -> None:
+            if rc == 0:  # recorded as each ends: an interruption redoes only the unfinished one
+                progress.finish(finetuned[group[i]].name)
+
+        rcs = stream_together(jobs, threads, finished)
+        failed = [f"{label} (exit {rc}; full log: {run / (finetuned[label].name + '.log')})"
+                  for label, rc in zip(group, rcs) if rc != 0]
+        if failed:
+            sys.exit("fine-tuning failed: " + "; ".join(failed))
+    for label in todo:
+        validation_trend(run / f"{finetuned[label].name}.log", f"{label}: ")
 
     p = {**load_preset(generation["preset"]), **generation}
     say(f"5/{STEPS} summarizing the 100 test papers: {generation['preset']} preset (beam {p['beam']}, lenpen "
         f"{p['lenpen']}, {p['min_len']} to {p['max_len_b']} tokens, no repeated trigrams), <s> forced")
     from scripts.generate import main as generate
 
-    gens = {}
-    for label, ft in finetuned.items():
+    def summarize(label: str) -> dict:
         out = run / ("generate" if label == "pretrained" else "generate_scratch")
-        with contextlib.redirect_stdout(io.StringIO()):
-            gens[label] = generate([str(summ), "--preset", generation["preset"], "--path", str(ft / "checkpoint_best.pt"),
-                                    "--gen-subset", "test", "--results-path", str(out), "--quiet", "--rouge", "--",
-                                    "--cpu", "--max-len-b", str(generation["max_len_b"]),
-                                    "--min-len", str(generation["min_len"])])
+        threads = ["--threads", str(cores // 2)] if cores >= 2 else []  # both at once, as they fine-tuned
+        return generate([str(summ), "--preset", generation["preset"], "--path", str(finetuned[label] / "checkpoint_best.pt"),
+                         "--gen-subset", "test", "--results-path", str(out), "--quiet", "--rouge", *threads, "--",
+                         "--cpu", "--max-len-b", str(generation["max_len_b"]), "--min-len", str(generation["min_len"])])
+
+    with contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(2 if cores >= 2 else 1) as pool:
+        gens = dict(zip(finetuned, pool.map(summarize, finetuned)))
     refs = run / "generate" / "test.ref"
     baselines = {f"lead-{k}": lead(test_papers, refs, k, run / "baselines" / f"lead{k}.txt") for k in (1, 3)}
     for hyp, ref in list(zip(gens["pretrained"]["hyps"], gens["pretrained"]["refs"]))[: args.examples]:

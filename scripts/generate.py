@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--results-path", type=Path, help="default: next to the checkpoint, generate-PRESET/")
     ap.add_argument("--rouge", action="store_true", help="score the hypotheses against the references")
     ap.add_argument("--quiet", action="store_true", help="print only errors and the summary line")
+    ap.add_argument("--threads", type=int, help="CPU threads of fairseq-generate (OMP_NUM_THREADS, "
+                    "MKL_NUM_THREADS); default: as the environment sets them")
     args = ap.parse_args(argv)
-    check_at_least(ap, args, batch_size=1)
+    check_at_least(ap, args, batch_size=1, threads=1)
 
     if not args.path.exists():
         raise SystemExit(f"{args.path} not found")
@@ -92,7 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
            *preset, *extra]                                # last batch from the output
     print("+ fairseq-generate " + " ".join(cmd[3:]), flush=True)
     t0 = time.time()
-    proc = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=args.quiet, text=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    proc = subprocess.run(cmd, env=env, capture_output=args.quiet, text=True)
     if proc.returncode != 0:
         if args.quiet:
             sys.stderr.write(proc.stderr[-5000:])

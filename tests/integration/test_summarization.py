@@ -59,6 +59,10 @@ def test_demo_pipeline(demo):
         assert step in out
     assert "two words masked by one <mask> (bart_ext.load(...).fill_mask, match_source_len=False" in out
     assert "    input   : " in out
+    if len(os.sched_getaffinity(0)) >= 2:  # the two fine-tunings at once, each progress line under its label
+        cores = len(os.sched_getaffinity(0))
+        assert f"pretrained and from scratch, for 12 updates: side by side, {cores // 2} thread" in out
+        assert "\n  pretrained   valid  update " in out and "\n  from scratch valid  update " in out
     assert list((run / "lddl" / "train").glob("shard-*.parquet"))
     pretrain_log = (run / "pretrain.log").read_text()
     assert "'optimizer': {'_name': 'nvlamb'" in pretrain_log and "'_name': 'bart_denoising'" in pretrain_log
@@ -116,8 +120,9 @@ def test_demo_pipeline(demo):
 
 
 def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
-    """Ctrl-C during the second fine-tuning, then the same command again: the steps that finished
-    are not redone, the interrupted one is, and every figure equals the uninterrupted demo's."""
+    """Ctrl-C as the two fine-tunings start (side by side), then the same command again: the steps
+    that finished are not redone, the interrupted ones are, and every figure equals the
+    uninterrupted demo's."""
     run, _ = demo
     again = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--small", "--run-dir", str(again)]
@@ -127,19 +132,21 @@ def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
     first = ""
     for line in proc.stdout:
         first += line
-        if "fine-tuning on aclsum summarization (100 papers), from scratch" in line:
+        if "fine-tuning on aclsum summarization (100 papers), pretrained and from scratch" in line:
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
             break
     first += proc.stdout.read()
     assert proc.wait(timeout=120) == 130, first[-3000:]
     assert "the same command continues where this stopped" in first
     saved = json.loads((again / "progress.json").read_text())
-    assert saved["done"] == ["lddl", "pretrain", "finetune"] and saved["seconds"] > 0
+    assert saved["done"] == ["lddl", "pretrain"] and saved["seconds"] > 0
     proc2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
     second = proc2.stdout
-    assert "continuing the interrupted demo" in second and second.count("done in the interrupted run") == 3
-    assert "from scratch, for" in second and "No existing checkpoint found" in (again / "finetune_scratch.log").read_text()
+    assert "continuing the interrupted demo" in second and second.count("done in the interrupted run") == 2
+    assert "pretrained and from scratch, for" in second
+    assert "No existing checkpoint found" in (again / "finetune_scratch.log").read_text()
+    assert "Loaded checkpoint" in (again / "finetune.log").read_text()
     assert json.loads((again / "progress.json").read_text())["finished"] is True
     expected, got = (json.loads((r / "summary.json").read_text()) for r in (run, again))
     for key in ("rouge", "rouge_scratch", "rouge_lead1", "rouge_lead3", "distinct_summaries",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bart_ext.curves import read_log
 from scripts.demo import PROGRESS, Progress, print_finished
 
@@ -176,3 +178,36 @@ def test_settings_are_checked_before_anything_runs(tmp_path, capsys):
             main([*args, "--run-dir", str(tmp_path / "run")])
         assert exit_.value.code == 2 and said in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_runs_side_by_side_log_print_and_stop_together(tmp_path, capsys):
+    """The demo's two fine-tunings run at once (stream_together): each line goes to its own log, the
+    shown ones are printed under their label, exit codes come back in order, each run's threads are
+    set; and when the demo is interrupted as one ends, the one still running is stopped."""
+    import sys
+    import time
+
+    from scripts.demo import labelled, stream_together
+
+    def job(name: str, code: str) -> tuple:
+        return [sys.executable, "-c", code], tmp_path / f"{name}.log", labelled(name, lambda line: line if "show" in line else None), False
+
+    talk = "import os, sys; print('show threads', os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS']); print('quiet')"
+    ended = []
+    rcs = stream_together([job("a", talk), job("b", talk + "; sys.exit(3)")], threads=1, on_exit=lambda i, rc: ended.append(i))
+    assert rcs == [0, 3] and sorted(ended) == [0, 1]
+    for name in ("a", "b"):
+        assert (tmp_path / f"{name}.log").read_text() == "show threads 1 1\nquiet\n"
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(out) == ["  a            show threads 1 1", "  b            show threads 1 1"]
+
+    def interrupt(i: int, rc: int) -> None:
+        raise KeyboardInterrupt
+
+    slow = "import time; print('show started', flush=True); time.sleep(60); print('show finished')"
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        stream_together([job("fast", "print('show done')"), job("slow", slow)], on_exit=interrupt)
+    assert time.time() - t0 < 30  # the sleeping one was stopped, not waited for
+    assert (tmp_path / "fast.log").read_text() == "show done\n"
+    assert "show finished" not in (tmp_path / "slow.log").read_text()
