@@ -546,7 +546,7 @@ def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, prog
     restores = {"pretrained": start, "from scratch": None}  # None: random initialisation
     todo = [label for label, ft in finetuned.items() if ft.name not in progress.done]
     # Side by side, a core each: at this width one 2-thread process gains only about 1.4x from its
-    # second thread, so the two runs take about a third less time together than one after the other.
+    # second thread, so the two runs take a quarter to a third less time together than one after the other.
     cores = len(os.sched_getaffinity(0))
     together = len(todo) > 1 and cores >= len(todo)
     threads = cores // len(todo) if together else None
