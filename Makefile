@@ -19,7 +19,8 @@ demo: data
 	@$(PY) scripts/demo.py
 
 # Two pytest-xdist workers, one file each at a time (module fixtures are built once), one thread
-# each (tests/conftest.py): 12-15 minutes here instead of 17.5. `make test TEST_WORKERS=0`: one process.
+# each (tests/conftest.py), fairseq's commands forked from a preloaded interpreter (tests/launcher.py):
+# README, "Set-up: two commands", for the times. `make test TEST_WORKERS=0`: one process.
 TEST_WORKERS ?= 2
 test: data
 	@$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -p no:benchmark --durations=25 tests

@@ -11,10 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `import user_dir` as fairseq's --user-dir loader does
 
-# `make test` runs two pytest-xdist workers (--dist loadfile): most of the suite's time is processes
-# starting (Python, torch and fairseq imports) one core at a time. Each worker, and every process it
-# starts, then computes on one thread (before torch is imported): two 2-thread torch jobs at once on
-# two cores run 3-5x slower than one.
+# `make test` runs two pytest-xdist workers (--dist loadfile): much of the suite's time is processes
+# starting (Python, torch and fairseq imports) one core at a time, which tests/launcher.py shortens.
+# Each worker, and every process it starts, then computes on one thread (before torch is imported):
+# two 2-thread torch jobs at once on two cores run 3-5x slower than one.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+from tests import launcher
 from tests.conftest import ROOT
 
 USER_DIR = str(ROOT / "user_dir")
@@ -25,7 +25,9 @@ def train_args(data: Path, save_dir: Path, updates: int, *extra: str) -> list[st
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> str:
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    """Run ``cmd`` in the repository (from a preloaded interpreter where it is a Python command:
+    tests/launcher.py) and return its stdout and stderr; a failure raises with both."""
+    out = launcher.run(cmd, env, ROOT, timeout)
     if out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd[:3])} ... failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out.stdout + out.stderr

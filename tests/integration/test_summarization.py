@@ -17,6 +17,7 @@ import torch
 from bart_ext.adapters.beam_generator import BeamSequenceGenerator
 from bart_ext.curves import read_log
 from bart_ext.summarization_data import load_preset, read_generate_output
+from tests import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMM = ROOT / "data" / "aclsum_summ" / "bin"  # `make data`'s; the demo makes its own vocabulary's copy
@@ -354,8 +355,7 @@ def test_a_sentencepiece_model_summarizes_as_text(cli_env, tmp_path):
     sp = sentencepiece_model(raw / "train.source", tmp_path, 600)
 
     def script(*args):
-        proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=cli_env, cwd=ROOT,
-                              timeout=600)
+        proc = launcher.run([sys.executable, *map(str, args)], cli_env, ROOT, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc.stdout
 
@@ -390,8 +390,8 @@ def test_a_sentencepiece_model_summarizes_as_text(cli_env, tmp_path):
     assert isinstance(summary, str) and summary.strip()
     # the transformers and CTranslate2 exports write GPT-2 tokenizers: refused, saying why, nothing written
     for command in ("to-hf", "to-ct2"):
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), command, str(ckpt),
-                               str(tmp_path / command)], capture_output=True, text=True, env=cli_env, cwd=ROOT, timeout=600)
+        proc = launcher.run([sys.executable, str(ROOT / "scripts" / "convert.py"), command, str(ckpt),
+                             str(tmp_path / command)], cli_env, ROOT, timeout=600)
         assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == (
             f"convert.py {command}: {data}: the model's data is sentencepiece-encoded (sentencepiece.model), and the "
             "export writes GPT-2 byte-level BPE tokenizers only"), proc.stderr[-2000:]

@@ -2,7 +2,6 @@
 traceback."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from bart_ext.cli import names_its_input, run
 from bart_ext.lddl_data import ShardError
+from tests import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +37,7 @@ def test_errors_that_name_their_input_become_one_line(monkeypatch):
 
 
 def test_a_script_prints_one_line_and_exits_1(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = launcher.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path)], timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"show_noise.py: {tmp_path}/dict.txt not found")
 
@@ -47,8 +46,8 @@ def test_count_params_prints_the_presets_and_refuses_a_dictionary_below_its_spec
     """count_params.py --dict-size 0 printed counts "(dictionary of 4 entries)": the size asked was not
     the size counted."""
     def count(size):
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "count_params.py"), "--dict-size", str(size)],
-                              capture_output=True, text=True, timeout=300)
+        return launcher.run([sys.executable, str(ROOT / "scripts" / "count_params.py"), "--dict-size", str(size)],
+                            timeout=300)
 
     proc = count(0)
     assert proc.returncode == 2 and proc.stderr.strip().endswith(
@@ -70,8 +69,7 @@ def test_benchmarks_of_indexed_data_refuse_lddl_shards(script, tmp_path):
     folder they stopped with "'LDDLDataset' object has no attribute 'samples'" and a bare NotImplementedError."""
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "shard-0.parquet").write_bytes(b"")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--data", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = launcher.run([sys.executable, str(ROOT / "scripts" / script), "--data", str(tmp_path)], timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"--data {tmp_path} holds LDDL shards; {script} ")
 

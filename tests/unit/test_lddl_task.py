@@ -7,6 +7,7 @@ import pytest
 
 from bart_ext.bpe import GPT2Encoder
 from bart_ext.lddl_prep import process_lines
+from tests import launcher
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,6 @@ def test_sentencepiece_shards(data_dir, sentences, tmp_path):
     # lddl_preprocess.py --sentencepiece-model's layout (the model as DATA/sentencepiece.model): BART's default
     # GPT-2 word starts stopped on a missing encoder.json; they now say what to pass, and show_noise.py reads it
     import shutil
-    import subprocess
     import sys
 
     from tests.conftest import ROOT
@@ -145,8 +145,8 @@ def test_sentencepiece_shards(data_dir, sentences, tmp_path):
                                                 r"encoder.json\): pass --word-starts sentencepiece"):
         task_on(tmp_path)
     write_rows(tmp_path / "valid", rows[:3])
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path), "--n", "2",
-                           "--tokens-per-sample", "64"], capture_output=True, text=True, timeout=300)
+    proc = launcher.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path), "--n", "2",
+                         "--tokens-per-sample", "64"], timeout=300)
     assert proc.returncode == 0 and proc.stdout.count(" clean: ") == 2, proc.stderr[-2000:]
     clean = [line for line in proc.stdout.splitlines() if line.startswith("  clean: ")][0][len("  clean: "):]
     assert clean.split()[:3] == sentences[0].split()[:3]  # decoded through the sentencepiece model
@@ -158,7 +158,6 @@ def test_show_noise_reads_lddl_shards_as_training_noises_them(data_dir, sentence
     exactly as the training iterator feeds them."""
     import dataclasses
     import shutil
-    import subprocess
     import sys
 
     import torch
@@ -184,8 +183,8 @@ def test_show_noise_reads_lddl_shards_as_training_noises_them(data_dir, sentence
     assert len(fed) == 6
     for i, noised in shown.items():
         assert torch.equal(fed[i][0], torch.from_numpy(noised.source)) and torch.equal(fed[i][1], torch.from_numpy(noised.target))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path), "--n", "9",
-                           "--tokens-per-sample", "64"], capture_output=True, text=True, timeout=300)
+    proc = launcher.run([sys.executable, str(ROOT / "scripts" / "show_noise.py"), "--data", str(tmp_path), "--n", "9",
+                         "--tokens-per-sample", "64"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("--- sample") == 6 and "(the valid split has 6 samples)" in proc.stdout
     assert proc.stdout.count("<mask>") >= 6 and proc.stdout.count(" clean: ") == 6
