@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from tests import launcher
 from tests.integration.fairseq_run import USER_DIR, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,9 +120,9 @@ def test_classify_script_labels_raw_sentences(classifier, roles, cli_env, tmp_pa
     labels = predict_sentences(fs_model, fs_task, head, [rows[0][1], rows[1][1]],
                                lambda s: " ".join(model.codec.symbols(" " + s)), batch_size=1, progress=True)
     assert labels == [rows[0][0], rows[1][0]] and "bart_ext classify:" in capsys.readouterr().err
-    proc = __import__("subprocess").run(
+    proc = launcher.run(
         [sys.executable, str(ROOT / "scripts" / "classify.py"), "--path", str(classifier), "--data", str(roles / "bin"),
-         "--head", "mnli", str(text)], capture_output=True, text=True, env=cli_env, cwd=ROOT)
+         "--head", "mnli", str(text)], cli_env, ROOT)
     assert proc.returncode != 0
     assert f"{classifier} has no classification head 'mnli' (it has: sentence_classification_head)" in proc.stderr
     # a checkpoint whose data folder is gone: the message says it was the checkpoint's and how to give one

@@ -8,6 +8,7 @@ import zipfile
 import pytest
 import torch
 
+from tests import launcher
 from tests.conftest import ROOT
 from tests.integration.fairseq_run import USER_DIR, fairseq_train, resume_runs, run, train_args, train_losses
 
@@ -101,13 +102,11 @@ def test_generate_and_load_model_ensemble_from_checkpoint(trained, data_dir, cli
 def test_hydra_configs_resolve_relative_paths_where_they_are_run(data_dir, cli_env, tmp_path):
     """Our configs set hydra.run.dir to "." as fairseq's own does: relative task.data and save_dir
     are the caller's, not resolved inside hydra's outputs/DATE/TIME."""
-    import subprocess
-
     (tmp_path / "data").symlink_to(data_dir / "bin")
     cmd = ["fairseq-hydra-train", "--config-dir", str(ROOT / "configs" / "pretrain"), "--config-name", "tiny",
            "task.data=data", f"common.user_dir={USER_DIR}", "checkpoint.save_dir=runs/tiny",
            "optimization.max_update=2", "dataset.max_tokens=512"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=600)
+    out = launcher.run(cmd, cli_env, tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert (tmp_path / "runs" / "tiny" / "checkpoint_last.pt").exists()
     assert not (tmp_path / "outputs").exists()

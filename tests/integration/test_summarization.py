@@ -168,10 +168,10 @@ def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
 
 def generate_cli(run: Path, preset: str, subset: str, out: Path, mode: str = "bart_ext") -> dict:
     env = dict(os.environ, BART_EXT_NGRAM_BLOCK=mode)
-    proc = subprocess.run(
+    proc = launcher.run(
         [sys.executable, str(ROOT / "scripts" / "generate.py"), str(demo_data(run)[0]), "--preset", preset, "--path",
          str(run / "finetune" / "checkpoint_best.pt"), "--gen-subset", subset, "--results-path", str(out),
-         "--quiet", "--", "--cpu"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+         "--quiet", "--", "--cpu"], env, ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return read_generate_output(out / f"generate-{subset}.txt")
 
@@ -198,17 +198,17 @@ def test_presets_through_fairseq_generate(demo, preset, tmp_path):
             assert trigram_repeats(hyp) == 0, (idx, hyp)
 
 
-def test_fairseq_generate_as_typed_summarizes_every_document(demo, tmp_path):
+def test_fairseq_generate_as_typed_summarizes_every_document(demo, cli_env, tmp_path):
     """Plain fairseq-generate, with fairseq's --required-batch-size-multiple 8: stock fairseq drops a
     last batch that is not a multiple of 8 from the output (fairseq #5036), here 2 of the 50."""
     run, _ = demo
     data, _ = demo_data(run)
     out = tmp_path / "gen"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fairseq_cli.generate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task",
+    proc = launcher.run(
+        ["fairseq-generate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task",
          "bart_summarization", "--path", str(run / "finetune" / "checkpoint_best.pt"), "--gen-subset", "valid",
          "--batch-size", "16", "--beam", "1", "--max-len-b", "8", "--cpu", "--results-path", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        cli_env, ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_generate_output(out / "generate-valid.txt")
     assert sorted(rows) == list(range(50)) and all("H" in row for row in rows.values())
@@ -324,12 +324,11 @@ def test_training_refuses_to_cut_sources_beyond_the_models_positions(cli_env, tm
     """--truncate-source with --max-source-positions above the model's (the xsum config's 1024 on a 512-position
     bart_small_preln): fairseq skipped every aclsum training paper with a warning and then failed with
     "IndexError: list index out of range". Training now stops before it starts, saying what to set."""
-    out = subprocess.run([sys.executable, "-m", "fairseq_cli.train", str(SUMM), "--user-dir", str(ROOT / "user_dir"),
-                          "--task", "bart_summarization", "--arch", "bart_small_preln", "--truncate-source",
-                          "--max-source-positions", "1024", "--criterion", "bart_label_smoothed_cross_entropy",
-                          "--optimizer", "adam", "--lr", "1e-4", "--max-tokens", "2048", "--max-update", "1", "--cpu",
-                          "--save-dir", str(tmp_path / "ft")], capture_output=True, text=True, env=cli_env, cwd=ROOT,
-                         timeout=600)
+    out = launcher.run(["fairseq-train", str(SUMM), "--user-dir", str(ROOT / "user_dir"),
+                        "--task", "bart_summarization", "--arch", "bart_small_preln", "--truncate-source",
+                        "--max-source-positions", "1024", "--criterion", "bart_label_smoothed_cross_entropy",
+                        "--optimizer", "adam", "--lr", "1e-4", "--max-tokens", "2048", "--max-update", "1", "--cpu",
+                        "--save-dir", str(tmp_path / "ft")], cli_env, ROOT, timeout=600)
     assert out.returncode != 0
     assert ("ValueError: --truncate-source cuts sources to --max-source-positions 1024 (task.max_source_positions), "
             "but the model has 512 source positions: set it to 512 or fewer") in out.stderr, out.stderr[-2000:]
@@ -355,7 +354,8 @@ def test_a_sentencepiece_model_summarizes_as_text(cli_env, tmp_path):
     sp = sentencepiece_model(raw / "train.source", tmp_path, 600)
 
     def script(*args):
-        proc = launcher.run([sys.executable, *map(str, args)], cli_env, ROOT, timeout=600)
+        cmd = list(map(str, args)) if args[0] == "fairseq-train" else [sys.executable, *map(str, args)]
+        proc = launcher.run(cmd, cli_env, ROOT, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc.stdout
 
@@ -364,7 +364,7 @@ def test_a_sentencepiece_model_summarizes_as_text(cli_env, tmp_path):
            tmp_path / "sp.model", "--dict", tmp_path / "dict.txt")
     data = out / "bin"
     assert (data / "sentencepiece.model").read_bytes() == (tmp_path / "sp.model").read_bytes()
-    script("-m", "fairseq_cli.train", data, "--user-dir", ROOT / "user_dir", "--task", "bart_summarization", "--arch",
+    script("fairseq-train", data, "--user-dir", ROOT / "user_dir", "--task", "bart_summarization", "--arch",
            "bart_tiny_preln", "--truncate-source", "--max-source-positions", "256", "--criterion",
            "bart_label_smoothed_cross_entropy", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2048",
            "--max-update", "3", "--cpu", "--save-dir", tmp_path / "ft", "--no-epoch-checkpoints")

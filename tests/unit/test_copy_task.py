@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bart_ext.copy_task import CopySetup, copy_batch, run_copy_task, shift_right
+from tests import launcher
 
 
 def test_copy_batches_are_shaped_like_denoising_samples():
@@ -65,7 +66,6 @@ def test_init_std_sets_every_weight_and_is_checked():
 def test_settings_are_checked_before_a_run_and_the_script_says_which():
     """diagnose_copy.py took layers=-1 (a model without layers, trained for 300 updates), stopped on dim=0
     inside torch and on lr=abc with a traceback, and kept only the last of two --vary."""
-    import subprocess
     import sys
 
     from tests.conftest import ROOT
@@ -83,6 +83,6 @@ def test_settings_are_checked_before_a_run_and_the_script_says_which():
                        (["--set", "post_ln=maybe"], "post_ln=maybe: expected true or false"),
                        (["--vary", "dim"], "--vary 'dim': expected FIELD=V1,V2,..."),
                        (["--vary", "lr=1e-3,3e-3", "--vary", "dim=64,128"], "one --vary at a time")):
-        proc = subprocess.run(script + args, capture_output=True, text=True, timeout=300)
+        proc = launcher.run(script + args, timeout=300)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert said in proc.stderr.strip().splitlines()[-1], proc.stderr
