@@ -26,8 +26,9 @@ fp32's speed) the bf16 configurations are left out unless named in --configs.
 Memory (--memory): the peak a step's forward, loss and backward add above parameters, gradients
 and optimizer state, measured in a fresh process per configuration as the rise of the peak
 resident set (VmHWM, reset through /proc/self/clear_refs) with glibc returning every block of
-64 KiB or more to the system at once (MALLOC_MMAP_THRESHOLD_), so resident memory follows live
-tensors. Measured at mid size with the dictionary padded to GPT-2's 50,265 entries.
+64 KiB or more to the system at once (MALLOC_MMAP_THRESHOLD_; the caller's other MALLOC_* settings
+are dropped for it), so resident memory follows live tensors. Measured at mid size with the
+dictionary padded to GPT-2's 50,265 entries.
 
 Sizes: tiny (2+2 x36), 3x256, mid (6+6 x512) on 128-token samples with the data's dictionary, and base
 (bart_base_preln, 6+6 x768) on 512-token samples with the dictionary padded to GPT-2's 50,265 entries
@@ -166,7 +167,11 @@ def peak_child(config: str, size: str, data: Path, max_tokens: int) -> None:
 
 
 def peak_mib(config: str, size: str, args) -> float:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    # glibc maps blocks of 64 KiB or more on their own and unmaps them when freed, so the resident set
+    # follows live tensors; settings that keep freed memory (the README's MALLOC_MMAP_MAX_=0 tip for
+    # fairseq's criteria) would leave earlier peaks resident and are dropped for this child.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     out = subprocess.run([sys.executable, __file__, "--_peak", config, "--sizes", size, "--data", str(args.data),
                           "--max-tokens", str(args.max_tokens)], env=env, capture_output=True, text=True)
     if out.returncode != 0:
