@@ -118,6 +118,15 @@ def memory_probe(name: str) -> None:
                       "transient_mib": (rss_kib("VmHWM") - steady) / 1024}))
 
 
+def memory_of(name: str) -> dict:
+    """``memory_probe(name)`` in a fresh process under glibc's own allocation policy: a caller's
+    MALLOC_* settings that keep freed memory (README, the tip for fairseq's criteria) would hide a
+    step's temporaries from the peak. Empty where the probe failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    probe = subprocess.run([sys.executable, __file__, "--memory-probe", name], capture_output=True, text=True, env=env)
+    return json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -160,8 +169,7 @@ def main() -> None:
     print(f"{'optimizer':<15} {'step (median)':>14} {'vs fused AdamW':>15} {'first step':>11} "
           f"{'extra: kept':>12} {'+ in step':>10}")
     for name in names:
-        probe = subprocess.run([sys.executable, __file__, "--memory-probe", name], capture_output=True, text=True)
-        mem = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else {}
+        mem = memory_of(name)
         print(f"{name:<15} {med[name]:>11.0f} ms {med[name] / fused:>14.2f}x {setups[name][2]:>9.1f} s "
               f"{mem.get('persistent_mib', float('nan')):>8.0f} MiB {mem.get('transient_mib', float('nan')):>6.0f} MiB")
     if "lamb loop" in med:

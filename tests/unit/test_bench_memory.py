@@ -28,3 +28,15 @@ def test_memory_child_ignores_the_callers_glibc_settings(monkeypatch):
     monkeypatch.setenv("MALLOC_TOP_PAD_", "268435456")
     tipped = peak_mib("stock", "tiny", args)
     assert tipped == pytest.approx(plain, rel=0.1)
+
+
+def test_optimizer_memory_probe_ignores_the_callers_glibc_settings(monkeypatch):
+    """scripts/bench_nvlamb.py's "+ in step" column: foreach AdamW's temporaries (one
+    parameter-sized set, about 528 MiB on bart_base_preln's shapes) under the same tip."""
+    from scripts.bench_nvlamb import memory_of
+
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "68719476736")
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "268435456")
+    mem = memory_of("adamw foreach")
+    assert mem["transient_mib"] > 400 and abs(mem["persistent_mib"]) < 100, mem
