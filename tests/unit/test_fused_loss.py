@@ -10,7 +10,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 
 from bart_ext.adapters.fairseq_criteria import output_weight
 from bart_ext.losses import auto_chunk_tokens, fused_linear_cross_entropy, reference_linear_cross_entropy
-from bart_ext.losses.chunked import _count_correct, add_through
+from bart_ext.losses.chunked import _count_correct, _padded_row, add_through
 from tests.helpers import dictionary, fake_task, preln_args
 from tests.unit.test_model import batch, fairseq_bart
 from user_dir.bart_cross_entropy import BartCrossEntropy
@@ -140,6 +140,13 @@ def test_a_batch_of_padding_only_gives_zero_loss_and_zero_gradients(n):
 
 def test_auto_chunk_sizes():
     assert auto_chunk_tokens(50265) == 256 and auto_chunk_tokens(22400) == 512 and auto_chunk_tokens(40) == 4096
+
+
+def test_chunk_buffer_rows_are_whole_64_byte_lines():
+    """The logits' rows are padded (odd vocabularies slowed MKL's projection by a third); the loss
+    tests above run odd vocabularies (7, 29, 300) through the padded buffers."""
+    assert _padded_row(18617, torch.float32) == 18624 and _padded_row(18624, torch.float32) == 18624
+    assert _padded_row(50265, torch.bfloat16) == 50272 and _padded_row(29, torch.float64) == 32
 
 
 def test_bad_shapes_are_named():
