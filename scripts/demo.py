@@ -50,7 +50,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.cli import check_at_least  # noqa: E402
+from bart_ext.cli import Terminated, check_at_least, children_stopped_on_interrupt, interrupt_on_stop_signals  # noqa: E402
 from bart_ext.curves import parse_record, plot, read_log, time_left  # noqa: E402
 from bart_ext.summarization_data import load_preset  # noqa: E402
 
@@ -478,10 +478,11 @@ def main(argv: list[str] | None = None) -> dict:
         return print_finished(run)
     try:
         summary = run_steps(args, run, data, pretrain_dict, summ, progress)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted after {progress.elapsed():.0f}s (done: {', '.join(progress.done) or 'nothing yet'}); "
+    except KeyboardInterrupt as err:  # Ctrl-C; SIGTERM and SIGHUP too (Terminated)
+        how = f"stopped by {err}" if isinstance(err, Terminated) else "interrupted"
+        print(f"\n{how} after {progress.elapsed():.0f}s (done: {', '.join(progress.done) or 'nothing yet'}); "
               f"the same command continues where this stopped", file=sys.stderr, flush=True)
-        raise SystemExit(130)
+        raise SystemExit(err.exit_status if isinstance(err, Terminated) else 130)
     finally:
         if progress.run.exists() and (run / PROGRESS).exists():
             progress.save()  # the seconds spent, for a continued run's total
@@ -595,7 +596,8 @@ def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, prog
                          "--gen-subset", "test", "--results-path", str(out), "--quiet", "--rouge", *threads, "--",
                          "--cpu", "--max-len-b", str(generation["max_len_b"]), "--min-len", str(generation["min_len"])])
 
-    with contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(2 if cores >= 2 else 1) as pool:
+    with contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(2 if cores >= 2 else 1) as pool, \
+            children_stopped_on_interrupt():  # interrupted: both fairseq-generate runs stopped, not awaited
         gens = dict(zip(finetuned, pool.map(summarize, finetuned)))
     refs = run / "generate" / "test.ref"
     baselines = {f"lead-{k}": lead(test_papers, refs, k, run / "baselines" / f"lead{k}.txt") for k in (1, 3)}
@@ -642,4 +644,5 @@ def run_steps(args, run: Path, data: Path, pretrain_dict: Path, summ: Path, prog
 
 
 if __name__ == "__main__":
+    interrupt_on_stop_signals()  # SIGTERM, SIGHUP: stopped and resumable as after Ctrl-C, no training left running
     main()

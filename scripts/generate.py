@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.cli import check_at_least  # noqa: E402
+from bart_ext.cli import check_at_least, run_child  # noqa: E402
 from bart_ext.summarization_data import preset_args, read_generate_output  # noqa: E402
 
 
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    proc = subprocess.run(cmd, env=env, capture_output=args.quiet, text=True)
+    proc = run_child(cmd, env=env, capture_output=args.quiet, text=True)  # the demo runs two at once, in threads
     if proc.returncode != 0:
         if args.quiet:
             sys.stderr.write(proc.stderr[-5000:])

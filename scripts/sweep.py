@@ -35,7 +35,7 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.cli import check_at_least  # noqa: E402
+from bart_ext.cli import check_at_least, children_stopped_on_interrupt, run_child, stopping  # noqa: E402
 from bart_ext.curves import Curves, plot, read_log, time_left  # noqa: E402
 from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, check_override_keys, classify, expand,  # noqa: E402
                             hydra_value, load_ablation, tokens_per_update, write_tables)
@@ -63,7 +63,20 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
             "++common.log_format=json"]
 
 
-def execute(spec: dict, run: Run, run_dir: Path, threads: int) -> Result:
+# Exit statuses of a child ended by SIGINT, SIGTERM or SIGHUP (subprocess gives -signum; a shell,
+# 128 + signum): stopped, not failed.
+STOPPED = {-2, -15, -1, 130, 143, 129}
+
+
+def stopped(rc: int) -> bool:
+    """Whether a run's process was stopped (this runner interrupted, or a signal to the run itself)
+    rather than finished: its result is not recorded, so the next sweep continues it from its
+    checkpoint_last.pt instead of listing it as failed."""
+    return rc != 0 and (stopping() or rc in STOPPED)  # a run that ended as it was stopped did finish
+
+
+def execute(spec: dict, run: Run, run_dir: Path, threads: int) -> Result | None:
+    """Train one run into ``run_dir`` and record its result; None, and nothing recorded, when it was stopped."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = command(spec, run, run_dir)
     log = run_dir / "train.log"
@@ -72,7 +85,9 @@ def execute(spec: dict, run: Run, run_dir: Path, threads: int) -> Result:
     with open(log, "a") as f:  # an interrupted attempt's lines stay; fairseq resumes from checkpoint_last.pt
         f.write(f"# bart_ext sweep attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+        rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+    if stopped(rc):
+        return None
     seconds = time.time() - t0
     result = classify(read_log(log), rc, log.read_text(errors="replace")[-20000:])
     result.seconds = seconds
@@ -99,11 +114,12 @@ def downstream_command(spec: dict, run: Run, run_dir: Path, start: Path) -> list
             f"hydra.run.dir={d / 'hydra'}", "++common.log_format=json"]
 
 
-def execute_downstream(spec: dict, run: Run, run_dir: Path, threads: int) -> dict:
+def execute_downstream(spec: dict, run: Run, run_dir: Path, threads: int) -> dict | None:
     """Fine-tune a finished run's last checkpoint with the ablation's ``downstream`` block and, when it
     names a generation preset, summarize its test set and score it (ROUGE with 95% bootstrap
     intervals). Writes ``run_dir/downstream/result.json`` last (its presence means finished); an
-    interrupted fine-tuning continues from its checkpoint_last.pt."""
+    interrupted fine-tuning continues from its checkpoint_last.pt. None, and nothing recorded,
+    when its fine-tuning or generation was stopped."""
     down = spec["downstream"]
     d = run_dir / "downstream"
     d.mkdir(parents=True, exist_ok=True)
@@ -128,7 +144,9 @@ def execute_downstream(spec: dict, run: Run, run_dir: Path, threads: int) -> dic
         with open(log, "a") as f:
             f.write(f"# bart_ext sweep downstream attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
             f.flush()
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+            rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+        if stopped(rc):
+            return None
         tuned = classify(read_log(log), rc, log.read_text(errors="replace")[-20000:])
         record["finetune"] = asdict(tuned)
         if tuned.status != "ok":
@@ -142,7 +160,9 @@ def execute_downstream(spec: dict, run: Run, run_dir: Path, threads: int) -> dic
                "--results-path", str(results), "--quiet", "--rouge", "--", *gen["args"]]
         log = d / "generate.log"
         with open(log, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+            rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+        if stopped(rc):
+            return None
         if rc != 0:
             last = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or [""]
             record.update(status="failed", reason=f"generation: exit {rc}: {last[0][:200]} (log: {log})")
@@ -307,19 +327,25 @@ def main(argv: list[str] | None = None) -> dict:
     done = 0
     down_seconds: list[float] = []
 
-    def one(run: Run) -> Result:
+    def one(run: Run) -> Result | None:
         nonlocal done
         print(f"[sweep] start {run.label} ({run.dirname})", flush=True)
         res = execute(spec, run, run_root / run.dirname, threads)
+        if res is None:
+            print(f"[sweep] {run.label}: stopped, not recorded; the same command continues it", flush=True)
+            return None
         done += 1
         note = f" ({res.reason})" if res.reason else ""
         print(f"[sweep] {done}/{len(todo)} {run.label}: {res.status}{note}, train {res.final_train:.3f}, "
               f"valid {res.final_valid:.3f}, {res.seconds:.0f}s", flush=True)
         return res
 
-    def downstream(run: Run) -> None:
+    def downstream(run: Run) -> dict | None:
         print(f"[sweep] downstream {run.label}: fine-tuning with {down['config']}", flush=True)
         rec = execute_downstream(spec, run, run_root / run.dirname, threads)
+        if rec is None:
+            print(f"[sweep] downstream {run.label}: stopped, not recorded; the same command continues it", flush=True)
+            return None
         down_seconds.append(rec["seconds"])
         rouge = rec.get("rouge")
         scores = (", ROUGE-1/2/L " + "/".join(f"{rouge[m]['f1']:.2f}" for m in ("rouge1", "rouge2", "rougeL"))
@@ -327,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         valid = rec.get("finetune", {}).get("final_valid", math.nan)
         print(f"[sweep] downstream {run.label}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''}, "
               f"fine-tuned valid {valid:.3f}{scores}, {rec['seconds']:.0f}s", flush=True)
+        return rec
 
     work = [r for r in runs if r in todo or needs_downstream(r)]
     finished = 0
@@ -335,10 +362,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     def one_and_downstream(run: Run) -> None:
         nonlocal finished
-        if run in todo:
-            one(run)
-        if needs_downstream(run):
-            downstream(run)
+        if stopping():  # interrupted: start nothing more
+            return
+        if run in todo and one(run) is None:
+            return  # stopped: not done
+        if needs_downstream(run) and downstream(run) is None:
+            return
         with lock:
             finished += 1
             n = finished
@@ -346,8 +375,17 @@ def main(argv: list[str] | None = None) -> dict:
             left = (time.time() - t_work) / n * (len(work) - n)
             print(f"[sweep] {n} of {plural(len(work), 'run')} done, about {time_left(left)}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(one_and_downstream, work))
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    try:
+        with children_stopped_on_interrupt():  # Ctrl-C, SIGTERM (bart_ext.cli.run): the runs under way are stopped
+            list(pool.map(one_and_downstream, work))
+    except KeyboardInterrupt:
+        finished_now = sum(load_result(run_root / r.dirname) is not None for r in runs)
+        print(f"[sweep] interrupted: {finished_now} of {plural(len(runs), 'run')} recorded; the same command "
+              "continues with the rest, each from its checkpoint_last.pt", flush=True)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     t1 = time.time()
     results = {r.key: load_result(run_root / r.dirname) for r in runs}
     results = {k: v for k, v in results.items() if v is not None}

@@ -45,3 +45,22 @@ def sentencepiece_model(text_file, folder, vocab_size: int):
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
     (folder / "dict.txt").write_text("".join(f"{p} 1\n" for p in pieces), encoding="utf-8")
     return sp
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """The command lines of the running processes (zombies excluded) that mention ``text``: what a
+    stopped script may have left running in its run folder."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # ended meanwhile
+            continue
+        if text in cmdline and state != "Z":
+            found.append(cmdline.strip())
+    return found

@@ -18,6 +18,7 @@ from bart_ext.adapters.beam_generator import BeamSequenceGenerator
 from bart_ext.curves import read_log
 from bart_ext.summarization_data import load_preset, read_generate_output
 from tests import launcher
+from tests.helpers import processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMM = ROOT / "data" / "aclsum_summ" / "bin"  # `make data`'s; the demo makes its own vocabulary's copy
@@ -121,9 +122,10 @@ def test_demo_pipeline(demo):
 
 
 def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
-    """Ctrl-C as the two fine-tunings start (side by side), then the same command again: the steps
+    """SIGTERM to the demo alone (`kill PID`, a scheduler's cancel) as the two fine-tunings start (side
+    by side): both are stopped with it, none left running; then the same command again: the steps
     that finished are not redone, the interrupted ones are, and every figure equals the
-    uninterrupted demo's."""
+    uninterrupted demo's. (Ctrl-C, which signals the whole group, takes the same path.)"""
     run, _ = demo
     again = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--small", "--run-dir", str(again)]
@@ -134,11 +136,13 @@ def test_an_interrupted_demo_continues_where_it_stopped(demo, tmp_path):
     for line in proc.stdout:
         first += line
         if "fine-tuning on aclsum summarization (100 papers), pretrained and from scratch" in line:
-            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+            os.kill(proc.pid, signal.SIGTERM)  # the demo only: its fine-tunings hear nothing of it
             break
     first += proc.stdout.read()
-    assert proc.wait(timeout=120) == 130, first[-3000:]
-    assert "the same command continues where this stopped" in first
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, first[-3000:]
+    assert "stopped by SIGTERM" in first and "the same command continues where this stopped" in first
+    # before the fix, SIGTERM ended the demo on the spot and both fine-tunings trained on as orphans
+    assert processes_mentioning(str(again)) == []
     saved = json.loads((again / "progress.json").read_text())
     assert saved["done"] == ["lddl", "pretrain"] and saved["seconds"] > 0
     proc2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -41,7 +41,8 @@ grid:
 def sweep(spec: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(spec), "--out", str(out), *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True,  # SIGINT as a terminal's Ctrl-C (a test runner may ignore it)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_sweep_resumes_records_divergence_and_reports(tmp_path):
@@ -97,6 +98,48 @@ def test_sweep_resumes_records_divergence_and_reports(tmp_path):
         assert panel["lr=0.001 (train)"] >= 3 and "lr=1000.0 [diverged] (train)" in panel
     assert "runner overhead" in log
 
+
+
+def test_a_stopped_run_is_not_recorded_and_leaves_nothing_running(tmp_path):
+    """Ctrl-C (SIGINT to the group) and then SIGTERM to the runner alone, each while a run trains. Before:
+    the Ctrl-C'd run was recorded as failed ("exit -2: KeyboardInterrupt"), so the next sweep skipped it,
+    and after SIGTERM the runner died on the spot while its fairseq run trained on as an orphan."""
+    from tests.helpers import processes_mentioning
+
+    spec = tmp_path / "long.yaml"
+    spec.write_text(SPEC.replace("max_update: 8", "max_update: 100000").replace("total_num_update: 8", "total_num_update: 100000")
+                    .replace("[[0.001], [1000.0]]   # 1000: deliberately diverging", "[[0.001]]")
+                    .replace("model.post_ln: [false, true]", "model.post_ln: [false]"))
+    out = tmp_path / "sweep"
+
+    def training(attempt: int) -> bool:  # that attempt's fairseq run has logged an update (the log keeps them all)
+        return any("train_inner" in (log.read_text().split("# bart_ext sweep attempt") + [""])[attempt]
+                   for log in out.glob("runs/*/train.log"))
+
+    attempts = 0
+
+    def stop(how) -> str:
+        nonlocal attempts
+        proc = sweep(spec, out)
+        deadline = time.time() + 300
+        attempts += 1
+        while not training(attempts):
+            assert time.time() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        how(proc.pid)
+        log = proc.communicate(timeout=120)[0]
+        assert processes_mentioning(str(out)) == [], log
+        assert not list(out.glob("runs/*/result.json")), log
+        assert "stopped, not recorded; the same command continues it" in log, log
+        return log + f"\nrc={proc.returncode}"
+
+    log = stop(lambda pid: os.killpg(pid, signal.SIGINT))  # a terminal's Ctrl-C
+    assert log.endswith("rc=130") and "sweep.py: interrupted" in log, log
+    log = stop(lambda pid: os.kill(pid, signal.SIGTERM))
+    assert log.endswith("rc=143") and "sweep.py: stopped by SIGTERM" in log, log
+    listed = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(spec), "--out", str(out), "--dry-run"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "1 run (0 finished before)" in listed.stdout and "would run post_ln=false" in listed.stdout, listed.stdout
 
 def test_shipped_ablations_expand():
     from bart_ext.sweep import check_override_keys, expand, load_ablation

@@ -140,3 +140,92 @@ def test_bf16_benchmarks_leave_out_emulated_bf16(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_attention.py"])
     bench_attention.main()
     assert "nothing run (--anyway to run it)" in capsys.readouterr().out
+
+
+# A script as the sweep and the demo's generation are: its child process waited for in a worker thread.
+CHILD_IN_A_THREAD = """
+import signal, sys
+from concurrent.futures import ThreadPoolExecutor
+sys.path.insert(0, {root!r})
+from bart_ext.cli import children_stopped_on_interrupt, run, run_child
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as under a terminal (a test runner may ignore it)
+SLEEPER = [sys.executable, "-c", "import os, time; open({pid_file!r}, 'w').write(str(os.getpid())); time.sleep(300)"]
+
+
+def main():
+    with ThreadPoolExecutor(1) as pool, children_stopped_on_interrupt():
+        pool.submit(run_child, SLEEPER).result()
+
+
+run(main)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_with_child(tmp_path, ignore_sighup: bool = False):
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "script.py"
+    script.write_text(CHILD_IN_A_THREAD.format(root=str(ROOT), pid_file=str(pid_file)))
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_sighup else None)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.05)
+    return proc, int(pid_file.read_text())
+
+
+@pytest.mark.parametrize("signame, status, line", [("SIGTERM", 143, "script.py: stopped by SIGTERM"),
+                                                   ("SIGHUP", 129, "script.py: stopped by SIGHUP"),
+                                                   ("SIGINT", 130, "script.py: interrupted")])
+def test_a_signal_to_the_script_alone_stops_the_children_its_threads_wait_for(tmp_path, signame, status, line):
+    """`kill PID` (or a scheduler's cancel, a closed terminal) reaches the script, not its children: before,
+    SIGTERM and SIGHUP ended it on the spot and a SIGINT left the main thread waiting, and the child in
+    the worker thread ran on (the sweep's training runs kept writing into their folders as orphans)."""
+    import os
+    import signal
+
+    proc, child = _start_with_child(tmp_path)
+    assert _running(child)
+    os.kill(proc.pid, getattr(signal, signame))
+    assert proc.wait(timeout=40) == status
+    assert proc.stderr.read().strip().splitlines()[-1] == line
+    assert not _running(child)
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path):
+    """Under nohup (SIGHUP ignored) a closed terminal must not stop the script."""
+    import os
+    import signal
+    import time
+
+    proc, child = _start_with_child(tmp_path, ignore_sighup=True)
+    os.kill(proc.pid, signal.SIGHUP)
+    time.sleep(1.5)
+    assert proc.poll() is None and _running(child)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=40) == 143 and not _running(child)
+
+
+def test_run_puts_the_signal_handlers_back():
+    """Scripts' mains are also called in-process (tests, the demo's generation): run() must not leave
+    its SIGTERM/SIGHUP handlers behind."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    seen = {}
+    run(lambda: seen.update({s: signal.getsignal(s) for s in before}))
+    assert {s: signal.getsignal(s) for s in before} == before
+    for s, handler in before.items():  # replaced while main ran, where it was the default
+        assert (seen[s] is not handler) == (handler == signal.SIG_DFL)
