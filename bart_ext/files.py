@@ -5,8 +5,11 @@ by Ctrl-C or a crash would be taken as done and used. These write ``NAME.tmp`` b
 rename it into place, which is atomic on one file system."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -33,6 +36,34 @@ def copy_atomic(src: Path | str, dst: Path | str) -> Path:
 
 class InputError(ValueError):
     """Input data that cannot be used as it is; the message names the file (and line) and what to fix."""
+
+
+class InUseError(RuntimeError):
+    """A run folder another process is working in; the message names the folder and that process."""
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str) -> Iterator[None]:
+    """Hold ``lock`` (a file lock) while the body runs. Another process asking for it meanwhile is
+    refused at once with an ``InUseError`` naming ``what`` and the holder's pid: two demos or two
+    sweeps in one folder would resume the same runs at once and write the same checkpoints. The
+    kernel lets go of the lock when its holder ends, however it ends (SIGKILL included), so a lock
+    file left behind never blocks a later run."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the commands a run starts
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InUseError(f"{what} is in use by another process (pid {holder}, holding {lock}): wait for it "
+                             "to end or stop it, or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_lines(path: Path | str) -> list[str]:

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.cli import Terminated, check_at_least, children_stopped_on_interrupt, interrupt_on_stop_signals  # noqa: E402
 from bart_ext.curves import parse_record, plot, read_log, time_left  # noqa: E402
+from bart_ext.files import InUseError, exclusive  # noqa: E402
 from bart_ext.summarization_data import load_preset  # noqa: E402
 
 STEPS = 6
@@ -473,6 +474,17 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"{need} is missing: run `make data` first")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("run_dir", "examples", "fresh")}
+    # Beside the folder, not in it: --fresh and other settings empty the folder.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive(run.parent / f".{run.name}.lock", f"the demo's run folder {run}"))
+        except InUseError as err:  # before anything in the folder is read, removed or resumed
+            sys.exit(f"demo.py: {err}")
+        return run_in(run, args, settings, data, pretrain_dict, summ)
+
+
+def run_in(run: Path, args, settings: dict, data: Path, pretrain_dict: Path, summ: Path) -> dict:
+    """The demo in ``run``, continued where an interrupted one with these settings stopped."""
     progress = Progress.open(run, {**settings, "commit": code_version()}, args.fresh)
     if progress.finished:
         return print_finished(run)

@@ -23,6 +23,7 @@ import time
 STARTED = time.time()  # the runner's own start-up counts as overhead
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bart_ext.cli import check_at_least, children_stopped_on_interrupt, run_child, stopping  # noqa: E402
 from bart_ext.curves import Curves, plot, read_log, time_left  # noqa: E402
+from bart_ext.files import exclusive  # noqa: E402
 from bart_ext.sweep import (CONFIG_ROOT, ROUGE_KEYS, Result, Run, check_override_keys, classify, expand,  # noqa: E402
                             hydra_value, load_ablation, tokens_per_update, write_tables)
 
@@ -301,114 +303,120 @@ def main(argv: list[str] | None = None) -> dict:
     # a scale's sweep has its own folder: its tables and plot are not overwritten by another scale's
     out = (args.out or ROOT / "runs" / "sweeps" / (spec["name"] + (f"_{args.scale}" if args.scale else ""))).resolve()
     run_root = out / "runs"
-    todo = [r for r in runs if load_result(run_root / r.dirname) is None]
-    down = spec.get("downstream")
+    # One sweep at a time in a folder: two would run the same unfinished runs at once into the same
+    # checkpoints (a --dry-run only reads).
+    held = contextlib.ExitStack()
+    if not args.dry_run:
+        held.enter_context(exclusive(out / ".sweep.lock", f"the sweep folder {out}"))
+    with held:
+        todo = [r for r in runs if load_result(run_root / r.dirname) is None]
+        down = spec.get("downstream")
 
-    def needs_downstream(r: Run) -> bool:
-        res = load_result(run_root / r.dirname)
-        return bool(down) and res is not None and res.status == "ok" and load_downstream(run_root / r.dirname) is None
+        def needs_downstream(r: Run) -> bool:
+            res = load_result(run_root / r.dirname)
+            return bool(down) and res is not None and res.status == "ok" and load_downstream(run_root / r.dirname) is None
 
-    print(f"[sweep] {spec['name']}: {plural(len(runs), 'run')} ({len(runs) - len(todo)} finished before), "
-          f"{args.jobs} at a time -> {out}" + (f"; each then fine-tuned with {down['config']}" if down else ""),
-          flush=True)
-    for r in runs:
-        if r not in todo:
-            print(f"[sweep] skip {r.label}: finished ({load_result(run_root / r.dirname).status})"
-                  + ("; downstream to do" if needs_downstream(r) else ""), flush=True)
-    if args.dry_run:
-        for r in todo:
-            print(f"[sweep] would run {r.label} ({r.dirname})")
-        return {}
-    run_root.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"ablation": str(path), "spec": spec,
-                                                "runs": [{"key": r.key, "label": r.label} for r in runs]}, indent=1))
+        print(f"[sweep] {spec['name']}: {plural(len(runs), 'run')} ({len(runs) - len(todo)} finished before), "
+              f"{args.jobs} at a time -> {out}" + (f"; each then fine-tuned with {down['config']}" if down else ""),
+              flush=True)
+        for r in runs:
+            if r not in todo:
+                print(f"[sweep] skip {r.label}: finished ({load_result(run_root / r.dirname).status})"
+                      + ("; downstream to do" if needs_downstream(r) else ""), flush=True)
+        if args.dry_run:
+            for r in todo:
+                print(f"[sweep] would run {r.label} ({r.dirname})")
+            return {}
+        run_root.mkdir(parents=True, exist_ok=True)
+        (out / "sweep.json").write_text(json.dumps({"ablation": str(path), "spec": spec,
+                                                    "runs": [{"key": r.key, "label": r.label} for r in runs]}, indent=1))
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    done = 0
-    down_seconds: list[float] = []
+        threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+        done = 0
+        down_seconds: list[float] = []
 
-    def one(run: Run) -> Result | None:
-        nonlocal done
-        print(f"[sweep] start {run.label} ({run.dirname})", flush=True)
-        res = execute(spec, run, run_root / run.dirname, threads)
-        if res is None:
-            print(f"[sweep] {run.label}: stopped, not recorded; the same command continues it", flush=True)
-            return None
-        done += 1
-        note = f" ({res.reason})" if res.reason else ""
-        print(f"[sweep] {done}/{len(todo)} {run.label}: {res.status}{note}, train {res.final_train:.3f}, "
-              f"valid {res.final_valid:.3f}, {res.seconds:.0f}s", flush=True)
-        return res
+        def one(run: Run) -> Result | None:
+            nonlocal done
+            print(f"[sweep] start {run.label} ({run.dirname})", flush=True)
+            res = execute(spec, run, run_root / run.dirname, threads)
+            if res is None:
+                print(f"[sweep] {run.label}: stopped, not recorded; the same command continues it", flush=True)
+                return None
+            done += 1
+            note = f" ({res.reason})" if res.reason else ""
+            print(f"[sweep] {done}/{len(todo)} {run.label}: {res.status}{note}, train {res.final_train:.3f}, "
+                  f"valid {res.final_valid:.3f}, {res.seconds:.0f}s", flush=True)
+            return res
 
-    def downstream(run: Run) -> dict | None:
-        print(f"[sweep] downstream {run.label}: fine-tuning with {down['config']}", flush=True)
-        rec = execute_downstream(spec, run, run_root / run.dirname, threads)
-        if rec is None:
-            print(f"[sweep] downstream {run.label}: stopped, not recorded; the same command continues it", flush=True)
-            return None
-        down_seconds.append(rec["seconds"])
-        rouge = rec.get("rouge")
-        scores = (", ROUGE-1/2/L " + "/".join(f"{rouge[m]['f1']:.2f}" for m in ("rouge1", "rouge2", "rougeL"))
-                  if rouge else "")
-        valid = rec.get("finetune", {}).get("final_valid", math.nan)
-        print(f"[sweep] downstream {run.label}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''}, "
-              f"fine-tuned valid {valid:.3f}{scores}, {rec['seconds']:.0f}s", flush=True)
-        return rec
+        def downstream(run: Run) -> dict | None:
+            print(f"[sweep] downstream {run.label}: fine-tuning with {down['config']}", flush=True)
+            rec = execute_downstream(spec, run, run_root / run.dirname, threads)
+            if rec is None:
+                print(f"[sweep] downstream {run.label}: stopped, not recorded; the same command continues it", flush=True)
+                return None
+            down_seconds.append(rec["seconds"])
+            rouge = rec.get("rouge")
+            scores = (", ROUGE-1/2/L " + "/".join(f"{rouge[m]['f1']:.2f}" for m in ("rouge1", "rouge2", "rougeL"))
+                      if rouge else "")
+            valid = rec.get("finetune", {}).get("final_valid", math.nan)
+            print(f"[sweep] downstream {run.label}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''}, "
+                  f"fine-tuned valid {valid:.3f}{scores}, {rec['seconds']:.0f}s", flush=True)
+            return rec
 
-    work = [r for r in runs if r in todo or needs_downstream(r)]
-    finished = 0
-    lock = threading.Lock()
-    t_work = time.time()
+        work = [r for r in runs if r in todo or needs_downstream(r)]
+        finished = 0
+        lock = threading.Lock()
+        t_work = time.time()
 
-    def one_and_downstream(run: Run) -> None:
-        nonlocal finished
-        if stopping():  # interrupted: start nothing more
-            return
-        if run in todo and one(run) is None:
-            return  # stopped: not done
-        if needs_downstream(run) and downstream(run) is None:
-            return
-        with lock:
-            finished += 1
-            n = finished
-        if n < len(work):  # at the pace so far (with --jobs N, N runs at a time)
-            left = (time.time() - t_work) / n * (len(work) - n)
-            print(f"[sweep] {n} of {plural(len(work), 'run')} done, about {time_left(left)}", flush=True)
+        def one_and_downstream(run: Run) -> None:
+            nonlocal finished
+            if stopping():  # interrupted: start nothing more
+                return
+            if run in todo and one(run) is None:
+                return  # stopped: not done
+            if needs_downstream(run) and downstream(run) is None:
+                return
+            with lock:
+                finished += 1
+                n = finished
+            if n < len(work):  # at the pace so far (with --jobs N, N runs at a time)
+                left = (time.time() - t_work) / n * (len(work) - n)
+                print(f"[sweep] {n} of {plural(len(work), 'run')} done, about {time_left(left)}", flush=True)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
-    try:
-        with children_stopped_on_interrupt():  # Ctrl-C, SIGTERM (bart_ext.cli.run): the runs under way are stopped
-            list(pool.map(one_and_downstream, work))
-    except KeyboardInterrupt:
-        finished_now = sum(load_result(run_root / r.dirname) is not None for r in runs)
-        print(f"[sweep] interrupted: {finished_now} of {plural(len(runs), 'run')} recorded; the same command "
-              "continues with the rest, each from its checkpoint_last.pt", flush=True)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    t1 = time.time()
-    results = {r.key: load_result(run_root / r.dirname) for r in runs}
-    results = {k: v for k, v in results.items() if v is not None}
-    downs = {r.key: load_downstream(run_root / r.dirname) for r in runs} if down else {}
-    downs = {k: v for k, v in downs.items() if v is not None}
-    csv_path, md_path = write_tables(out, spec, runs, results, downs)
-    png = figure(spec, runs, out, run_root, downs)
-    print(f"[sweep] tables and plot in {time.time() - t1:.2f}s", flush=True)
-    run_seconds = sum(results[r.key].seconds for r in todo if r.key in results)
-    # Everything this process spent outside fairseq-hydra-train: its start-up, scheduling, log
-    # parsing, tables and plot (exact with --jobs 1; with more, runs overlap and this is approximate).
-    # (the downstream stages' fine-tuning and generation are work too, not overhead)
-    overhead = (time.time() - STARTED) - (run_seconds + sum(down_seconds)) / max(1, args.jobs)
-    print(md_path.read_text())
-    print(f"[sweep] {csv_path}\n[sweep] {md_path}\n[sweep] {png}")
-    if down_seconds:
-        print(f"[sweep] downstream: {len(down_seconds)} fine-tuned and scored, {sum(down_seconds):.0f}s", flush=True)
-    if todo:
-        per_run = run_seconds / len(todo)
-        print(f"[sweep] runner overhead: {overhead:.2f}s in all ({overhead / len(todo):.2f}s per run: start-up, "
-              f"log parsing, tables and plot), {100 * overhead / len(todo) / per_run:.1f}% of a run's "
-              f"{per_run:.1f}s", flush=True)
-    return {"out": out, "results": results, "overhead_s": overhead, "run_seconds": run_seconds, "runs": runs}
+        pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+        try:
+            with children_stopped_on_interrupt():  # Ctrl-C, SIGTERM (bart_ext.cli.run): the runs under way are stopped
+                list(pool.map(one_and_downstream, work))
+        except KeyboardInterrupt:
+            finished_now = sum(load_result(run_root / r.dirname) is not None for r in runs)
+            print(f"[sweep] interrupted: {finished_now} of {plural(len(runs), 'run')} recorded; the same command "
+                  "continues with the rest, each from its checkpoint_last.pt", flush=True)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        t1 = time.time()
+        results = {r.key: load_result(run_root / r.dirname) for r in runs}
+        results = {k: v for k, v in results.items() if v is not None}
+        downs = {r.key: load_downstream(run_root / r.dirname) for r in runs} if down else {}
+        downs = {k: v for k, v in downs.items() if v is not None}
+        csv_path, md_path = write_tables(out, spec, runs, results, downs)
+        png = figure(spec, runs, out, run_root, downs)
+        print(f"[sweep] tables and plot in {time.time() - t1:.2f}s", flush=True)
+        run_seconds = sum(results[r.key].seconds for r in todo if r.key in results)
+        # Everything this process spent outside fairseq-hydra-train: its start-up, scheduling, log
+        # parsing, tables and plot (exact with --jobs 1; with more, runs overlap and this is approximate).
+        # (the downstream stages' fine-tuning and generation are work too, not overhead)
+        overhead = (time.time() - STARTED) - (run_seconds + sum(down_seconds)) / max(1, args.jobs)
+        print(md_path.read_text())
+        print(f"[sweep] {csv_path}\n[sweep] {md_path}\n[sweep] {png}")
+        if down_seconds:
+            print(f"[sweep] downstream: {len(down_seconds)} fine-tuned and scored, {sum(down_seconds):.0f}s", flush=True)
+        if todo:
+            per_run = run_seconds / len(todo)
+            print(f"[sweep] runner overhead: {overhead:.2f}s in all ({overhead / len(todo):.2f}s per run: start-up, "
+                  f"log parsing, tables and plot), {100 * overhead / len(todo) / per_run:.1f}% of a run's "
+                  f"{per_run:.1f}s", flush=True)
+        return {"out": out, "results": results, "overhead_s": overhead, "run_seconds": run_seconds, "runs": runs}
 
 
 if __name__ == "__main__":

@@ -141,6 +141,24 @@ def test_a_stopped_run_is_not_recorded_and_leaves_nothing_running(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "1 run (0 finished before)" in listed.stdout and "would run post_ln=false" in listed.stdout, listed.stdout
 
+
+def test_a_second_sweep_in_the_same_folder_is_refused(tmp_path):
+    """Two sweeps with one --out would run the same unfinished runs at once into the same checkpoints."""
+    from bart_ext.files import exclusive
+
+    spec, out = tmp_path / "t2x2.yaml", tmp_path / "sweep"
+    spec.write_text(SPEC)
+    with exclusive(out / ".sweep.lock", "the test's sweep"):
+        proc = sweep(spec, out)
+        log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, log
+    assert log.strip().splitlines()[-1].startswith(
+        f"sweep.py: the sweep folder {out.resolve()} is in use by another process (pid {os.getpid()}, "), log
+    assert not (out / "runs").exists()
+    listed = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(spec), "--out", str(out), "--dry-run"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # a dry run only reads: not refused
+    assert listed.returncode == 0 and "would run" in listed.stdout, listed.stdout + listed.stderr
+
 def test_shipped_ablations_expand():
     from bart_ext.sweep import check_override_keys, expand, load_ablation
 

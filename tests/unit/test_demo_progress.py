@@ -211,3 +211,22 @@ def test_runs_side_by_side_log_print_and_stop_together(tmp_path, capsys):
     assert time.time() - t0 < 30  # the sleeping one was stopped, not waited for
     assert (tmp_path / "fast.log").read_text() == "show done\n"
     assert "show finished" not in (tmp_path / "slow.log").read_text()
+
+
+def test_a_second_demo_in_the_same_folder_is_refused_before_it_touches_it(tmp_path):
+    """While one demo runs in a folder, another there (a second terminal, a rerun while an old one is
+    still going) would resume the same steps at once: it is refused, naming the folder and the pid."""
+    import os
+    import subprocess
+    import sys
+
+    from bart_ext.files import exclusive
+
+    root, run = Path(__file__).resolve().parents[2], tmp_path / "run"
+    with exclusive(tmp_path / ".run.lock", "the test's demo"):
+        proc = subprocess.run([sys.executable, str(root / "scripts" / "demo.py"), "--small", "--run-dir", str(run)],
+                              cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"demo.py: the demo's run folder {run} is in use by another process (pid {os.getpid()}, "), proc.stderr
+    assert not run.exists()

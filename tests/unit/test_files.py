@@ -103,3 +103,35 @@ def test_make_data_binarizes_quietly_and_names_a_failed_command(tmp_path, capfd)
     (tmp_path / "taken").write_text("a file where the output folder should go")
     with pytest.raises(SystemExit, match=r"fairseq-preprocess failed \(exit 1\): .*--destdir \S*taken(.|\n)*FileExistsError"):
         prepare_data.binarize(bpe, tmp_path / "taken", workers=1)
+
+
+def test_a_folder_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path):
+    """Two demos or two sweeps in one folder would resume the same runs at once; the lock refuses the
+    second at once, naming the holder, and a holder killed outright (SIGKILL) leaves nothing that blocks."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bart_ext.files import InUseError, exclusive
+
+    lock = tmp_path / "runs" / ".x.lock"
+    with exclusive(lock, "the folder X"):
+        with pytest.raises(InUseError, match=rf"^the folder X is in use by another process \(pid {os.getpid()}, "):
+            with exclusive(lock, "the folder X"):
+                pass
+    with exclusive(lock, "the folder X"):  # let go of at the end of the block
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys, time; sys.path.insert(0, {os.getcwd()!r}); "
+                               "from bart_ext.files import exclusive\n"
+                               f"with exclusive({str(lock)!r}, 'X'):\n print('held', flush=True); time.sleep(300)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(InUseError, match=rf"\(pid {holder.pid}, holding {lock}\)"):
+        with exclusive(lock, "X"):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    t0 = time.time()
+    with exclusive(lock, "X"):  # the kernel let go of it with the process; the file is still there
+        assert lock.exists() and time.time() - t0 < 5
