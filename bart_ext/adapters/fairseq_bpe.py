@@ -4,7 +4,8 @@ Every text bart_ext trains on has a space before its first word, as a sentence i
 has (``bart_ext.summarization_data.encode_lines``, ``scripts/prepare_data.py``, LDDL, ``bart_ext.load``):
 " Handling" is one GPT-2 token where "Handling" alone is two. fairseq's ``gpt2`` BPE encodes a line
 as it is, so ``fairseq-interactive --bpe gpt2`` gives our models a first word they rarely saw at the
-start; ``bart_gpt2`` gives it the leading space. Decoding is ``gpt2``'s.
+start; ``bart_gpt2`` gives it the leading space. Decoding takes that one space off again: until stop
+59 it was ``gpt2``'s, and ``fairseq-interactive``'s detokenized lines began with the space.
 """
 from __future__ import annotations
 
@@ -13,4 +14,8 @@ from fairseq.data.encoders.gpt2_bpe import GPT2BPE
 
 class RunningTextGPT2BPE(GPT2BPE):
     def encode(self, x: str) -> str:
-        return super().encode(" " + x.lstrip())
+        return super().encode(" " + x.lstrip()) if x.strip() else ""  # a blank text is no tokens, not "Ġ"
+
+    def decode(self, x: str) -> str:
+        text = super().decode(x)
+        return text[1:] if text.startswith(" ") else text

@@ -72,6 +72,13 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    and resized keys, cut to its start here), it first names the architecture options in which the
    checkpoint's config and the run's differ (``model._name bart_small_preln (checkpoint) vs
    bart_tiny_preln (this run)``), with the overrides that match them.
+10. ``models.bart.hub_interface.BARTHubInterface.__new__`` (``BARTModel.from_pretrained``): for one of our
+   models it builds ``bart_ext.adapters.fairseq_hub.BartExtHubInterface``, fairseq's hub interface with the
+   tokenizer the model was trained with (the data folder's BPE files, not fairseq's downloads; the space
+   before a text's first word that our data preparation gives every text). fairseq's tokenization made
+   the demo's summarizer start " Aachine" where ``bart_ext.load`` gave "Handling", and stopped offline
+   on the download. The checkpoint reader (1) notes what each checkpoint's ``extra_state`` says about
+   its text (``fairseq_hub.remember_text_convention``). Other models get fairseq's class unchanged.
 """
 from __future__ import annotations
 
@@ -240,6 +247,13 @@ def safe_checkpoint_reader(load_checkpoint_to_cpu):
 
     @functools.wraps(load_checkpoint_to_cpu)
     def load(path, arg_overrides=None, load_on_all_ranks=False):
+        from bart_ext.adapters.fairseq_hub import remember_text_convention
+
+        state = read(path, arg_overrides, load_on_all_ranks)
+        remember_text_convention(state, arg_overrides)  # patch 10
+        return state
+
+    def read(path, arg_overrides, load_on_all_ranks):
         if Path(path).resolve() in trusted_paths():
             try:
                 with _FullUnpickling():
@@ -632,7 +646,7 @@ def load_checkpoint_naming_the_cause(load_checkpoint):
 # ---------------------------------------------------------------------------------------------
 
 def install() -> None:
-    """Install patches 1-9 (idempotent)."""
+    """Install patches 1-10 (idempotent)."""
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as dist_utils
     from fairseq.models import distributed_fairseq_model as dfm
@@ -661,6 +675,12 @@ def install() -> None:
 
     if not getattr(Trainer.load_checkpoint, "bart_ext_patched", False):
         Trainer.load_checkpoint = load_checkpoint_naming_the_cause(Trainer.load_checkpoint)
+    from fairseq.models.bart.hub_interface import BARTHubInterface
+
+    from bart_ext.adapters.fairseq_hub import hub_for_our_models
+
+    if not getattr(getattr(BARTHubInterface.__dict__.get("__new__"), "__func__", None), "bart_ext_patched", False):
+        BARTHubInterface.__new__ = hub_for_our_models(BARTHubInterface)
 
 
 install()

@@ -154,6 +154,24 @@ def test_released_layout_finetunes_and_generates(released, cli_env, tmp_path, na
     assert sorted(map(int, hyps)) == [0, 1, 2, 3], out[-2000:]
 
 
+def test_fairseqs_hub_on_a_release_stays_fairseqs(released, data_dir):
+    """Patch 10 (our models' own tokenizer in BARTModel.from_pretrained) leaves fairseq's BART as it was: the
+    bart.large.cnn layout gets fairseq's BARTHubInterface and its gpt2 BPE, no space added to the first word."""
+    import user_dir  # noqa: F401
+    from fairseq.data.encoders.gpt2_bpe import GPT2BPE
+    from fairseq.models.bart import BARTHubInterface, BARTModel
+
+    path, _ = build_release("bart.large.cnn", released)
+    gpt2 = data_dir / "gpt2"
+    hub = BARTModel.from_pretrained(str(released), checkpoint_file=path.name, data_name_or_path=str(released / "bin3"),
+                                    gpt2_encoder_json=str(gpt2 / "encoder.json"), gpt2_vocab_bpe=str(gpt2 / "vocab.bpe"))
+    assert type(hub) is BARTHubInterface and type(hub.bpe) is GPT2BPE
+    text = "Handling terminology is an important matter."
+    d = hub.task.source_dictionary
+    assert hub.encode(text).tolist() == [d.bos(), *(d.index(t) for t in hub.bpe.encode(text).split()), d.eos()]
+    assert hub.bpe.encode(text) != hub.bpe.encode(" " + text)
+
+
 def test_wrong_dictionary_for_a_release_is_refused(released, cli_env, tmp_path):
     """bart.base's 51,201 rows with bart.large's dict.txt: one error naming both sizes and the fix, on
     the last line fairseq prints (patch 9: fairseq's own last line named only the checkpoint)."""

@@ -324,6 +324,58 @@ def test_python_api_names_a_data_folder_that_is_gone(demo, tmp_path):
     assert bart_ext.load(moved, data=data).summarize(text) == home
 
 
+def test_fairseqs_from_pretrained_reads_text_as_the_model_was_trained(demo, cli_env, tmp_path):
+    """fairseq's own Python API as its BART README spells it, BARTModel.from_pretrained, on the demo's
+    summarizer: the data folder's BPE files (fairseq's download addresses stopped it offline, and are
+    another tokenizer than the demo's 4,000-merge BPE) and the space before the first word that our data
+    gives every text. encode, sample and fill_mask equal bart_ext.load's; fairseq's released-BART
+    tokenization made the demo's model begin a summary of a terminology paper with " Aachine"."""
+    import bart_ext
+    from fairseq.data.encoders.gpt2_bpe import GPT2BPE
+    from fairseq.models.bart import BARTHubInterface, BARTModel
+
+    from bart_ext.adapters.fairseq_hub import BartExtHubInterface
+
+    run, _ = demo
+    data, _ = demo_data(run)
+    ckpt = run / "finetune" / "checkpoint_best.pt"
+    ours = bart_ext.load(ckpt)  # imports the plugin, as `import user_dir` or from_pretrained(user_dir=...) do
+
+    def hub(**kwargs):
+        return BARTModel.from_pretrained(str(ckpt.parent), checkpoint_file=ckpt.name, data_name_or_path=str(data),
+                                         **kwargs)
+
+    bart = hub()
+    assert isinstance(bart, BartExtHubInterface) and isinstance(bart, BARTHubInterface)
+    assert (bart.cfg.bpe._name, bart.cfg.bpe.gpt2_encoder_json) == ("bart_gpt2", str(data / "encoder.json"))
+    text = "Handling terminology is an important matter in a translation workflow. We propose tools for it."
+    assert bart.encode(text).tolist() == ours.encode(text).tolist()
+    settings = dict(beam=2, max_len_b=12, min_len=2, no_repeat_ngram_size=3)
+    summary = ours.sample([text], **settings)
+    assert bart.sample([text], **settings) == summary and not summary[0].startswith(" ")
+    # the text after a <mask> as written: "(<mask>)" is not " )"
+    for masked in ("Handling terminology is an <mask> in translation.", "<mask> is an important matter (<mask>)."):
+        assert [t for t, _ in bart.fill_mask([masked], topk=2)[0]] == [t for t, _ in ours.fill_mask(masked, topk=2)]
+
+    plain = hub(prefix_space=False)  # a model fine-tuned on data binarized with fairseq's own tools
+    assert type(plain.bpe) is GPT2BPE
+    assert plain.encode(text).tolist() == bart_ext.load(ckpt, prefix_space=False).encode(text).tolist() != \
+        ours.encode(text).tolist()
+    with pytest.raises(ValueError, match=r"from_pretrained\(prefix_space='no'\): expected True, False or None"):
+        hub(prefix_space="no")
+
+    # in a fresh process that imports the plugin through from_pretrained's user_dir= only
+    script = tmp_path / "hub.py"
+    script.write_text("import sys\nfrom fairseq.models.bart import BARTModel\n"
+                      "bart = BARTModel.from_pretrained(*sys.argv[1:4], user_dir=sys.argv[4])\n"
+                      "print(type(bart).__name__)\n"
+                      "print(bart.sample([sys.argv[5]], beam=2, max_len_b=12, min_len=2, no_repeat_ngram_size=3)[0])\n")
+    proc = launcher.run([sys.executable, str(script), str(ckpt.parent), ckpt.name, str(data), str(ROOT / "user_dir"),
+                         text], cli_env, tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-2:] == ["BartExtHubInterface", summary[0]], proc.stdout[-2000:]
+
+
 def test_training_refuses_to_cut_sources_beyond_the_models_positions(cli_env, tmp_path):
     """--truncate-source with --max-source-positions above the model's (the xsum config's 1024 on a 512-position
     bart_small_preln): fairseq skipped every aclsum training paper with a warning and then failed with

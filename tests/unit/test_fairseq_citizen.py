@@ -524,6 +524,25 @@ def test_gpt2_decode_passes_escaped_unknowns_through(data_dir):
     assert bpe.decode(f"<<unk>> {ids}") == "<<unk>> Handling terminology is an important matter."
 
 
+def test_bart_gpt2_adds_the_first_words_space_and_decoding_takes_it_off(data_dir):
+    """--bpe bart_gpt2 encodes a line as our data preparation does and decodes back to the line as given
+    (until stop 59 its output began with the space it had added); a blank line is no tokens, not "Ġ"."""
+    import user_dir  # noqa: F401
+    from fairseq.data.encoders import build_bpe
+    from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
+    from omegaconf import OmegaConf
+
+    gpt2 = data_dir / "gpt2"
+    files = {"gpt2_encoder_json": str(gpt2 / "encoder.json"), "gpt2_vocab_bpe": str(gpt2 / "vocab.bpe")}
+    ours = build_bpe(OmegaConf.create({"_name": "bart_gpt2", **files}))
+    plain = GPT2BPE(GPT2BPEConfig(**files))
+    text = "Handling terminology is an important matter."
+    assert ours.encode(text) == ours.encode("  " + text) == plain.encode(" " + text) != plain.encode(text)
+    assert ours.decode(ours.encode(text)) == text
+    assert plain.decode(ours.encode(text)) == " " + text
+    assert ours.encode("") == ours.encode("  ") == ""
+
+
 @pytest.mark.parametrize("flags,refused", [
     (["--bf16"], "--bf16, which in fairseq set --tpu .* torch_xla is not installed"),
     (["--memory-efficient-bf16"], "--memory-efficient-bf16, which in fairseq set --tpu"),
