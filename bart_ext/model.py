@@ -417,8 +417,10 @@ class Encoder(_Stack):
     def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, **kwargs):
         super().__init__(cfg, embed_tokens, (EncoderLayer(cfg) for _ in range(cfg.encoder_layers)), **kwargs)
 
-    def encode(self, src_tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Encode ``src_tokens`` (B, S); returns the states (B, S, C) and the padding mask (B, S)."""
+    def encode(self, src_tokens: Tensor, states: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Encode ``src_tokens`` (B, S); returns the states (B, S, C) and the padding mask (B, S).
+        ``states``, where given, gets the embedding's output and each layer's (B, S, C), before the final
+        LayerNorm, as fairseq's ``return_all_hiddens`` collects them."""
         pad = src_tokens.eq(self.padding_idx)
         # BART uses no embedding scale (fairseq bart: no_scale_embedding=True).
         x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)
@@ -431,8 +433,12 @@ class Encoder(_Stack):
                 mask = PackedMask(packing, packing)
             else:
                 mask = (~pad)[:, None, None, :]  # (B, 1, 1, S)
+        if states is not None:
+            states.append(x)
         for layer in self.layers:
             x = run_layer(layer, self.checkpoint_activations, x, mask)
+            if states is not None:
+                states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x, pad
@@ -453,6 +459,7 @@ class Decoder(_Stack):
         enc_pad: Tensor,
         cache: list[LayerCache] | None = None,
         beam: int = 1,
+        states: list[Tensor] | None = None,
     ) -> Tensor:
         """Decoder features (B, T, C) for ``tokens`` (B, T) given encoder states.
 
@@ -465,6 +472,8 @@ class Decoder(_Stack):
                 so far sets the positions of ``tokens``. Cross-attention keys are cached
                 as ``cross_*``, or with ``beam > 1`` once per sentence as ``shared_*``.
             beam: hypotheses per encoder row.
+            states: where given, gets the embedding's output and each layer's (B, T, C), before the
+                final LayerNorm (fairseq's ``inner_states``).
         """
         if tokens.size(0) != enc.size(0) * beam:
             raise ValueError(
@@ -492,11 +501,15 @@ class Decoder(_Stack):
             t = tokens.size(1)
             tril = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
             self_mask = tril[None, None] & (~pad)[:, None, None, :]  # (B, 1, T, T)
+        if states is not None:
+            states.append(x)
         for i, layer in enumerate(self.layers):
             if cache is None:  # training and scoring; incremental decoding keeps no activations
                 x = run_layer(layer, self.checkpoint_activations, x, enc, enc_mask, self_mask, causal, None, beam)
             else:  # incremental decoding stays eager under --compile (a graph per step and cache size)
                 x = layer.forward(x, enc, enc_mask, self_mask, causal, cache[i], beam)
+            if states is not None:
+                states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x

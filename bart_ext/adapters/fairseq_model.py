@@ -54,14 +54,18 @@ class BartEncoder(core.Encoder, FairseqEncoder):
         self.beam_size = 1  # set by BartEncoderDecoder.set_beam_size
         self.bf16_autocast = False  # set by BartEncoderDecoder.bf16_autocast
 
-    def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None, **kwargs) -> dict[str, list[Tensor]]:
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None, return_all_hiddens: bool = False,
+                **kwargs) -> dict[str, list[Tensor]]:
+        """fairseq's encoder output; ``return_all_hiddens``: ``encoder_states`` holds the embedding's output and
+        each layer's, (S, B, C), before the final LayerNorm, as fairseq's transformer encoder gives them."""
+        states = [] if return_all_hiddens else None
         with torch.autocast(src_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
-            x, pad = self.encode(src_tokens)
+            x, pad = self.encode(src_tokens, states)
         out = {
             "encoder_out": [x.transpose(0, 1)],  # (S, B, C): fairseq's layout
             "encoder_padding_mask": [pad],  # (B, S)
             "encoder_embedding": [],
-            "encoder_states": [],
+            "encoder_states": [s.transpose(0, 1) for s in states or ()],
             "src_tokens": [],
             "src_lengths": [] if src_lengths is None else [src_lengths],
         }
@@ -125,8 +129,13 @@ class BartDecoder(core.Decoder, FairseqIncrementalDecoder):
         prev_output_tokens: Tensor,
         encoder_out: dict[str, list[Tensor]] | None = None,
         incremental_state: IncrementalState | None = None,
+        return_all_hiddens: bool = False,
         **kwargs,
     ) -> tuple[Tensor, dict[str, Any]]:
+        """Features (B, T, C) and fairseq's ``extra``; ``return_all_hiddens``: ``inner_states`` holds the
+        embedding's output and each layer's, (T, B, C), before the final LayerNorm, as fairseq's
+        transformer decoder gives them (``BARTHubInterface.extract_features(..., return_all_hiddens=True)``;
+        it was None, which that call stopped on)."""
         if encoder_out is None:
             raise ValueError("bart_preln's decoder needs encoder_out (it has no decoder-only mode)")
         enc = encoder_out["encoder_out"][0].transpose(0, 1)  # (B, S, C)
@@ -141,10 +150,11 @@ class BartDecoder(core.Decoder, FairseqIncrementalDecoder):
             cache = self._caches(incremental_state)
             done = cache[0]["self_k"].size(2) if "self_k" in cache[0] else 0
             tokens = prev_output_tokens[:, done:]  # only the steps not yet cached
-        x = self.decode(tokens, enc, enc_pad, cache, beam)
+        states = [] if return_all_hiddens else None
+        x = self.decode(tokens, enc, enc_pad, cache, beam, states)
         # Attention weights are not materialised (scaled_dot_product_attention);
         # fairseq's generator accepts None and leaves alignments empty.
-        return x, {"attn": [None], "inner_states": None}
+        return x, {"attn": [None], "inner_states": None if states is None else [s.transpose(0, 1) for s in states]}
 
     def forward(
         self,
@@ -155,7 +165,8 @@ class BartDecoder(core.Decoder, FairseqIncrementalDecoder):
         **kwargs,
     ) -> tuple[Tensor, dict[str, Any]]:
         with torch.autocast(prev_output_tokens.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
-            x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+            x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state,
+                                             return_all_hiddens=bool(kwargs.get("return_all_hiddens")))
             return (x if features_only else self.output_layer(x)), extra
 
     def output_layer(self, features: Tensor) -> Tensor:

@@ -131,6 +131,15 @@ def test_released_layout_loads_with_fairseq_logits(released, name):
     n = ref.size(-1)
     assert mine.size(-1) == len(dictionary) and n in (len(dictionary), len(dictionary) - 1)
     assert torch.allclose(mine[..., :n], ref, atol=1e-5, rtol=1e-5)
+    # every layer's states, as fairseq's return_all_hiddens gives them (BARTHubInterface.extract_features)
+    with torch.no_grad():
+        states = [ours(src, src.ne(1).sum(1), prev, return_all_hiddens=True)[1]["inner_states"],
+                  ours.encoder(src, src.ne(1).sum(1), return_all_hiddens=True)["encoder_states"]]
+        expected = [theirs(src, src.ne(1).sum(1), prev, return_all_hiddens=True)[1]["inner_states"],
+                    theirs.encoder(src, src.ne(1).sum(1), return_all_hiddens=True)["encoder_states"]]
+    assert [len(s) for s in states] == [len(s) for s in expected] == [2, 3]
+    for a, b in zip(states[0] + states[1], expected[0] + expected[1]):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(RELEASES))

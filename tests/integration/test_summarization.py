@@ -357,6 +357,14 @@ def test_fairseqs_from_pretrained_reads_text_as_the_model_was_trained(demo, cli_
     for masked in ("Handling terminology is an <mask> in translation.", "<mask> is an important matter (<mask>)."):
         assert [t for t, _ in bart.fill_mask([masked], topk=2)[0]] == [t for t, _ in ours.fill_mask(masked, topk=2)]
 
+    # every decoder layer's states (fairseq's README: extract_features(tokens, return_all_hiddens=True)); they
+    # were None, which fairseq's hub stopped on; the last one before the Pre-LN model's final LayerNorm
+    tokens = bart.encode(text)
+    with torch.no_grad():
+        layers, features = bart.extract_features(tokens, return_all_hiddens=True), bart.extract_features(tokens)
+        assert len(layers) == len(bart.model.decoder.layers) + 1 and layers[0].shape == features.shape
+        assert torch.allclose(bart.model.decoder.layer_norm(layers[-1]), features, atol=1e-6)
+
     plain = hub(prefix_space=False)  # a model fine-tuned on data binarized with fairseq's own tools
     assert type(plain.bpe) is GPT2BPE
     assert plain.encode(text).tolist() == bart_ext.load(ckpt, prefix_space=False).encode(text).tolist() != \
