@@ -245,6 +245,11 @@ class FolderCodec:
         flush()
         return "".join(out).strip()
 
+    def decode(self, dictionary, tokens) -> str:
+        """Text of dictionary indices (a tensor or a list), without ``<s>``, ``</s>`` and padding."""
+        drop = {dictionary.bos(), dictionary.eos(), dictionary.pad()}
+        return self.text([dictionary[int(t)] for t in tokens if int(t) not in drop])
+
 
 def gpt2_dictionary_lines(encoder_json: Path | str) -> list[str]:
     """``dict.txt`` lines covering every GPT-2 BPE id, in id order (count 1 each).

@@ -98,9 +98,7 @@ class BartHub:
 
     def decode(self, tokens: Tensor) -> str:
         """Text of ``tokens``, without ``<s>``, ``</s>`` and padding."""
-        d = self.dictionary
-        drop = {d.bos(), d.eos(), d.pad()}
-        return self.codec.text([d[int(t)] for t in tokens if int(t) not in drop])
+        return self.codec.decode(self.dictionary, tokens)
 
     def _batch(self, rows: Sequence[Tensor]) -> dict:
         from fairseq.data import data_utils

@@ -8,6 +8,7 @@ ROUGE-L again. Confidence intervals: percentile bootstrap over documents.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,13 +25,18 @@ def lsum_form(text: str) -> str:
     return "\n".join(split_sentences(text))
 
 
-def per_document(hyps: list[str], refs: list[str]) -> dict[str, np.ndarray]:
-    """F1 of every metric for every (hypothesis, reference) pair."""
+@functools.lru_cache(maxsize=1)
+def _scorer():
     from rouge_score import rouge_scorer
 
+    return rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)  # logs "Using default tokenizer." once
+
+
+def per_document(hyps: list[str], refs: list[str]) -> dict[str, np.ndarray]:
+    """F1 of every metric for every (hypothesis, reference) pair."""
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references: the files must align line by line")
-    scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
+    scorer = _scorer()
     out = {m: np.zeros(len(hyps)) for m in METRICS}
     for i, (h, r) in enumerate(zip(hyps, refs)):
         scores = scorer.score(lsum_form(r), lsum_form(h))  # (target, prediction)

@@ -7,5 +7,6 @@ from . import bart_denoising  # noqa: F401
 from . import bart_gpt2  # noqa: F401
 from . import bart_label_smoothed_cross_entropy  # noqa: F401
 from . import bart_preln  # noqa: F401
+from . import bart_rouge  # noqa: F401
 from . import bart_summarization  # noqa: F401
 from . import nvlamb  # noqa: F401

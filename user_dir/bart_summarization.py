@@ -21,6 +21,14 @@ class BartSummarizationConfig(TranslationConfig):
     force_bos: bool = field(default=True, metadata={
         "help": "generation: force <s> as the first token (as fairseq's BART hub interface); "
                 "turn off to decode as stock fairseq-generate"})
+    eval_rouge: bool = field(default=False, metadata={
+        "help": "validation: summarize the validation split and log ROUGE-1/2/L F1 x 100 (rouge1, rouge2, rougeL); "
+                "--best-checkpoint-metric rougeL --maximize-best-checkpoint-metric keeps the best summarizer"})
+    eval_rouge_args: str = field(default="{}", metadata={
+        "help": "generation options for --eval-rouge as JSON, fairseq-generate's names with underscores "
+                "('{\"beam\": 4, \"max_len_b\": 60}'), or a preset the other keys override ('{\"preset\": \"xsum\"}')"})
+    eval_rouge_print_samples: bool = field(default=False, metadata={
+        "help": "--eval-rouge: log the first summary and reference of each validation batch"})
 
 
 @register_task("bart_summarization", dataclass=BartSummarizationConfig)

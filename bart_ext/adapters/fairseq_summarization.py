@@ -36,6 +36,7 @@ from fairseq.tasks.translation import TranslationTask
 
 from bart_ext.adapters.beam_generator import BeamGeneratorTask
 from bart_ext.adapters.eval_batches import batch_multiple
+from bart_ext.adapters.fairseq_scoring import RougeValidation
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class BartSummarizationTaskBase(BeamGeneratorTask, TranslationTask):
         refused: fairseq would skip every longer training document with a warning and stop on the first
         longer validation one, after the first epoch."""
         model = super().build_model(cfg, from_checkpoint)
+        if getattr(self.cfg, "eval_rouge", False) and not from_checkpoint:  # fairseq-train's: missing files stop it here
+            self._rouge_validation(model)
         positions = model.max_positions()
         positions = positions[0] if isinstance(positions, tuple) else positions
         if positions is not None:
@@ -152,6 +155,25 @@ class BartSummarizationTaskBase(BeamGeneratorTask, TranslationTask):
         call.arguments["required_batch_size_multiple"] = batch_multiple(
             self, dataset, call.arguments.get("required_batch_size_multiple", 1))
         return super().get_batch_iterator(*call.args, **call.kwargs)
+
+    def valid_step(self, sample, model, criterion):
+        """fairseq's, plus the summed ROUGE of the batch's summaries under ``--eval-rouge``."""
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        if getattr(self.cfg, "eval_rouge", False):
+            logging_output.update(self._rouge_validation(model).logging_output(sample, model))
+        return loss, sample_size, logging_output
+
+    def _rouge_validation(self, model) -> RougeValidation:
+        """The ``--eval-rouge`` scorer, built with fairseq-train's model, or on first use (fairseq-validate
+        loads its model from the checkpoint)."""
+        if getattr(self, "_rouge", None) is None:
+            self._rouge = RougeValidation(self, model, utils.split_paths(self.cfg.data)[0], self.cfg.eval_rouge_args,
+                                          self.cfg.eval_rouge_print_samples)
+        return self._rouge
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        RougeValidation.reduce(logging_outputs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         if self.cfg.force_bos and prefix_tokens is None:

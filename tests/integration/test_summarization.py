@@ -384,6 +384,78 @@ def test_fairseqs_from_pretrained_reads_text_as_the_model_was_trained(demo, cli_
     assert proc.stdout.splitlines()[-2:] == ["BartExtHubInterface", summary[0]], proc.stdout[-2000:]
 
 
+def test_rouge_in_validation_and_in_fairseq_generate(demo, cli_env, tmp_path):
+    """--eval-rouge: two updates of fine-tuning from the demo's summarizer log the validation split's ROUGE
+    and keep checkpoint_best by rougeL; fairseq-generate --scoring bart_rouge on that checkpoint with the
+    same settings prints the same figures, which are the ROUGE of hypotheses and references decoded from
+    their ids here, independently of fairseq's BPE. Without --bpe the scorer refuses the ids it is given."""
+    from bart_ext.bpe import FolderCodec
+    from bart_ext.rouge import per_document
+
+    run, _ = demo
+    data, _ = demo_data(run)
+    start = run / "finetune" / "checkpoint_best.pt"
+    cfg = torch.load(start, map_location="cpu", weights_only=False)["cfg"]
+    save = tmp_path / "ft"
+    settings = {"beam": 2, "max_len_b": 12, "min_len": 3, "no_repeat_ngram_size": 2}
+    proc = launcher.run(
+        ["fairseq-train", str(data), "--user-dir", str(ROOT / "user_dir"), "--task", "bart_summarization",
+         "--arch", cfg["model"]["_name"], "--truncate-source", "--max-source-positions",
+         str(cfg["task"]["max_source_positions"]), "--criterion", "bart_label_smoothed_cross_entropy",
+         "--label-smoothing", "0.1", "--optimizer", "bart_adam", "--lr", "1e-4", "--max-tokens", "4096",
+         "--max-update", "2", "--cpu", "--finetune-from-model", str(start), "--save-dir", str(save),
+         "--no-epoch-checkpoints", "--eval-rouge", "--eval-rouge-args", json.dumps(settings),
+         "--eval-rouge-print-samples", "--best-checkpoint-metric", "rougeL", "--maximize-best-checkpoint-metric",
+         "--log-format", "json", "--num-workers", "0"],
+        cli_env, ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    valid = [json.loads(line[line.index("{"):]) for line in log.splitlines() if "valid_rouge1" in line]
+    assert len(valid) == 1, log[-3000:]
+    logged = {m: float(valid[0][f"valid_{m}"]) for m in ("rouge1", "rouge2", "rougeL")}
+    assert "example summary: " in log and "example reference: " in log
+    best = torch.load(save / "checkpoint_best.pt", map_location="cpu", weights_only=False)
+    assert best["extra_state"]["best"] == pytest.approx(logged["rougeL"])
+    proc = launcher.run(["fairseq-validate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task",
+                         "bart_summarization", "--path", str(save / "checkpoint_best.pt"), "--valid-subset", "valid",
+                         "--max-tokens", "4096", "--cpu", "--num-workers", "0"], cli_env, ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = [x for x in (proc.stdout + proc.stderr).splitlines() if "valid on 'valid' subset" in x][-1]
+    assert all(f"| {m} {logged[m]:g} |" in line for m in logged), (line, logged)  # the checkpoint's --eval-rouge
+
+    generate = ["fairseq-generate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task", "bart_summarization",
+                "--path", str(save / "checkpoint_best.pt"), "--gen-subset", "valid", "--batch-size", "16", "--cpu",
+                "--scoring", "bart_rouge", *(a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v)))]
+    bpe = ["--bpe", "bart_gpt2", "--gpt2-encoder-json", str(data / "encoder.json"), "--gpt2-vocab-bpe",
+           str(data / "vocab.bpe")]
+    proc = launcher.run(generate + bpe + ["--results-path", str(tmp_path / "gen")], cli_env, ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = (tmp_path / "gen" / "generate-valid.txt").read_text()
+    printed = text.strip().splitlines()[-1]
+    assert printed.startswith("Generate valid with beam=2: ROUGE-1 ") and printed.endswith(" 50 documents)"), printed
+    figures = [float(printed.split(f"{name} ")[1].split(" ")[0]) for name in ("ROUGE-1", "ROUGE-2", "ROUGE-L")]
+    assert figures == [pytest.approx(logged[m], abs=0.006) for m in ("rouge1", "rouge2", "rougeL")], (printed, logged)
+
+    # hypotheses from the ids fairseq-generate wrote, references from the binarized data
+    from fairseq.data import Dictionary
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    codec, d = FolderCodec(data), Dictionary.load(str(data / "dict.target.txt"))
+    targets = MMapIndexedDataset(str(data / "valid.source-target.target"))
+    hyp_ids = {int(line.split("\t")[0][2:]): line.split("\t")[2].split() for line in text.splitlines()
+               if line.startswith("H-")}
+    assert sorted(hyp_ids) == list(range(50))
+    hyps = [codec.text(hyp_ids[i]) for i in range(50)]
+    refs = [codec.decode(d, targets[i]) for i in range(50)]
+    scores = per_document(hyps, refs)
+    assert figures == [pytest.approx(100 * scores[m].mean(), abs=0.006) for m in ("rouge1", "rouge2", "rougeL")]
+    assert 0 < figures[0] < 100
+
+    proc = launcher.run(generate, cli_env, ROOT, timeout=300)  # ids only: refused, naming the options that decode
+    assert proc.returncode != 0 and "--scoring bart_rouge scores text" in proc.stderr, proc.stderr[-3000:]
+    assert "--bpe bart_gpt2 --gpt2-encoder-json DATA/encoder.json" in proc.stderr
+
+
 def test_training_refuses_to_cut_sources_beyond_the_models_positions(cli_env, tmp_path):
     """--truncate-source with --max-source-positions above the model's (the xsum config's 1024 on a 512-position
     bart_small_preln): fairseq skipped every aclsum training paper with a warning and then failed with

@@ -52,3 +52,62 @@ def test_bootstrap_interval():
     assert ci.low < ci.mean < ci.high and ci.high - ci.low < 0.05
     assert bootstrap(values, 2000, seed=1) == ci  # seeded
     assert bootstrap(np.full(10, 0.3)).low == pytest.approx(0.3)
+
+
+def test_fairseq_scorer_scores_text_without_bos_eos_and_refuses_ids():
+    """--scoring bart_rouge: the figures of rouge-score on the same pairs; <s> / </s> left in a line are not
+    words (rouge-score would count an "s" in every summary); a line of ids is refused."""
+    from bart_ext.adapters.fairseq_scoring import RougeScorer
+
+    scorer = RougeScorer(None)
+    for h, r in zip(HYPS, REFS):
+        scorer.add_string(f"<s> {r} </s>", f"<s> {h}")
+    direct = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    expected = 100 * np.mean([direct.score(r, h)["rougeL"].fmeasure for h, r in zip(HYPS, REFS)])
+    assert scorer.score() == pytest.approx(expected, abs=1e-9)
+    assert scorer.ref[0] == REFS[0] and scorer.pred[0] == HYPS[0]
+    printed = scorer.result_string()
+    assert f"ROUGE-L {expected:.2f} [" in printed and printed.endswith("4 documents)")
+    assert RougeScorer(None).result_string() == "ROUGE: no documents with references were scored"
+    with pytest.raises(ValueError, match=r"handed it dictionary ids \('1475 9665 20731' \.\.\.\): decode them with "
+                                         r"--bpe bart_gpt2"):
+        RougeScorer(None).add_string("1475 9665 20731", "12 13")
+    numbers = RougeScorer(None)
+    numbers.add_string("1990 2000", "1990")  # two numbers are text (a pair of years), not taken for ids
+    assert numbers.score() > 0
+
+
+def test_eval_rouge_args_take_generation_options_and_presets():
+    from bart_ext.adapters.fairseq_scoring import generation_settings
+    from bart_ext.summarization_data import load_preset
+
+    assert generation_settings("{}") == {}
+    assert generation_settings('{"beam": 4, "max_len_b": 60}') == {"beam": 4, "max_len_b": 60}
+    assert generation_settings('{"preset": "xsum", "beam": 2}') == {**load_preset("xsum"), "beam": 2}
+    for spec, message in [('{"beams": 4}', "beams is not a generation option"),
+                          ("beam=4", "'beam=4' is not JSON"),
+                          ("[4]", "must be a JSON object"),
+                          ('{"preset": "nope"}', "unknown generation preset 'nope'")]:
+        with pytest.raises(ValueError, match=message):
+            generation_settings(spec)
+
+
+def test_eval_rouge_metrics_are_document_means_over_batches_and_ranks():
+    """Sums of per-document F1 and document counts, summed over batches (and ranks), give the mean over all
+    documents: not a mean of batch means."""
+    from fairseq import metrics
+
+    from bart_ext.adapters.fairseq_scoring import RougeValidation
+
+    batches = [[{"_rouge_docs": 3, "_rouge1_sum": 1.5, "_rouge2_sum": 0.3, "_rougeL_sum": 0.9}],
+               [{"_rouge_docs": 1, "_rouge1_sum": 0.1, "_rouge2_sum": 0.0, "_rougeL_sum": 0.1}],
+               [{"loss": 2.0}]]  # a training log: nothing to add
+    with metrics.aggregate(new_root=True) as agg:
+        for logs in batches:
+            RougeValidation.reduce(logs)
+        values = agg.get_smoothed_values()
+    assert values["rouge1"] == pytest.approx(40.0) and values["rouge2"] == pytest.approx(7.5)
+    assert values["rougeL"] == pytest.approx(25.0)
+    with metrics.aggregate(new_root=True) as agg:
+        RougeValidation.reduce([{"loss": 1.0}])
+        assert "rouge1" not in agg.get_smoothed_values()
