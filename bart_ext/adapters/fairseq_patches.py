@@ -79,6 +79,12 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    the demo's summarizer start " Aachine" where ``bart_ext.load`` gave "Handling", and stopped offline
    on the download. The checkpoint reader (1) notes what each checkpoint's ``extra_state`` says about
    its text (``fairseq_hub.remember_text_convention``). Other models get fairseq's class unchanged.
+11. ``distributed.utils.all_gather_list`` (``fairseq-validate`` on several ranks; training whose
+   criterion's logging outputs cannot be summed): fairseq builds its exchange buffer with
+   ``torch.cuda.ByteTensor``, so on a CPU job (gloo) it stopped with ``TypeError: type
+   torch.cuda.ByteTensor not available``. Over a gloo group the objects travel through
+   ``torch.distributed.all_gather_object`` instead, in rank order as fairseq returns them; NCCL groups
+   keep fairseq's function.
 """
 from __future__ import annotations
 
@@ -645,8 +651,37 @@ def load_checkpoint_naming_the_cause(load_checkpoint):
 
 # ---------------------------------------------------------------------------------------------
 
+def _is_gloo(group) -> bool:
+    import torch.distributed as dist
+
+    try:
+        return dist.get_backend(group) == "gloo"
+    except (RuntimeError, ValueError, TypeError, AttributeError):  # not a process group (TPU lists, none yet)
+        return False
+
+
+def gloo_all_gather_list(all_gather_list):
+    """Patch 11: fairseq's ``all_gather_list``, or ``all_gather_object`` over a gloo group."""
+
+    @functools.wraps(all_gather_list)
+    def gather(data, group=None, max_size=16384):
+        import torch.distributed as dist
+        from fairseq import utils
+        from fairseq.distributed.utils import get_global_group
+
+        chosen = get_global_group() if group is None else group
+        if not _is_gloo(chosen):
+            return all_gather_list(data, group=group, max_size=max_size)
+        out = [None] * dist.get_world_size(group=chosen)
+        dist.all_gather_object(out, utils.move_to_cpu(data), group=chosen)
+        return out
+
+    gather.bart_ext_patched = True
+    return gather
+
+
 def install() -> None:
-    """Install patches 1-10 (idempotent)."""
+    """Install patches 1-11 (idempotent)."""
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as dist_utils
     from fairseq.models import distributed_fairseq_model as dfm
@@ -660,6 +695,8 @@ def install() -> None:
         checkpoint_utils.load_checkpoint_to_cpu = safe_checkpoint_reader(checkpoint_utils.load_checkpoint_to_cpu)
     if not getattr(dist_utils._broadcast_object_slow, "bart_ext_patched", False):
         dist_utils._broadcast_object_slow = intra_job_broadcast(dist_utils._broadcast_object_slow)
+    if not getattr(dist_utils.all_gather_list, "bart_ext_patched", False):
+        dist_utils.all_gather_list = gloo_all_gather_list(dist_utils.all_gather_list)
     if not getattr(dist_utils.call_main, "bart_ext_patched", False):
         dist_utils.call_main = torchrun_call_main(dist_utils.call_main)
     if not getattr(dfm.DistributedDataParallel, "bart_ext_patched", False):

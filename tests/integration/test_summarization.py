@@ -416,12 +416,19 @@ def test_rouge_in_validation_and_in_fairseq_generate(demo, cli_env, tmp_path):
     assert "example summary: " in log and "example reference: " in log
     best = torch.load(save / "checkpoint_best.pt", map_location="cpu", weights_only=False)
     assert best["extra_state"]["best"] == pytest.approx(logged["rougeL"])
-    proc = launcher.run(["fairseq-validate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task",
-                         "bart_summarization", "--path", str(save / "checkpoint_best.pt"), "--valid-subset", "valid",
-                         "--max-tokens", "4096", "--cpu", "--num-workers", "0"], cli_env, ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = [x for x in (proc.stdout + proc.stderr).splitlines() if "valid on 'valid' subset" in x][-1]
-    assert all(f"| {m} {logged[m]:g} |" in line for m in logged), (line, logged)  # the checkpoint's --eval-rouge
+    validate = ["fairseq-validate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task", "bart_summarization",
+                "--path", str(save / "checkpoint_best.pt"), "--valid-subset", "valid", "--max-tokens", "4096", "--cpu",
+                "--num-workers", "0"]
+    torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", "2", "--master-port",
+                "29591", os.path.join(os.path.dirname(sys.executable), "fairseq-validate")]
+    # one process, and two ranks (each validates half the documents; fairseq's all_gather_list, which
+    # stopped on a CPU job with "torch.cuda.ByteTensor not available", gathers their sums)
+    for cmd in (validate, torchrun + validate[1:]):
+        proc = launcher.run(cmd, cli_env, ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        line = [x for x in (proc.stdout + proc.stderr).splitlines() if "valid on 'valid' subset" in x][-1]
+        assert "| bsz 50" in line, line  # every validation document, on either count of ranks
+        assert all(f"| {m} {logged[m]:g} |" in line for m in logged), (cmd[0], line, logged)  # the checkpoint's --eval-rouge
 
     generate = ["fairseq-generate", str(data), "--user-dir", str(ROOT / "user_dir"), "--task", "bart_summarization",
                 "--path", str(save / "checkpoint_best.pt"), "--gen-subset", "valid", "--batch-size", "16", "--cpu",
