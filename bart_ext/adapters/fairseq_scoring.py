@@ -101,7 +101,8 @@ class RougeValidation:
         try:
             self.codec = FolderCodec(data)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"--eval-rouge decodes summaries to text: {err}") from None
+            raise FileNotFoundError(f"--eval-rouge decodes summaries to text: {err} (put them into the data "
+                                    "folder, or train without --eval-rouge)") from None
         self.generator = task.build_generator([model], Namespace(**generation_settings(spec)))
 
     def logging_output(self, sample, model) -> dict[str, float]:

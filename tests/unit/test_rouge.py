@@ -111,3 +111,11 @@ def test_eval_rouge_metrics_are_document_means_over_batches_and_ranks():
     with metrics.aggregate(new_root=True) as agg:
         RougeValidation.reduce([{"loss": 1.0}])
         assert "rouge1" not in agg.get_smoothed_values()
+
+
+def test_eval_rouge_names_the_tokenizer_files_a_data_folder_lacks(tmp_path):
+    from bart_ext.adapters.fairseq_scoring import RougeValidation
+
+    with pytest.raises(FileNotFoundError, match=rf"^--eval-rouge decodes summaries to text: {tmp_path}/encoder.json "
+                                                rf"and {tmp_path}/vocab.bpe \(GPT-2 BPE\), or {tmp_path}/sentencepiece"):
+        RougeValidation(None, None, str(tmp_path), "{}", False)
