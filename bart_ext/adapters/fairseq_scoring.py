@@ -7,6 +7,7 @@ translation with ``--eval-bleu``; summarization is scored with ROUGE. Both paths
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import numpy as np
@@ -16,6 +17,10 @@ from bart_ext.rouge import METRICS, bootstrap, per_document
 
 _SPECIAL = re.compile(r"(?:^|\s)</?s>(?=\s|$)")  # <s> / </s> left in a line as words
 _IDS = re.compile(r"\s*\d+(?:\s+\d+){2,}\s*")  # three or more dictionary ids and nothing else
+
+
+def _not_about_bleu(record: logging.LogRecord) -> bool:
+    return "BLEU score" not in str(record.msg)
 
 
 def _clean(text: str) -> str:
@@ -29,6 +34,12 @@ class RougeScorer(BaseScorer):
 
     fairseq hands a scorer text only when ``--bpe`` decodes it; without, its lines are BPE ids, and ROUGE
     of ids is no ROUGE: the first such reference stops the run with the options that decode it."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # fairseq-generate warns, whatever the scorer, that "the BLEU score is computed on BPE tokens" when
+        # --bpe is given without --sacrebleu: not so for this one, which scores the decoded text.
+        logging.getLogger("fairseq_cli.generate").addFilter(_not_about_bleu)
 
     def add_string(self, ref: str, pred: str) -> None:
         if _IDS.fullmatch(ref):

@@ -59,7 +59,15 @@ def test_fairseq_scorer_scores_text_without_bos_eos_and_refuses_ids():
     words (rouge-score would count an "s" in every summary); a line of ids is refused."""
     from bart_ext.adapters.fairseq_scoring import RougeScorer
 
+    import logging
+
+    generate_log = logging.getLogger("fairseq_cli.generate")
+    bleu_warning = generate_log.makeRecord(generate_log.name, logging.WARNING, __file__, 0, "If you are using BPE on "
+                                           "the target side, the BLEU score is computed on BPE tokens", (), None)
     scorer = RougeScorer(None)
+    assert not generate_log.filter(bleu_warning)  # fairseq-generate's BLEU advice, with ROUGE as the score
+    assert generate_log.filter(generate_log.makeRecord(generate_log.name, logging.INFO, __file__, 0, "Translated", (),
+                                                       None))
     for h, r in zip(HYPS, REFS):
         scorer.add_string(f"<s> {r} </s>", f"<s> {h}")
     direct = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
