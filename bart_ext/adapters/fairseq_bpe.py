@@ -11,10 +11,20 @@ from __future__ import annotations
 
 from fairseq.data.encoders.gpt2_bpe import GPT2BPE
 
+MASK = "<mask>"
+
 
 class RunningTextGPT2BPE(GPT2BPE):
     def encode(self, x: str) -> str:
-        return super().encode(" " + x.lstrip()) if x.strip() else ""  # a blank text is no tokens, not "Ġ"
+        if MASK not in x:
+            return super().encode(" " + x.lstrip()) if x.strip() else ""  # a blank text is no tokens, not "Ġ"
+        # fairseq-interactive with a pretrained model: "<mask>" is the dictionary's mask symbol, not the
+        # characters < mask >. Spans are encoded as fairseq's BART fill_mask encodes them (each without its
+        # trailing space, which the mask takes); only the first gets the first word's space.
+        spans = x.lstrip().split(MASK)
+        out = [super(RunningTextGPT2BPE, self).encode((" " if i == 0 else "") + span.rstrip()) if span.strip() else ""
+               for i, span in enumerate(spans)]
+        return f" {MASK} ".join(out).strip().replace("  ", " ")
 
     def decode(self, x: str) -> str:
         text = super().decode(x)

@@ -201,6 +201,18 @@ class BartDenoisingTaskBase(BeamGeneratorTask, FairseqTask):
                              f"the model's {positions} positions: set it to {positions} or fewer")
         return model
 
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        """Texts given as tokens (``BARTModel.from_pretrained``'s ``fill_mask``/``sample``, fairseq-interactive):
+        one sample each, ``<s>`` first as pretraining sources begin, right-padded as pretraining batches are.
+        fairseq's task raised ``NotImplementedError`` here, so fairseq's hub could not fill masks with a
+        pretrained bart_ext model."""
+        from fairseq.data import LanguagePairDataset
+
+        bos = self.dictionary.bos()
+        rows = [t if len(t) and t[0] == bos else torch.cat([t.new_tensor([bos]), t]) for t in src_tokens]
+        return LanguagePairDataset(rows, [len(t) for t in rows], self.dictionary, tgt_dict=self.dictionary,
+                                   left_pad_source=False, constraints=constraints)
+
     def word_start(self) -> np.ndarray:
         if self._word_start is None:
             self._word_start = word_start_table(self.dictionary, self.cfg.word_starts, encoder_json_path(self.cfg))

@@ -384,6 +384,36 @@ def test_fairseqs_from_pretrained_reads_text_as_the_model_was_trained(demo, cli_
     assert proc.stdout.splitlines()[-2:] == ["BartExtHubInterface", summary[0]], proc.stdout[-2000:]
 
 
+def test_fairseqs_hub_and_interactive_fill_masks_with_the_pretrained_model(demo, cli_env, tmp_path):
+    """fairseq's BART README fills masks with a pretrained model: BARTModel.from_pretrained(...).fill_mask on
+    the demo's pretrained checkpoint (task bart_denoising) stopped with NotImplementedError (the task built
+    no inference dataset). It now equals bart_ext.load's, as sample does; fairseq-interactive --bpe bart_gpt2
+    gives the model "<mask>" as the mask symbol."""
+    import bart_ext
+    from fairseq.models.bart import BARTModel
+
+    run, _ = demo
+    ckpt, data = run / "pretrain" / "checkpoint_last.pt", run / "lddl"
+    texts = ["Handling terminology is an important <mask> in machine translation.", "<mask> is a task (<mask>)."]
+    hub = BARTModel.from_pretrained(str(ckpt.parent), checkpoint_file=ckpt.name, data_name_or_path=str(data))
+    ours = bart_ext.load(ckpt, data=data)
+    filled = hub.fill_mask(texts, topk=3)
+    assert filled == ours.fill_mask(texts, topk=3) and len(filled[0]) == 3
+    assert hub.sample(["We propose a new method for parsing."]) == ours.sample(["We propose a new method for parsing."])
+
+    lines = tmp_path / "masked.txt"
+    lines.write_text(texts[0] + "\n")
+    proc = launcher.run(["fairseq-interactive", str(data), "--user-dir", str(ROOT / "user_dir"), "--task",
+                         "bart_denoising", "--path", str(ckpt), "--cpu", "--beam", "3", "--match-source-len",
+                         "--bpe", "bart_gpt2", "--gpt2-encoder-json", str(data / "encoder.json"), "--gpt2-vocab-bpe",
+                         str(data / "vocab.bpe"), "--input", str(lines)], cli_env, ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    source = [x for x in proc.stdout.splitlines() if x.startswith("S-0")][0].split("\t")[1].split()
+    assert source.count("<mask>") == 1, source  # one symbol, not the characters < mask >
+    text = [x for x in proc.stdout.splitlines() if x.startswith("D-0")][0].split("\t")[2]
+    assert text and "<mask>" not in text, text
+
+
 def test_rouge_in_validation_and_in_fairseq_generate(demo, cli_env, tmp_path):
     """--eval-rouge: two updates of fine-tuning from the demo's summarizer log the validation split's ROUGE
     and keep checkpoint_best by rougeL; fairseq-generate --scoring bart_rouge on that checkpoint with the

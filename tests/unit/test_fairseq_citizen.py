@@ -541,6 +541,13 @@ def test_bart_gpt2_adds_the_first_words_space_and_decoding_takes_it_off(data_dir
     assert ours.decode(ours.encode(text)) == text
     assert plain.decode(ours.encode(text)) == " " + text
     assert ours.encode("") == ours.encode("  ") == ""
+    # a mask (fairseq-interactive with a pretrained model): the dictionary's symbol between the spans as
+    # fairseq's BART fill_mask encodes them (the span before a mask without its trailing space), only the
+    # first span with the first word's space
+    assert ours.encode("We propose a new <mask> for parsing.") == (
+        f"{plain.encode(' We propose a new')} <mask> {plain.encode(' for parsing.')}")
+    assert ours.encode("<mask> is a task (<mask>).") == f"<mask> {plain.encode(' is a task (')} <mask> {plain.encode(').')}"
+    assert ours.decode(ours.encode("A <mask>.")) == "A<mask>."  # the space before a mask is the mask's
 
 
 @pytest.mark.parametrize("flags,refused", [
