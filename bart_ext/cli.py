@@ -42,9 +42,35 @@ def interrupt_on_stop_signals() -> dict:
     def stop(signum, frame):
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
+        if _deferring:
+            _pending.append(signum)
+            return
         raise Terminated(signum)
 
     return {s: signal.signal(s, stop) for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_DFL}
+
+
+_deferring = 0  # depth of stop_signals_deferred blocks in the main thread
+_pending: list[int] = []
+
+
+@contextlib.contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """A stop signal that arrives within the block (in the main thread) is raised as ``Terminated`` when
+    the block ends, not in the middle of it. For starting a child and recording it: raised inside
+    ``subprocess.Popen`` after the fork, the interrupt left a child that no cleanup knew of, training on
+    as an orphan (the demo's side-by-side fine-tunings, SIGTERM as they started, 2026-12-07)."""
+    global _deferring
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and _pending:
+        raise Terminated(_pending.pop())
 
 
 _children: set[subprocess.Popen] = set()
@@ -58,9 +84,11 @@ def run_child(cmd: list[str], *, capture_output: bool = False, **kwargs) -> subp
     of the main thread does not reach."""
     if capture_output:
         kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
-    with subprocess.Popen(cmd, **kwargs) as proc:
+    with stop_signals_deferred():  # an interrupt comes once the child is where stop_children finds it
+        proc = subprocess.Popen(cmd, **kwargs)
         with _children_lock:
             _children.add(proc)
+    with proc:
         try:
             if _stopping.is_set():  # started as the others were being stopped
                 proc.terminate()

@@ -50,7 +50,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bart_ext.cli import Terminated, check_at_least, children_stopped_on_interrupt, interrupt_on_stop_signals  # noqa: E402
+from bart_ext.cli import (  # noqa: E402
+    Terminated, check_at_least, children_stopped_on_interrupt, interrupt_on_stop_signals, stop_signals_deferred,
+)
 from bart_ext.curves import parse_record, plot, read_log, time_left  # noqa: E402
 from bart_ext.files import InUseError, exclusive  # noqa: E402
 from bart_ext.summarization_data import load_preset  # noqa: E402
@@ -155,8 +157,9 @@ def stream_together(jobs: list[tuple[list[str], Path, object, bool]], threads: i
     try:
         for cmd, log, show, append in jobs:
             files.append(open(log, "a" if append else "w"))
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                          cwd=ROOT, env=env))
+            with stop_signals_deferred():  # the child is in procs (stopped in finally) before an interrupt
+                procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                              cwd=ROOT, env=env))
             readers.append(threading.Thread(target=pump, args=(procs[-1], files[-1], show), daemon=True))
             readers[-1].start()
         rcs: list[int | None] = [None] * len(jobs)

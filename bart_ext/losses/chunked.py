@@ -116,7 +116,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         # than the arithmetic done in it. Their rows are padded to whole 64-byte lines and the chunk's
         # (c x V) views into them are what the matmuls read and write: with an odd row length (GPT-2's
         # 50,265, a corpus' 18,617) MKL wrote the logits at two thirds of its speed (_padded_row).
-        # The log-softmax runs over whole padded rows whose padding holds -inf, so it adds nothing.
+        # The log-softmax runs over whole padded rows whose padding holds -inf, so it adds nothing; the
+        # padding holds 0 again before the chunk's gradient matmuls, which may read it: oneDNN's bf16
+        # kernels on AMX read a strided operand's row tail (the -inf there times the other operand's
+        # zero padding made every gradient NaN at widths up to 64, 2026-12-07).
         rows = max(min(chunk, n), 1)
         lprobs_rows = torch.empty(rows, _padded_row(vocab, acc), dtype=acc, device=dev)
         lprobs = lprobs_rows[:, :vocab]
@@ -128,7 +131,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         else:
             logits_rows = torch.empty(rows, _padded_row(vocab, compute_dtype), dtype=compute_dtype, device=dev)
             logits = logits_rows[:, :vocab]
-            logits_rows[:, vocab:].fill_(float("-inf"))  # stays: only the (c x V) view is written
+            logits_rows[:, vocab:].zero_()  # only the (c x V) view is written
         low_w = torch.empty(weight.shape, dtype=compute_dtype, device=dev) if low and need_w else None
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)  # (c, C)
@@ -142,10 +145,13 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 # faults made it 3x slower (11.8 against 3.9 ms for 450 x 18.6k on a 2-core Xeon).
                 if z.data_ptr() != lp.data_ptr():
                     lp.copy_(z)
-                lp_rows[:, vocab:].fill_(float("-inf"))  # the previous chunk's exp_ left 0 there
+                lp_rows[:, vocab:].fill_(float("-inf"))  # the previous chunk left 0 there
                 torch.log_softmax(lp_rows, dim=-1, out=lp_rows)
             else:
+                logits_rows[:c, vocab:].fill_(float("-inf"))
                 torch.log_softmax(logits_rows[:c], dim=-1, dtype=acc, out=lp_rows)
+                logits_rows[:c, vocab:].zero_()
+            lp_rows[:, vocab:].zero_()  # for the matmuls below (the fp32 gradient is a view of this buffer)
             chunk_nll = -lp.gather(1, t).sum()
             if count_correct:  # a CPU's argmax is slow; elsewhere it is one kernel, without host syncs
                 n_correct += (_count_correct(lp, t.squeeze(1)) if dev.type == "cpu"

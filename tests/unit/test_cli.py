@@ -229,3 +229,42 @@ def test_run_puts_the_signal_handlers_back():
     assert {s: signal.getsignal(s) for s in before} == before
     for s, handler in before.items():  # replaced while main ran, where it was the default
         assert (seen[s] is not handler) == (handler == signal.SIG_DFL)
+
+
+def test_a_stop_signal_inside_a_deferred_block_is_raised_when_it_ends():
+    """stop_signals_deferred: SIGTERM while a child is being started is raised as Terminated after the
+    block, so the child is recorded (and stopped by the cleanup) first. In a fresh interpreter, whose main
+    thread holds the handlers; the block's remaining statements run, the code after it does not."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, signal, sys
+        sys.path.insert(0, sys.argv[1])
+        from bart_ext.cli import Terminated, interrupt_on_stop_signals, stop_signals_deferred
+        interrupt_on_stop_signals()
+        steps = []
+        try:
+            with stop_signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs between these bytecodes
+                    pass
+                steps.append("rest of the block")
+            steps.append("after the block")
+        except Terminated as e:
+            steps.append(f"Terminated {e.exit_status}")
+        try:  # outside a block (the handler ignores a second signal once it has fired: reinstall it)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            interrupt_on_stop_signals()
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+            steps.append("not interrupted")
+        except Terminated:
+            steps.append("raised at once")
+        print(steps)
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['rest of the block', 'Terminated 143', 'raised at once']"

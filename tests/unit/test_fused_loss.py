@@ -78,6 +78,63 @@ def test_bf16_autocast_matmuls_in_bf16_log_sum_exp_in_fp32():
     assert torch.nn.functional.cosine_similarity(gw.flatten(), fw.flatten(), dim=0) > 0.99
 
 
+def _row_tails(t: torch.Tensor) -> torch.Tensor | None:
+    """The elements between the rows of a 2-d view into padded rows (a transposed one read row by
+    row as stored), which a matmul kernel may read past each row's end; None for a dense tensor."""
+    if t.dim() != 2:
+        return None
+    if t.stride(0) == 1 and t.stride(1) != 1:
+        t = t.t()
+    rows, cols, stride = t.size(0), t.size(1), t.stride(0)
+    if t.stride(1) != 1 or stride <= cols or rows < 2:
+        return None
+    return t.as_strided((rows - 1, stride - cols), (stride, 1), t.storage_offset() + cols)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_matmuls_never_read_inf_in_the_padded_rows(monkeypatch, autocast):
+    """The chunk buffers' rows are padded (_padded_row) and the log-softmax puts -inf in the padding;
+    the gradient matmuls take views of those buffers. oneDNN's bf16 kernels on AMX read a strided
+    operand's row tail: with -inf there every gradient came out NaN (width 36, 18,617 entries,
+    2026-12-07). Checked here on any CPU: every operand's row tails are finite when a matmul runs."""
+    seen = []
+
+    def checked(fn):
+        def call(*args, **kwargs):
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    tails = _row_tails(a)
+                    if tails is not None:
+                        seen.append(a.shape)
+                        assert torch.isfinite(tails).all(), f"a matmul operand {tuple(a.shape)} has -inf/NaN in its row padding"
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch, "mm", checked(torch.mm))
+    monkeypatch.setattr(torch.Tensor, "addmm_", checked(torch.Tensor.addmm_))
+    hidden, weight, target = _inputs(n=40, width=12, vocab=301, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss, _, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=0.1,
+                                                chunk_tokens=16)
+    loss.backward()
+    assert seen  # the padded buffers were matmul operands (301 entries: rows of 304 or 320)
+    assert torch.isfinite(hidden.grad).all() and torch.isfinite(weight.grad).all()
+
+
+def test_a_narrow_model_with_an_odd_vocabulary_gets_finite_bf16_gradients():
+    """The case that failed on AMX (configs/pretrain/phase1 with bart_tiny_preln: fairseq's "gradients are
+    Nan/Inf" on the first update): 36 wide, the corpus' 18,617 entries, bf16 autocast. The gradients are
+    finite and near the unfused loss's."""
+    hidden, weight, target = _inputs(n=300, width=36, vocab=18617, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD)
+        ref, _ = reference_linear_cross_entropy(hidden, weight, target, ignore_index=PAD)
+    got, want = torch.autograd.grad(loss, (hidden, weight)), torch.autograd.grad(ref, (hidden, weight))
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all()
+        assert torch.nn.functional.cosine_similarity(g.flatten(), w.flatten(), dim=0) > 0.999
+
+
 @pytest.mark.parametrize("staging_elements", [7, 32, 100, 250, 10_000])  # no row, 1 row, several blocks, one
 def test_adding_bf16_through_a_staging_buffer_equals_a_mixed_add(staging_elements):
     g = torch.Generator().manual_seed(3)
