@@ -85,6 +85,13 @@ attribute, changes behaviour only in the case it fixes, and is installed once (i
    torch.cuda.ByteTensor not available``. Over a gloo group the objects travel through
    ``torch.distributed.all_gather_object`` instead, in rank order as fairseq returns them; NCCL groups
    keep fairseq's function.
+12. ``nan_detector.NanDetector.add_hooks`` (the trainer's rerun of a step whose gradients were NaN/Inf,
+   to name the module where they began): fairseq registers a module backward hook on every module,
+   which torch >= 2 refuses for a module whose output is a dict holding no tensor directly (fairseq's
+   transformer and our encoders return ``{"encoder_out": [x], ...}``): the rerun stopped with a bare
+   ``StopIteration`` from torch's hook code, and fairseq's "gradients are Nan/Inf" never showed. The
+   backward half now hooks the gradient of each output tensor instead (the same report: NaN or Inf
+   "detected in output of MODULE, ..., backward"); the forward half is fairseq's.
 """
 from __future__ import annotations
 
@@ -680,8 +687,36 @@ def gloo_all_gather_list(all_gather_list):
     return gather
 
 
+def _output_tensors(x):
+    """The tensors in a module's output, through dicts, lists and tuples."""
+    if torch.is_tensor(x):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _output_tensors(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _output_tensors(v)
+
+
+def nan_detector_add_hooks(self, module) -> None:
+    """Patch 12: fairseq's forward hook, and for the backward a hook on each output tensor's gradient."""
+    if self.forward:
+        self.fhooks.append(module.register_forward_hook(self.fhook_fn))
+    if self.backward:
+        def on_output(mod, inp, output):
+            for t in _output_tensors(output):
+                if t.requires_grad:
+                    t.register_hook(lambda grad, mod=mod: self.bhook_fn(mod, None, grad))
+
+        self.bhooks.append(module.register_forward_hook(on_output))
+
+
+nan_detector_add_hooks.bart_ext_patched = True
+
+
 def install() -> None:
-    """Install patches 1-11 (idempotent)."""
+    """Install patches 1-12 (idempotent)."""
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as dist_utils
     from fairseq.models import distributed_fairseq_model as dfm
@@ -712,6 +747,9 @@ def install() -> None:
 
     if not getattr(Trainer.load_checkpoint, "bart_ext_patched", False):
         Trainer.load_checkpoint = load_checkpoint_naming_the_cause(Trainer.load_checkpoint)
+    from fairseq.nan_detector import NanDetector
+
+    NanDetector.add_hooks = nan_detector_add_hooks
     from fairseq.models.bart.hub_interface import BARTHubInterface
 
     from bart_ext.adapters.fairseq_hub import hub_for_our_models

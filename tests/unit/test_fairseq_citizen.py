@@ -589,3 +589,41 @@ def test_fairseq_precisions_that_cannot_train_here_are_refused_before_training(d
 
     with pytest.raises(ValueError, match=refused):
         dist_utils.call_main(cfg, fairseq_cli.train.main)  # raised before fairseq_cli.train.main starts
+
+
+# --- patch 12: fairseq's NanDetector on models whose outputs are dicts --------------------------------
+
+@pytest.mark.parametrize("which", ["ours", "fairseq"])
+def test_nan_detector_names_the_module_where_gradients_turn_nan(which, caplog):
+    """fairseq's trainer reruns a step whose gradients were NaN/Inf under NanDetector. Its module backward
+    hooks stopped with a bare StopIteration in torch's hook code on any encoder returning fairseq's dict
+    ({"encoder_out": [x], ...}): ours and fairseq's own transformer. Now the rerun completes and names
+    the first module whose output gradient is NaN, in the forward's order as fairseq reports it."""
+    from fairseq.nan_detector import NanDetector
+
+    from tests.helpers import preln_args
+    from tests.unit.test_model import batch, fairseq_bart
+    from user_dir.bart_preln import BartPreln
+
+    d = dictionary()
+    if which == "ours":
+        model = BartPreln.build_model(preln_args(), fake_task(d))
+    else:
+        model = fairseq_bart(d, encoder_layers=1, decoder_layers=1, encoder_embed_dim=12, decoder_embed_dim=12,
+                             encoder_ffn_embed_dim=14, decoder_ffn_embed_dim=14, encoder_attention_heads=3,
+                             decoder_attention_heads=3, max_source_positions=64, max_target_positions=64)
+    src, lengths, tgt = batch(d)
+    poisoned = model.decoder.layer_norm if which == "ours" else model.decoder.layers[-1].final_layer_norm
+    # the gradient that reaches this LayerNorm's output is NaN
+    def poison(module, inputs, out):
+        out.register_hook(lambda g: torch.full_like(g, float("nan")))
+
+    handle = poisoned.register_forward_hook(poison)
+    with caplog.at_level(logging.WARNING, logger="fairseq.nan_detector"), NanDetector(model) as detector:
+        out, _ = model(src, lengths, tgt)
+        out.float().sum().backward()
+    handle.remove()
+    assert detector.has_printed_b and not detector.has_printed_f
+    reports = [r.getMessage() for r in caplog.records if "detected in output of" in r.getMessage()]
+    assert reports and reports[0].startswith("NaN detected in output of") and reports[0].endswith("backward")
+    assert not any(h for h in (poisoned._forward_hooks, model._forward_hooks))  # the detector's hooks are gone
