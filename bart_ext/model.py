@@ -30,8 +30,10 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bart_ext import bf16_gemm
 from bart_ext import dropout as dropout_kernel
 from bart_ext.attention import attention
+from bart_ext.bf16_gemm import Linear
 from bart_ext.dropout import dropout as _dropout
 from bart_ext.switches import ATTENTION
 
@@ -217,10 +219,10 @@ class MultiheadAttention(_Dropping):
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.out_proj = Linear(embed_dim, embed_dim)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -287,10 +289,11 @@ class _GeluLinear(torch.autograd.Function):
     ``gelu(h)`` there (one elementwise pass) instead of keeping it: a feed-forward sublayer then
     holds one ``(tokens x ffn)`` tensor for the backward instead of two. Outputs and gradients are
     the plain composition's, bit for bit (tests/unit/test_model.py), under bf16/fp16 autocast too,
-    whose casts are applied here as autocast would (the matmul in the autocast dtype)."""
+    whose casts are applied here as autocast would (the matmul in the autocast dtype), and with
+    ``bf16_gemm``'s fp32 weight and bias gradients where ``Linear`` takes them."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, mkl: bool) -> Tensor:
         dev = h.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
         w = weight.to(dtype)
@@ -298,6 +301,7 @@ class _GeluLinear(torch.autograd.Function):
             out = F.linear(F.gelu(h.to(dtype)), w, None if bias is None else bias.to(dtype))
         ctx.save_for_backward(h, w)
         ctx.weight_dtype, ctx.has_bias = weight.dtype, bias is not None
+        ctx.mkl = mkl  # bf16_gemm.uses_mkl (read outside: grad mode is off in here)
         return out
 
     @staticmethod
@@ -306,10 +310,14 @@ class _GeluLinear(torch.autograd.Function):
         hc, grad = h.to(w.dtype), grad.to(w.dtype)
         a = F.gelu(hc)  # recomputed
         g2, a2 = grad.reshape(-1, grad.size(-1)), a.reshape(-1, a.size(-1))
-        grad_w = (g2.t() @ a2).to(ctx.weight_dtype)
-        grad_b = g2.sum(0).to(ctx.weight_dtype) if ctx.has_bias else None
+        if ctx.mkl:
+            grad_w = bf16_gemm.weight_grad(g2, a2)  # a custom operator: _GeluLinear is traced when compiled
+            grad_b = bf16_gemm.column_sums(g2) if ctx.has_bias else None
+        else:
+            grad_w = (g2.t() @ a2).to(ctx.weight_dtype)
+            grad_b = g2.sum(0).to(ctx.weight_dtype) if ctx.has_bias else None
         grad_h = torch.ops.aten.gelu_backward(grad @ w, hc).to(h.dtype)
-        return grad_h, grad_w, grad_b
+        return grad_h, grad_w, grad_b, None
 
 
 class _Layer(_Dropping):
@@ -331,7 +339,8 @@ class _Layer(_Dropping):
     def ffn(self, x: Tensor) -> Tensor:
         h = self.fc1(x)
         if torch.is_grad_enabled() and not (self.dropping and self.activation_dropout):
-            return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)  # gelu(h) not kept for the backward
+            mkl = bf16_gemm.uses_mkl(h, self.fc2.weight)  # fp32 weight and bias gradients from bf16 products
+            return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias, mkl)  # gelu(h) not kept for the backward
         return self.fc2(_dropout(F.gelu(h), self.activation_dropout, self.dropping))
 
 
@@ -340,8 +349,8 @@ class EncoderLayer(_Layer):
         super().__init__(cfg)
         self.self_attn = MultiheadAttention(cfg.embed_dim, cfg.attention_heads, cfg.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim)
-        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
-        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+        self.fc1 = Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = Linear(cfg.ffn_dim, cfg.embed_dim)
         self.final_layer_norm = nn.LayerNorm(cfg.embed_dim)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -356,8 +365,8 @@ class DecoderLayer(_Layer):
         self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim)
         self.encoder_attn = MultiheadAttention(cfg.embed_dim, cfg.attention_heads, cfg.attention_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(cfg.embed_dim)
-        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
-        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+        self.fc1 = Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = Linear(cfg.ffn_dim, cfg.embed_dim)
         self.final_layer_norm = nn.LayerNorm(cfg.embed_dim)
 
     def forward(
@@ -449,7 +458,7 @@ class Decoder(_Stack):
 
     def __init__(self, cfg: BartConfig, embed_tokens: nn.Embedding, **kwargs):
         super().__init__(cfg, embed_tokens, (DecoderLayer(cfg) for _ in range(cfg.decoder_layers)), **kwargs)
-        self.output_projection = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+        self.output_projection = Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
         self.output_projection.weight = embed_tokens.weight
 
     def decode(
@@ -546,6 +555,7 @@ def compile_layers(model: nn.Module) -> list[nn.Module]:
     graph variants). Returns the compiled layers (``uncompile_layers`` reverts them).
     """
     dropout_kernel.prepare_compile()
+    bf16_gemm.prepare_compile()
     layers = [m for m in model.modules() if isinstance(m, _Layer)]
     for layer in layers:
         layer.compile(dynamic=True)

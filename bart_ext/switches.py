@@ -66,6 +66,12 @@ DROPOUT = Switch(
     "auto: bart_preln's dropout on fp32 and bf16 CPU tensors draws its mask with the compiled counter-based kernel "
     "(bart_ext/dropout.py; 4-5x torch's bernoulli_); torch: torch's dropout everywhere")
 
+BF16_GEMM = Switch(
+    "BART_EXT_BF16_GEMM", "auto", ("auto", "torch"),
+    "auto: under bf16 autocast on a CPU with bf16 matrix instructions, bart_preln's linear layers compute their weight "
+    "gradients, and the fused loss its products, with MKL's bf16 x bf16 -> fp32 product (bart_ext/bf16_gemm.py; "
+    "fp32 weight gradients, 1.5-2.5x PyTorch's bf16 products there); torch: PyTorch's autocast products everywhere")
+
 CONSTRAINT_SCORES = Switch(
     "BART_EXT_CONSTRAINT_SCORES", "fairseq", ("fairseq", "renormalized"),
     "beam search of bart_ext's generator: fairseq (tokens ruled out by n-gram blocking or the minimum length get "
@@ -73,4 +79,4 @@ CONSTRAINT_SCORES = Switch(
     "CTranslate2 scores them)")
 
 ALL = (TRUSTED_CHECKPOINTS, NGRAM_BLOCK, GENERATOR, BEAM_SHARED, CACHE, NO_CPU_KERNEL, ATTENTION, ATTENTION_BACKWARD, DROPOUT,
-       CONSTRAINT_SCORES)
+       BF16_GEMM, CONSTRAINT_SCORES)

@@ -93,7 +93,9 @@ def bench_exp(reps: int) -> None:
     print(f"  all -inf:   {_median_ms(lambda: torch.exp(y, out=out), reps):7.2f} ms")
 
 
-def bench_step(steps: int, rounds: int) -> None:
+def bench_step(steps: int, rounds: int, switch: str = SWITCH, label: dict[str, str] = LABEL) -> None:
+    """Mid-size bf16 + fused training steps with ``switch`` alternating between ``torch`` and ``auto``
+    over rounds (``label`` names the two in the output)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_train  # noqa: E402
 
@@ -105,27 +107,32 @@ def bench_step(steps: int, rounds: int) -> None:
     per_step: dict[str, list[float]] = {s: [] for s in SETTINGS}
     for r in range(rounds + 1):
         for setting in SETTINGS[r % 2:] + SETTINGS[: r % 2]:
-            os.environ[SWITCH] = setting
+            os.environ[switch] = setting
             t0 = time.perf_counter()
             for b in batches:
                 bench_train.step(model, crit, opt, b)
             if r:  # round 0 warms up
                 per_step[setting].append((time.perf_counter() - t0) / len(batches))
-    os.environ.pop(SWITCH, None)
+    os.environ.pop(switch, None)
     med = {s: statistics.median(v) for s, v in per_step.items()}
     print(f"mid-size bf16 + fused training step ({len(batches)} batches x {rounds} rounds):")
     for s in SETTINGS:
-        print(f"  {LABEL[s]:<16} {med[s]:.3f} s/step   ({', '.join(f'{t:.3f}' for t in per_step[s])})")
+        print(f"  {label[s]:<16} {med[s]:.3f} s/step   ({', '.join(f'{t:.3f}' for t in per_step[s])})")
     print(f"  speed-up: {med['torch'] / med['auto']:.3f}x")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=30)
+def bf16_bench_args(doc: str, reps: int, rounds: int) -> argparse.Namespace:
+    """The command line of a bf16 CPU benchmark with call timings and ``bench_step``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=reps)
     ap.add_argument("--steps", type=int, default=0, help="also time mid-size bf16 training steps (batches per round)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--anyway", action="store_true", help="run where bf16 is emulated too")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = bf16_bench_args(__doc__, reps=30, rounds=5)
     if bf16_emulated() and not args.anyway:
         print(f"bench_attention: {EMULATED_BF16}: timings of bf16 attention say nothing there; nothing run "
               "(--anyway to run it)")

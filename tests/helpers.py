@@ -64,3 +64,17 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline and state != "Z":
             found.append(cmdline.strip())
     return found
+
+
+def bf16_gemm_mode(monkeypatch, mode: str) -> None:
+    """Make bf16 CPU products take PyTorch's path (``"torch"``) or MKL's (``"mkl"``, on any x86 CPU,
+    with or without bf16 instructions, where ``auto`` would take it only with them)."""
+    from bart_ext import bf16_gemm
+
+    monkeypatch.setenv("BART_EXT_BF16_GEMM", "torch" if mode == "torch" else "auto")
+    if mode == "mkl":
+        if not bf16_gemm.available():
+            import pytest
+
+            pytest.skip("this PyTorch build does not export MKL's cblas_gemm_bf16bf16f32")
+        monkeypatch.setattr(bf16_gemm, "_usable", lambda: True)

@@ -11,7 +11,9 @@ FusedLinearCrossEntropy (which we read, not copied), written for fairseq's crite
 
 Precision: the matmuls run in the autocast dtype when autocast is on (bf16/fp16, as the rest of the
 model does), the log-sum-exp, the loss and the logits' gradient in fp32, and the weight's gradient
-accumulates in fp32 across chunks.
+accumulates in fp32 across chunks. Under bf16 on a CPU with MKL's bf16 x bf16 -> fp32 product
+(``bart_ext/bf16_gemm.py``) the three products write fp32 themselves: the logits are not rounded to
+bf16, and the weight's gradient accumulates inside the product.
 
 Label smoothing follows fairseq's ``label_smoothed_nll_loss``: with ``eps_i = eps / (V - 1)``,
 ``loss = (1 - eps - eps_i) * nll + eps_i * sum_v(-log p_v)``.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from bart_ext import bf16_gemm
 
 # Elements of one chunk's fp32 logits (64 MiB): small next to a step's other activations, large
 # enough that each chunk's (chunk x width) @ (width x vocabulary) matmul runs at full speed.
@@ -132,18 +136,26 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             logits_rows = torch.empty(rows, _padded_row(vocab, compute_dtype), dtype=compute_dtype, device=dev)
             logits = logits_rows[:, :vocab]
             logits_rows[:, vocab:].zero_()  # only the (c x V) view is written
-        low_w = torch.empty(weight.shape, dtype=compute_dtype, device=dev) if low and need_w else None
+        # bf16 on a CPU with MKL's bf16 x bf16 -> fp32 product: the logits are written in fp32 into
+        # the log-softmax's buffer, the weight's gradient accumulates in fp32 inside the product and
+        # the hidden states' gradient comes out in fp32 (bart_ext/bf16_gemm.py; 2x PyTorch's bf16
+        # products there, and no bf16 rounding of the logits or of each chunk's weight gradient).
+        mkl = low and compute_dtype == torch.bfloat16 and dev.type == "cpu" and bf16_gemm.enabled()
+        low_w = torch.empty(weight.shape, dtype=compute_dtype, device=dev) if low and need_w and not mkl else None
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)  # (c, C)
             c = h.size(0)
             t = target[start : start + chunk].unsqueeze(1)  # (c, 1)
             z, lp, lp_rows = logits[:c], lprobs[:c], lprobs_rows[:c]
-            torch.mm(h, w.t(), out=z)  # (c, V)
+            if mkl:
+                bf16_gemm.gemm(h, w.t(), lp)  # (c, V), fp32
+            else:
+                torch.mm(h, w.t(), out=z)  # (c, V)
             if dev.type == "cpu":
                 # bf16/fp16 logits: cast into the fp32 buffer, then the log-softmax in place there.
                 # ``log_softmax(z, dtype=fp32)`` allocates a fresh fp32 copy every chunk, whose page
                 # faults made it 3x slower (11.8 against 3.9 ms for 450 x 18.6k on a 2-core Xeon).
-                if z.data_ptr() != lp.data_ptr():
+                if not mkl and z.data_ptr() != lp.data_ptr():
                     lp.copy_(z)
                 lp_rows[:, vocab:].fill_(float("-inf"))  # the previous chunk left 0 there
                 torch.log_softmax(lp_rows, dim=-1, out=lp_rows)
@@ -173,12 +185,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if low:
                 grad = z.copy_(grad)
             if need_h:
-                if grad_h.dtype == grad.dtype:
+                if mkl and grad_h.dtype == torch.float32:
+                    bf16_gemm.gemm(grad, w, grad_h[start : start + chunk])  # (c, C)
+                elif grad_h.dtype == grad.dtype:
                     torch.mm(grad, w, out=grad_h[start : start + chunk])  # (c, C)
                 else:
                     grad_h[start : start + chunk] = grad @ w
             if need_w:
-                if low:
+                if mkl:
+                    bf16_gemm.gemm(grad.t(), h, grad_w, beta=0.0 if start == 0 else 1.0)  # (V, C), fp32
+                elif low:
                     torch.mm(grad.t(), h, out=low_w)  # (V, C), accumulated in fp32:
                     if start == 0:
                         grad_w.copy_(low_w)

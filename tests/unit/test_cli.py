@@ -140,6 +140,14 @@ def test_bf16_benchmarks_leave_out_emulated_bf16(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_attention.py"])
     bench_attention.main()
     assert "nothing run (--anyway to run it)" in capsys.readouterr().out
+    from scripts import bench_bf16_gemm
+
+    monkeypatch.setattr(bench_bf16_gemm, "bf16_emulated", lambda: True)
+    monkeypatch.setattr(bench_bf16_gemm, "bench_products", lambda reps: pytest.fail("ran with emulated bf16"))
+    monkeypatch.setattr(sys, "argv", ["bench_bf16_gemm.py"])
+    bench_bf16_gemm.main()
+    out = capsys.readouterr().out
+    assert "nothing run (--anyway to run it)" in out or "does not export" in out
 
 
 # A script as the sweep and the demo's generation are: its child process waited for in a worker thread.

@@ -11,7 +11,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 from bart_ext.adapters.fairseq_criteria import output_weight
 from bart_ext.losses import auto_chunk_tokens, fused_linear_cross_entropy, reference_linear_cross_entropy
 from bart_ext.losses.chunked import _count_correct, _padded_row, add_through
-from tests.helpers import dictionary, fake_task, preln_args
+from bart_ext import bf16_gemm
+from tests.helpers import bf16_gemm_mode, dictionary, fake_task, preln_args
 from tests.unit.test_model import batch, fairseq_bart
 from user_dir.bart_cross_entropy import BartCrossEntropy
 from user_dir.bart_label_smoothed_cross_entropy import BartLabelSmoothedCrossEntropy
@@ -60,7 +61,8 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(fn, (hidden, weight))
 
 
-def test_bf16_autocast_matmuls_in_bf16_log_sum_exp_in_fp32():
+def test_bf16_autocast_matmuls_in_bf16_log_sum_exp_in_fp32(monkeypatch):
+    bf16_gemm_mode(monkeypatch, "torch")
     hidden, weight, target = _inputs(n=64, width=32, vocab=300, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, nll, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=0.1,
@@ -78,6 +80,60 @@ def test_bf16_autocast_matmuls_in_bf16_log_sum_exp_in_fp32():
     assert torch.nn.functional.cosine_similarity(gw.flatten(), fw.flatten(), dim=0) > 0.99
 
 
+def _bf16_loss_errors(monkeypatch, mode: str, chunk_tokens: int) -> tuple[float, float, float]:
+    """Relative errors of the bf16-autocast loss and its hidden and weight gradients against the exact
+    (fp64) ones of the bf16-rounded inputs, the best a bf16 computation can aim at."""
+    bf16_gemm_mode(monkeypatch, mode)
+    hidden, weight, target = _inputs(n=300, width=64, vocab=1001, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=0.1,
+                                                chunk_tokens=chunk_tokens)
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    assert loss.dtype == gh.dtype == gw.dtype == torch.float32
+    h64, w64 = (t.detach().bfloat16().double().requires_grad_() for t in (hidden, weight))
+    ref, _ = reference_linear_cross_entropy(h64, w64, target, ignore_index=PAD, label_smoothing=0.1)
+    rh, rw = torch.autograd.grad(ref, (h64, w64))
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+    return abs(float(loss) - float(ref)) / float(ref), rel(gh, rh), rel(gw, rw)
+
+
+@pytest.mark.parametrize("chunk_tokens", [64, 0])  # several chunks (the weight's gradient accumulated in the product), one
+def test_mkls_bf16_products_give_fp32_logits_and_gradients_closer_to_exact(monkeypatch, chunk_tokens):
+    """With MKL's bf16 x bf16 -> fp32 product the logits are not rounded to bf16 and the weight's gradient
+    accumulates in fp32 inside the product: the loss is the exact one of the bf16 inputs to fp32 precision,
+    and loss and gradients are closer to exact than with PyTorch's bf16 products."""
+    mkl = _bf16_loss_errors(monkeypatch, "mkl", chunk_tokens)
+    torch_path = _bf16_loss_errors(monkeypatch, "torch", chunk_tokens)
+    assert mkl[0] < 1e-5  # fp32 logits: only summation order and the exp/log differ
+    assert mkl[1] < 0.01 and mkl[2] < 0.01  # the logits' gradient still enters the products in bf16
+    for got, other in zip(mkl, torch_path):
+        assert got < other / 2, (mkl, torch_path)
+
+
+def test_mkls_products_are_what_the_bf16_loss_runs(monkeypatch):
+    """Under bf16 autocast with MKL on, the three products per chunk are MKL's (none is PyTorch's mm), and
+    the result equals the same computation with MKL off to bf16 tolerance."""
+    bf16_gemm_mode(monkeypatch, "mkl")
+    calls, mms = [], []
+    real_gemm, real_mm = bf16_gemm.gemm, torch.mm
+    monkeypatch.setattr(bf16_gemm, "gemm", lambda a, b, out, beta=0.0: calls.append(beta) or real_gemm(a, b, out, beta))
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: mms.append(1) or real_mm(*a, **k))
+    hidden, weight, target = _inputs(n=40, width=16, vocab=99, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, chunk_tokens=10)
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    chunks = -(-int(target.ne(PAD).sum()) // 10)
+    assert not mms and len(calls) == 3 * chunks
+    assert calls[2::3] == [0.0] + [1.0] * (chunks - 1)  # the weight's gradient: written, then accumulated
+    bf16_gemm_mode(monkeypatch, "torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, chunk_tokens=10)
+    rh, rw = torch.autograd.grad(ref, (hidden, weight))
+    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=0)
+    for g, r in ((gh, rh), (gw, rw)):
+        assert torch.nn.functional.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.999
+
+
 def _row_tails(t: torch.Tensor) -> torch.Tensor | None:
     """The elements between the rows of a 2-d view into padded rows (a transposed one read row by
     row as stored), which a matmul kernel may read past each row's end; None for a dense tensor."""
@@ -91,7 +147,7 @@ def _row_tails(t: torch.Tensor) -> torch.Tensor | None:
     return t.as_strided((rows - 1, stride - cols), (stride, 1), t.storage_offset() + cols)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("autocast", [False, "torch", "mkl"])
 def test_the_matmuls_never_read_inf_in_the_padded_rows(monkeypatch, autocast):
     """The chunk buffers' rows are padded (_padded_row) and the log-softmax puts -inf in the padding;
     the gradient matmuls take views of those buffers. oneDNN's bf16 kernels on AMX read a strided
@@ -99,9 +155,9 @@ def test_the_matmuls_never_read_inf_in_the_padded_rows(monkeypatch, autocast):
     2026-12-07). Checked here on any CPU: every operand's row tails are finite when a matmul runs."""
     seen = []
 
-    def checked(fn):
+    def checked(fn, operands=None):
         def call(*args, **kwargs):
-            for a in args:
+            for a in args[:operands]:  # bf16_gemm.gemm's third argument is its output
                 if isinstance(a, torch.Tensor):
                     tails = _row_tails(a)
                     if tails is not None:
@@ -110,10 +166,13 @@ def test_the_matmuls_never_read_inf_in_the_padded_rows(monkeypatch, autocast):
             return fn(*args, **kwargs)
         return call
 
+    if autocast:
+        bf16_gemm_mode(monkeypatch, autocast)
     monkeypatch.setattr(torch, "mm", checked(torch.mm))
     monkeypatch.setattr(torch.Tensor, "addmm_", checked(torch.Tensor.addmm_))
+    monkeypatch.setattr(bf16_gemm, "gemm", checked(bf16_gemm.gemm, operands=2))
     hidden, weight, target = _inputs(n=40, width=12, vocab=301, dtype=torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
         loss, _, _ = fused_linear_cross_entropy(hidden, weight, target, ignore_index=PAD, label_smoothing=0.1,
                                                 chunk_tokens=16)
     loss.backward()
@@ -149,7 +208,9 @@ def test_adding_bf16_through_a_staging_buffer_equals_a_mixed_add(staging_element
 def test_bf16_weight_gradient_through_the_staging_buffer_equals_the_plain_mixed_add(monkeypatch):
     """Chunks of 8 tokens x 300 entries: the fp32 buffer holds 75 rows of 32, so each chunk's weight
     gradient goes through it in 4 blocks, while the buffer still serves the next chunk's log-softmax.
-    Bit-equal to adding each chunk's bf16 product with PyTorch's mixed-dtype add_."""
+    Bit-equal to adding each chunk's bf16 product with PyTorch's mixed-dtype add_ (PyTorch's products:
+    MKL's accumulates in fp32 itself)."""
+    bf16_gemm_mode(monkeypatch, "torch")
     from bart_ext.losses import chunked
 
     hidden, weight, target = _inputs(n=64, width=32, vocab=300, dtype=torch.float32)
@@ -263,7 +324,8 @@ def test_criteria_equal_fairseqs(which, smoothed):
         torch.testing.assert_close(got[3][name], want[3][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_bf16_autocast_model_runs_its_loss_in_bf16_matmuls():
+def test_bf16_autocast_model_runs_its_loss_in_bf16_matmuls(monkeypatch):
+    bf16_gemm_mode(monkeypatch, "torch")  # MKL's products: test_mkls_products_are_what_the_bf16_loss_runs
     d = dictionary(41)
     model = BartPreln.build_model(preln_args(bf16_autocast=True), fake_task(d))
     assert model.bf16_autocast
