@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -247,6 +248,44 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if torch.compiler.is_compiling():
         return _linear_op(x.to(torch.bfloat16), weight, bias)[0]
     return _Linear.apply(x.to(torch.bfloat16), weight, bias)
+
+
+class _Linears(torch.autograd.Function):
+    """Several linear layers on one bf16 input as one product over their stacked weights (eager only)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Tensor | None) -> Tensor:
+        weights, biases = params[0::2], params[1::2]
+        w16 = torch.cat(weights).to(torch.bfloat16)
+        b16 = None if biases[0] is None else torch.cat(biases).to(torch.bfloat16)
+        with torch.autocast("cpu", enabled=False):
+            out = F.linear(x, w16, b16)
+        ctx.save_for_backward(x, w16)
+        ctx.has_bias = b16 is not None
+        ctx.sizes = [w.size(0) for w in weights]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad_x, grad_w, grad_b = _backward(ctx, grad, _weight_grad, _column_sums)
+        grad_w = grad_w.split(ctx.sizes) if grad_w is not None else [None] * len(ctx.sizes)
+        grad_b = grad_b.split(ctx.sizes) if grad_b is not None else [None] * len(ctx.sizes)
+        return grad_x, *(g for pair in zip(grad_w, grad_b) for g in pair)
+
+
+def linears(x: Tensor, layers: Sequence[nn.Linear]) -> list[Tensor]:
+    """``[layer(x) for layer in layers]``. Where every layer takes ``uses_mkl`` (eager, all with biases
+    or all without), as one bf16 product over the stacked weights: ``x`` is cast to bf16 once, and the
+    backward computes one input gradient (the layers' contributions summed inside the product, in
+    fp32, instead of three bf16 products cast and added in fp32) and one weight-gradient product.
+    The outputs are the same bf16 values as the layers' own, the input gradient equal up to
+    summation order. An attention layer's q, k and v projections of one input: 1.4-1.6x faster
+    forward and backward at mid size (2026-12-08)."""
+    if (len(layers) < 2 or torch.compiler.is_compiling() or len({l.bias is None for l in layers}) > 1
+            or not all(uses_mkl(x, l.weight) for l in layers)):
+        return [layer(x) for layer in layers]
+    out = _Linears.apply(x.to(torch.bfloat16), *(t for l in layers for t in (l.weight, l.bias)))
+    return list(out.split([l.out_features for l in layers], dim=-1))
 
 
 class Linear(nn.Linear):

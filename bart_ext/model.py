@@ -253,6 +253,9 @@ class MultiheadAttention(_Dropping):
                 same keys, which are projected and cached once per sentence rather than once per
                 hypothesis (fairseq's "beamable" encoder attention); the result is the same.
         """
+        if cache is None and beam == 1 and kv is query:  # training and scoring self-attention
+            q, k, v = (self._heads(t) for t in bf16_gemm.linears(query, (self.q_proj, self.k_proj, self.v_proj)))
+            return self._attend(q, k, v, mask, causal, beam)
         q = self._heads(self.q_proj(query))
         if beam > 1:
             bb, h, t, d = q.shape  # (B * beam, H, T, D) -> (B, H, beam * T, D)
@@ -261,12 +264,16 @@ class MultiheadAttention(_Dropping):
         if cache is not None and cache_prefix != "self" and k_key in cache:
             k, v = cache[k_key], cache[v_key]
         else:
-            k, v = self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))
+            k, v = (self._heads(t) for t in bf16_gemm.linears(kv, (self.k_proj, self.v_proj)))
             if cache is not None:
                 if k_key in cache:
                     k = torch.cat([cache[k_key], k], dim=2)
                     v = torch.cat([cache[v_key], v], dim=2)
                 cache[k_key], cache[v_key] = k, v
+        return self._attend(q, k, v, mask, causal, beam)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask, causal: bool, beam: int) -> Tensor:
+        """Attention of the projected heads and the output projection: ``(B, T, C)``."""
         dropout = self.dropout if self.dropping else 0.0
         if isinstance(mask, PackedMask):
             packed = F.scaled_dot_product_attention(

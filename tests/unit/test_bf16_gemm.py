@@ -165,14 +165,53 @@ def test_compiled_layers_take_it_and_match_eager(monkeypatch):
     monkeypatch.setattr(bf16_gemm, "_weight_grad", lambda g, i: calls.append(1) or real(g, i))
     eager = grads()
     linears = sum(isinstance(m, Linear) for m in model.modules())
-    assert len(calls) == linears  # output projection, 4 x 3 attention projections, 2 x 2 feed-forward
+    # eager groups q, k and v of each self-attention and k, v of the cross-attention (bf16_gemm.linears)
+    assert len(calls) == linears - 2 - 2 - 1
     torch._dynamo.reset()
     compile_layers(model)
     calls.clear()
     compiled = grads()
-    assert len(calls) == linears
+    assert len(calls) == linears  # compiled layers call each projection's own operator
     for name, g in eager.items():
         assert compiled[name].dtype == torch.float32
         if name.endswith("k_proj.bias"):
             continue  # 0 in exact arithmetic (softmax is shift-invariant)
         assert float((compiled[name] - g).norm() / g.norm()) < 2e-2, name
+
+
+def test_grouped_projections_equal_the_layers_own(monkeypatch):
+    """``linears``: q, k and v of one input as one product over the stacked weights give each layer's
+    own bf16 output bit for bit and the same fp32 weight and bias gradients; the input's gradient
+    (the three contributions summed inside one product) equals the separate layers' to bf16 rounding."""
+    bf16_gemm_mode(monkeypatch, "mkl")
+    torch.manual_seed(0)
+    layers = [Linear(32, 32) for _ in range(3)]
+    x = torch.randn(2, 7, 32, requires_grad=True)
+    grads_out = [torch.randn(2, 7, 32).bfloat16() for _ in layers]
+
+    def run(grouped):
+        for layer in layers:
+            layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.autocast("cpu", torch.bfloat16):
+            outs = bf16_gemm.linears(x, layers) if grouped else [layer(x) for layer in layers]
+        torch.autograd.backward(outs, grads_out)
+        return outs, x.grad, [(layer.weight.grad, layer.bias.grad) for layer in layers]
+
+    calls = []
+    real = bf16_gemm._weight_grad
+    monkeypatch.setattr(bf16_gemm, "_weight_grad", lambda g, i: calls.append(tuple(g.shape)) or real(g, i))
+    outs, gx, gwb = run(True)
+    assert calls == [(14, 96)]  # one weight-gradient product for the three layers
+    ref_outs, ref_gx, ref_gwb = run(False)
+    for a, b in zip(outs, ref_outs):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    torch.testing.assert_close(gx, ref_gx, rtol=2e-2, atol=2e-2)
+    for (w, b), (rw, rb) in zip(gwb, ref_gwb):
+        assert w.dtype == torch.float32
+        torch.testing.assert_close(w, rw, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, rb, rtol=1e-5, atol=1e-6)
+    bf16_gemm_mode(monkeypatch, "torch")  # elsewhere: the layers one by one
+    calls.clear()
+    with torch.autocast("cpu", torch.bfloat16):
+        assert all(torch.equal(a, b) for a, b in zip(bf16_gemm.linears(x, layers), [layer(x) for layer in layers]))
